@@ -1,0 +1,235 @@
+"""The event model: the one place that says what a valid event is.
+
+Raw bytes from Kafka, a JSONL file or the generator go through :func:`parse_event`, which
+returns either an :class:`Event` (validated, time as epoch ms UTC) or a :class:`Rejected`
+(a dead-letter record with a reason code and a human-readable detail). It never raises on
+bad input: the flow must not crash on what producers send.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+MAX_EVENT_BYTES = 64 * 1024
+MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_TS_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+DEFAULT_MAX_FUTURE_MS = 24 * 3600 * 1000  # live mode: at most a day ahead of the clock
+RAW_KEEP_BYTES = 4096  # how much of a rejected payload the dead-letter row keeps
+
+# Reason codes of dead letters (stable: analysts group by them).
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+OVERSIZE = "oversize"
+MISSING_FIELD = "missing_field"
+INVALID_FIELD = "invalid_field"
+INVALID_TIMESTAMP = "invalid_timestamp"
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+INVALID_PROPS = "invalid_props"
+DUPLICATE = "duplicate_event_id"
+
+OUTCOME_TYPES = frozenset(
+    {
+        "message_delivered",
+        "message_opened",
+        "message_clicked",
+        "message_bounced",
+        "message_failed",
+        "message_unsubscribed",
+    }
+)
+
+Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated event. ``ts`` is event time in epoch ms UTC."""
+
+    event_id: str
+    type: str
+    customer_id: str
+    ts: int
+    props: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def to_json(self) -> bytes:
+        """The wire form (what producers send), e.g. for JSONL files and Kafka."""
+        return orjson.dumps(
+            {
+                "event_id": self.event_id,
+                "type": self.type,
+                "customer_id": self.customer_id,
+                "ts": self.ts,
+                "props": self.props,
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A dead-letter record: what came in, from where, and why it was refused."""
+
+    reason: str
+    detail: str
+    raw: bytes
+    source: str
+    customer_id: str = ""
+    event_id: str = ""
+    event_type: str = ""
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    event_id: Id
+    type: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    customer_id: Id
+    ts: int | str
+    props: dict[str, Any] = Field(default_factory=dict)
+
+
+class _Props(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class _ProductProps(_Props):
+    product_id: Id
+    cart_id: Id | None = None
+    price: float | None = Field(default=None, ge=0)
+    quantity: int | None = Field(default=None, ge=1)
+
+
+class _CheckoutProps(_Props):
+    cart_id: Id | None = None
+
+
+class _OrderItem(_Props):
+    product_id: Id
+    quantity: int = Field(default=1, ge=1)
+    price: float | None = Field(default=None, ge=0)
+
+
+class _OrderPlacedProps(_Props):
+    order_id: Id
+    total: float = Field(ge=0)
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+    items: list[_OrderItem] = Field(default_factory=list)
+
+
+class _OrderProps(_Props):
+    order_id: Id
+
+
+class _ConsentProps(_Props):
+    channel: Id
+    category: Literal["marketing", "transactional"]
+    granted: bool
+
+
+class _OutcomeProps(_Props):
+    send_id: Id
+    channel: Id
+
+
+class _ProductUpdatedProps(_Props):
+    product_id: Id
+    price: float | None = Field(default=None, ge=0)
+    in_stock: bool | None = None
+
+
+PROPS_MODELS: dict[str, type[_Props]] = {
+    "product_viewed": _ProductProps,
+    "added_to_cart": _ProductProps,
+    "removed_from_cart": _ProductProps,
+    "checkout_started": _CheckoutProps,
+    "order_placed": _OrderPlacedProps,
+    "order_paid": _OrderProps,
+    "order_shipped": _OrderProps,
+    "order_delivered": _OrderProps,
+    "order_cancelled": _OrderProps,
+    "signed_up": _Props,
+    "consent_changed": _ConsentProps,
+    "product_updated": _ProductUpdatedProps,
+    **{t: _OutcomeProps for t in OUTCOME_TYPES},
+}
+KNOWN_TYPES = frozenset(PROPS_MODELS)
+
+
+def _describe(err: ValidationError, prefix: str = "") -> tuple[str, str]:
+    """Pydantic error → (reason code, 'field: message; …')."""
+    parts = []
+    reason = INVALID_FIELD
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "missing":
+            reason = MISSING_FIELD
+        parts.append(f"{prefix}{loc}: {e['msg']}")
+    return reason, "; ".join(parts)
+
+
+def parse_ts(value: int | str) -> int:
+    """RFC 3339 text (with offset) or epoch ms → epoch ms; ValueError otherwise."""
+    if isinstance(value, int):
+        return value
+    try:
+        dt = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"not RFC 3339: {value[:64]!r}") from None
+    if dt.tzinfo is None:
+        raise ValueError(f"no UTC offset in {value[:64]!r} (RFC 3339 needs Z or ±hh:mm)")
+    return int(dt.timestamp() * 1000)
+
+
+def parse_event(raw: bytes | str, source: str = "", now_ms: int | None = None,
+                max_future_ms: int = DEFAULT_MAX_FUTURE_MS) -> Event | Rejected:
+    """Validate one raw event. Never raises for bad input; returns a Rejected instead.
+
+    ``now_ms`` (live runs) also refuses events stamped more than ``max_future_ms`` ahead.
+    """
+    data = raw.encode() if isinstance(raw, str) else bytes(raw)
+
+    def reject(reason: str, detail: str, obj: dict | None = None) -> Rejected:
+        obj = obj or {}
+
+        def text(k: str) -> str:
+            v = obj.get(k)
+            return v[:256] if isinstance(v, str) else ""
+
+        return Rejected(reason, detail, data[:RAW_KEEP_BYTES], source,
+                        text("customer_id"), text("event_id"), text("type"))
+
+    if len(data) > MAX_EVENT_BYTES:
+        return reject(OVERSIZE, f"payload is {len(data)} bytes, limit {MAX_EVENT_BYTES}")
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        return reject(INVALID_JSON, f"not JSON: {e}")
+    if not isinstance(obj, dict):
+        return reject(NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    try:
+        env = _Envelope.model_validate(obj)
+    except ValidationError as e:
+        return reject(*_describe(e), obj)
+    try:
+        ts = parse_ts(env.ts)
+    except ValueError as e:
+        return reject(INVALID_TIMESTAMP, f"ts: {e}", obj)
+    if not MIN_TS_MS <= ts < MAX_TS_MS:
+        hint = " (epoch seconds? ts wants epoch milliseconds)" if 0 < ts < MIN_TS_MS // 1000 * 10 else ""
+        return reject(TIMESTAMP_OUT_OF_RANGE, f"ts {env.ts!r} is outside 2000..2100{hint}", obj)
+    if now_ms is not None and ts > now_ms + max_future_ms:
+        return reject(TIMESTAMP_OUT_OF_RANGE,
+                      f"ts {env.ts!r} is more than {max_future_ms // 3_600_000} h in the future", obj)
+    model = PROPS_MODELS.get(env.type)
+    if model is not None:
+        try:
+            model.model_validate(env.props)
+        except ValidationError as e:
+            _, detail = _describe(e, "props.")
+            return reject(INVALID_PROPS, f"{env.type}: {detail}", obj)
+    return Event(env.event_id, env.type, env.customer_id, ts, env.props, source)

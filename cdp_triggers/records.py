@@ -1,0 +1,117 @@
+"""What the engine emits: the records every sink writes.
+
+Each record carries a deterministic id, so that a replay or an at-least-once recovery
+writes the same ids again and idempotent sinks (ClickHouse ReplacingMergeTree views, the
+sends topic keyed by send id) keep exactly one copy. Times are epoch ms UTC: ``ts`` is the
+logical (event-time) moment the record is about, ``decided_at`` the engine's ``now``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Decision statuses
+SENT = "sent"
+SUPPRESSED = "suppressed"  # not sent, with a reason
+CANCELLED = "cancelled"  # the instance was cancelled before this message went out
+
+# Suppression reasons (stable codes; analysts group by them)
+NO_CONSENT = "no_consent"
+NO_CONTACT = "no_contact"
+NO_PROFILE = "no_profile"
+REENTRY_COOLDOWN = "reentry_cooldown"
+REENTRY_ONCE = "reentry_once"
+CANCEL_EVENT = "cancel_event"
+TRIGGER_DISABLED = "trigger_disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One considered message (trigger × step × channel): sent, or not sent with a reason."""
+
+    decision_id: str
+    send_id: str
+    customer_id: str
+    trigger_id: str
+    trigger_kind: str
+    config_version: str
+    instance_id: str
+    step: int
+    channel: str
+    template: str
+    variant: str
+    status: str
+    reason: str
+    ts: int
+    decided_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A command for a channel gateway. ``send_id`` is the Kafka key: gateways dedupe on it."""
+
+    send_id: str
+    customer_id: str
+    trigger_id: str
+    trigger_kind: str
+    config_version: str
+    instance_id: str
+    step: int
+    channel: str
+    template: str
+    variant: str
+    variables: dict[str, Any] = field(default_factory=dict)
+    ts: int = 0
+    decided_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """A trigger instance changed: ``started``, ``cancelled``, ``completed`` or ``expired``."""
+
+    lifecycle_id: str
+    customer_id: str
+    trigger_id: str
+    instance_id: str
+    instance_key: str
+    action: str
+    reason: str
+    event_id: str
+    ts: int
+    decided_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Conversion:
+    """An ``order_placed`` attributed (last touch) to a send within its attribution window."""
+
+    conversion_id: str
+    customer_id: str
+    order_id: str
+    revenue: float
+    currency: str
+    send_id: str
+    trigger_id: str
+    variant: str
+    channel: str
+    sent_at: int
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """An event whose event_id this customer already had: dropped, but counted."""
+
+    event_id: str
+    customer_id: str
+    event_type: str
+    source: str
+    ts: int
+
+
+Output = Decision | Send | Lifecycle | Conversion | Duplicate
+
+
+def to_dict(record: Output) -> dict[str, Any]:
+    return asdict(record)

@@ -1,0 +1,1 @@
+"""Keyed state models (per customer) and the Redis customer profile store."""

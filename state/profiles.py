@@ -1,0 +1,140 @@
+"""The customer profile/consent store the flows read at decision time.
+
+Redis layout, one hash per customer (``cdp:profile:{customer_id}``):
+
+=====================  ==========================================================
+field                  value
+=====================  ==========================================================
+``tz``                 IANA time zone, e.g. ``Europe/Berlin``
+``locale``             e.g. ``de-DE``
+``contacts``           comma list of channels with a contact present (``email,push``);
+                       flags only: addresses and numbers never leave the profile system
+``consent:CH:CAT``     ``1`` granted / ``0`` refused, e.g. ``consent:email:marketing``
+=====================  ==========================================================
+
+Reads are pipelined (one round trip for many customers). When Redis is not reachable the
+caller decides what to do (the embedded demo falls back to generated profiles, loudly).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "cdp:profile:"
+CHANNELS = ("push", "email", "sms")
+CATEGORIES = ("marketing", "transactional")
+
+ProfileLookup = Callable[[str], "Profile | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    customer_id: str
+    timezone: str = "UTC"
+    locale: str = "en"
+    contacts: frozenset[str] = field(default_factory=frozenset)
+    consents: Mapping[str, bool] = field(default_factory=dict)
+
+    def has_contact(self, channel: str) -> bool:
+        return channel in self.contacts
+
+    def consent(self, channel: str, category: str) -> bool | None:
+        """True/False when the customer said so, None when unknown."""
+        return self.consents.get(f"{channel}:{category}")
+
+    def to_redis(self) -> dict[str, str]:
+        fields = {
+            "tz": self.timezone,
+            "locale": self.locale,
+            "contacts": ",".join(sorted(self.contacts)),
+        }
+        for k, v in self.consents.items():
+            fields[f"consent:{k}"] = "1" if v else "0"
+        return fields
+
+    @classmethod
+    def from_redis(cls, customer_id: str, h: Mapping[bytes | str, bytes | str]) -> Profile:
+        d = {_s(k): _s(v) for k, v in h.items()}
+        contacts = frozenset(c for c in d.get("contacts", "").split(",") if c)
+        consents = {k[8:]: v == "1" for k, v in d.items() if k.startswith("consent:")}
+        return cls(customer_id, d.get("tz") or "UTC", d.get("locale") or "en", contacts, consents)
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class RedisProfileStore:
+    """Profiles in Redis. Thread-unsafe by design: one store per Bytewax worker."""
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = KEY_PREFIX) -> None:
+        import redis
+
+        self.url = url
+        self.prefix = prefix
+        self._r = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+
+    def ping(self) -> bool:
+        """True when the server answers; False (never raises) when it does not."""
+        try:
+            return bool(self._r.ping())
+        except Exception as e:  # connection refused, timeout, auth…
+            log.debug("redis ping to %s failed: %s", self.url, e)
+            return False
+
+    def get(self, customer_id: str) -> Profile | None:
+        return self.get_many([customer_id]).get(customer_id)
+
+    def get_many(self, customer_ids: Iterable[str]) -> dict[str, Profile]:
+        """One pipelined round trip; customers without a profile are absent from the result."""
+        ids = list(dict.fromkeys(customer_ids))
+        pipe = self._r.pipeline(transaction=False)
+        for cid in ids:
+            pipe.hgetall(self.prefix + cid)
+        return {cid: Profile.from_redis(cid, h) for cid, h in zip(ids, pipe.execute()) if h}
+
+    def put_many(self, profiles: Iterable[Profile], chunk: int = 1000) -> int:
+        n = 0
+        pipe = self._r.pipeline(transaction=False)
+        for p in profiles:
+            key = self.prefix + p.customer_id
+            pipe.delete(key)
+            pipe.hset(key, mapping=p.to_redis())
+            n += 1
+            if n % chunk == 0:
+                pipe.execute()
+        pipe.execute()
+        return n
+
+    def set_consent(self, customer_id: str, channel: str, category: str, granted: bool) -> None:
+        self._r.hset(self.prefix + customer_id, f"consent:{channel}:{category}", "1" if granted else "0")
+
+
+class DictProfileStore:
+    """Profiles held in memory: the demo's fallback when Redis is absent, and unit tests."""
+
+    def __init__(self, profiles: Iterable[Profile] = ()) -> None:
+        self._p = {p.customer_id: p for p in profiles}
+
+    def get(self, customer_id: str) -> Profile | None:
+        return self._p.get(customer_id)
+
+    def get_many(self, customer_ids: Iterable[str]) -> dict[str, Profile]:
+        return {c: self._p[c] for c in customer_ids if c in self._p}
+
+    def put_many(self, profiles: Iterable[Profile]) -> int:
+        n = 0
+        for p in profiles:
+            self._p[p.customer_id] = p
+            n += 1
+        return n
+
+    def set_consent(self, customer_id: str, channel: str, category: str, granted: bool) -> None:
+        p = self._p.get(customer_id)
+        if p is not None:
+            consents = {**p.consents, f"{channel}:{category}": granted}
+            self._p[customer_id] = Profile(p.customer_id, p.timezone, p.locale, p.contacts, consents)
