@@ -20,6 +20,7 @@ CANCELLED = "cancelled"  # the instance was cancelled before this message went o
 NO_CONSENT = "no_consent"
 NO_CONTACT = "no_contact"
 NO_PROFILE = "no_profile"
+PROFILE_UNAVAILABLE = "profile_unavailable"  # the profile store did not answer
 REENTRY_COOLDOWN = "reentry_cooldown"
 REENTRY_ONCE = "reentry_once"
 CANCEL_EVENT = "cancel_event"

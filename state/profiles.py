@@ -31,6 +31,10 @@ CATEGORIES = ("marketing", "transactional")
 ProfileLookup = Callable[[str], "Profile | None"]
 
 
+class ProfileUnavailable(Exception):
+    """The profile store did not answer: callers must not guess consent."""
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     customer_id: str
@@ -87,7 +91,16 @@ class RedisProfileStore:
             return False
 
     def get(self, customer_id: str) -> Profile | None:
-        return self.get_many([customer_id]).get(customer_id)
+        """One customer's profile; raises ProfileUnavailable when Redis does not answer."""
+        try:
+            return self.get_many([customer_id]).get(customer_id)
+        except Exception as e:
+            import redis
+
+            if isinstance(e, redis.RedisError):
+                log.warning("profile store %s unavailable: %s", self.url, e)
+                raise ProfileUnavailable(str(e)) from e
+            raise
 
     def get_many(self, customer_ids: Iterable[str]) -> dict[str, Profile]:
         """One pipelined round trip; customers without a profile are absent from the result."""

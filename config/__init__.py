@@ -1,0 +1,1 @@
+"""Trigger and policy configs (YAML) and the one schema that validates them."""

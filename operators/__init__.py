@@ -1,0 +1,1 @@
+"""Logic steps: the pure decision engine and the Bytewax glue around it."""

@@ -1,0 +1,59 @@
+"""Per-customer keyed state: everything the engine remembers about one customer.
+
+Plain slotted dataclasses of built-in types, so Bytewax snapshots pickle them small and a
+restore gives back exactly what the engine had. The engine owns all changes to it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Instance:
+    """One live run of a trigger for this customer (customer × trigger × key)."""
+
+    trigger_id: str
+    key: str
+    instance_id: str
+    start_event_id: str
+    started_at: int
+    activity_at: int
+    due: int  # event time the next step is due (firing waits the late-event grace on top)
+    step: int = 0  # index of the next step to run
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Touch:
+    """A send, remembered for last-touch conversion attribution."""
+
+    send_id: str
+    trigger_id: str
+    variant: str
+    channel: str
+    ts: int
+    window: int
+
+
+@dataclass(slots=True)
+class CustomerState:
+    customer_id: str
+    instances: dict[str, Instance] = field(default_factory=dict)  # by "trigger\x1fkey"
+    last_entry: dict[str, int] = field(default_factory=dict)  # trigger → ts of its last first send
+    seen: dict[str, int] = field(default_factory=dict)  # event_id → ts, insertion ordered
+    cart: dict[str, dict[str, Any]] = field(default_factory=dict)  # product_id → line
+    consents: dict[str, tuple[bool, int]] = field(default_factory=dict)  # "ch:cat" → (granted, ts)
+    touches: list[Touch] = field(default_factory=list)
+    high_water: int = 0  # highest event time seen: replay mode's `now` never goes back
+
+    def snapshot(self) -> CustomerState:
+        """An independent copy for Bytewax recovery (the live object keeps changing)."""
+        return copy.deepcopy(self)
+
+    def is_empty(self) -> bool:
+        """Nothing worth keeping: Bytewax may discard this key."""
+        return not (self.instances or self.last_entry or self.seen or self.cart
+                    or self.consents or self.touches)
