@@ -1,0 +1,39 @@
+"""Runtime settings from the environment (prefix ``CDP_``) or a ``.env`` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config.loader import DEFAULT_CONFIG_DIR
+
+
+class Settings(BaseSettings):
+    """Every knob of a run. Defaults are the embedded, single-machine setup."""
+
+    model_config = SettingsConfigDict(env_prefix="CDP_", env_file=".env", extra="ignore")
+
+    config_dir: Path = DEFAULT_CONFIG_DIR
+    kafka_brokers: str = "127.0.0.1:9092"
+    input_topics: list[str] = Field(
+        default_factory=lambda: ["clickstream", "orders", "outcomes", "consents"])
+    sends_topic: str = "sends"
+    dead_letter_topic: str = "dead_letters"
+    kafka_group_id: str = "cdp-triggers"
+    kafka_tail: bool = True  # False: stop at the end of the topics (tests, backfills)
+    kafka_batch_size: int = 1000
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    clickhouse_url: str = "chdb://data/clickhouse"  # or http://user:pass@host:8123
+    clickhouse_database: str = "cdp"
+    clickhouse_batch_rows: int = 20_000
+    clickhouse_batch_seconds: float = 2.0
+    clock: Literal["live", "replay"] = "live"
+    horizon_ms: int | None = None  # replay: fire timers due up to here at end of input
+    recovery_dir: Path | None = None
+
+    @property
+    def brokers(self) -> list[str]:
+        return [b.strip() for b in self.kafka_brokers.split(",") if b.strip()]

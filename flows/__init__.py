@@ -1,0 +1,1 @@
+"""Bytewax dataflow definitions: sources, the shared pipeline, and runnable flows."""

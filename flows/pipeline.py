@@ -1,0 +1,73 @@
+"""The one dataflow shape every run uses (demo, replay, live; embedded or real stack).
+
+input → parse (strict) ─bad→ dead letters
+              └─ key by customer_id → engine (stateful_batch) → records
+records → ClickHouse (all); Send → sends topic; Rejected → dead-letter topic
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSink
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+
+from cdp_triggers.clock import Clock
+from cdp_triggers.events import Event, Rejected, parse_event
+from cdp_triggers.records import Send
+from flows.sources import RawEvent
+from operators.keyed import EngineRuntime
+from sinks.clickhouse import ClickHouseBackend
+from sinks.clickhouse_sink import ClickHouseSink, route
+from sinks.kafka_out import dead_letter_message, send_message
+
+
+@dataclass
+class Outputs:
+    """Where records go. Any part may be None (e.g. no Kafka in the embedded demo)."""
+
+    clickhouse: Callable[[], ClickHouseBackend] | None = None
+    clickhouse_database: str = "cdp"
+    clickhouse_batch_rows: int = 20_000
+    clickhouse_batch_seconds: float = 2.0
+    clickhouse_shards: int = 2
+    kafka_brokers: list[str] | None = None
+    sends_topic: str = "sends"
+    dead_letter_topic: str = "dead_letters"
+
+
+def build_flow(source: Source, runtime: EngineRuntime, outputs: Outputs,
+               parse_clock: Clock | None = None, flow_id: str = "cdp_triggers") -> Dataflow:
+    """``parse_clock`` (live runs) also rejects events stamped too far in the future."""
+    flow = Dataflow(flow_id)
+    raw = op.input("input", flow, source)
+
+    def parse(r: RawEvent) -> Event | Rejected:
+        return parse_event(r.data, r.where, parse_clock.now_ms() if parse_clock else None)
+
+    parsed = op.map("parse", raw, parse)
+    valid = op.branch("valid", parsed, lambda x: isinstance(x, Event))
+    rejected = valid.falses
+    keyed = op.key_on("by_customer", valid.trues, lambda e: e.customer_id)
+    decided = op.stateful_batch("engine", keyed, runtime.builder)
+    records = op.map("unkey", decided, lambda kv: kv[1])
+
+    if outputs.clickhouse is not None:
+        shards = outputs.clickhouse_shards
+        to_ch = op.map("route", op.merge("all_records", records, rejected),
+                       lambda r: route(r, shards))
+        op.output("clickhouse", to_ch, ClickHouseSink(
+            outputs.clickhouse, outputs.clickhouse_database,
+            max_rows=outputs.clickhouse_batch_rows, max_seconds=outputs.clickhouse_batch_seconds,
+            parts=shards))
+    if outputs.kafka_brokers:
+        sends = op.filter_map("sends", records,
+                              lambda r: send_message(r) if isinstance(r, Send) else None)
+        op.output("sends_topic", sends, KafkaSink(outputs.kafka_brokers, outputs.sends_topic))
+        dead = op.map("dead_letters", rejected, dead_letter_message)
+        op.output("dead_letter_topic", dead,
+                  KafkaSink(outputs.kafka_brokers, outputs.dead_letter_topic))
+    return flow

@@ -1,0 +1,51 @@
+"""The demo's closing table, read back from ClickHouse (what analysts would see)."""
+
+from __future__ import annotations
+
+from cdp_triggers.events import DUPLICATE
+from flows.demo import DemoResult
+from sinks.clickhouse import ClickHouseBackend
+
+
+def demo_summary(backend: ClickHouseBackend, db: str, r: DemoResult, say=print) -> bool:
+    """Print the summary; True when the counts balance (read = accepted + rejected + dups)."""
+
+    def one(sql: str) -> int | float:
+        rows = backend.query_rows(sql)
+        return rows[0][0] if rows else 0
+
+    rejected = one(f"SELECT count() FROM {db}.rejected_events WHERE reason != '{DUPLICATE}'")
+    dups = one(f"SELECT count() FROM {db}.rejected_events WHERE reason = '{DUPLICATE}'")
+    accepted = r.read - rejected - dups
+    life = dict(backend.query_rows(f"SELECT action, count() FROM {db}.lifecycle GROUP BY action"))
+    status = dict(backend.query_rows(f"SELECT status, count() FROM {db}.decisions GROUP BY status"))
+    reasons = backend.query_rows(
+        f"SELECT reason, count() AS n FROM {db}.decisions WHERE status = 'suppressed' "
+        f"GROUP BY reason ORDER BY n DESC, reason")
+    sends = one(f"SELECT count() FROM {db}.sends")
+    conv = backend.query_rows(f"SELECT count(), sum(revenue) FROM {db}.conversions")[0]
+    balanced = rejected == r.generated_bad and dups == r.generated_duplicates
+
+    rows = [
+        ("events read", f"{r.read:,}"),
+        ("  accepted", f"{accepted:,}"),
+        ("  rejected (dead letters)", f"{rejected:,}"),
+        ("  duplicates dropped", f"{dups:,}"),
+        ("triggers started", f"{life.get('started', 0):,}"),
+        ("  cancelled", f"{life.get('cancelled', 0):,}"),
+        ("  completed", f"{life.get('completed', 0):,}"),
+        ("messages sent", f"{sends:,}"),
+        ("  suppressed", f"{status.get('suppressed', 0):,}"),
+        *((f"    {reason}", f"{n:,}") for reason, n in reasons),
+        ("conversions", f"{conv[0]:,} (revenue {float(conv[1] or 0):,.2f})"),
+        ("profiles from", r.profiles_from),
+        ("throughput", f"{r.read / max(r.seconds, 1e-9):,.0f} events/s ({r.seconds:.1f} s)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    say("\nsummary")
+    for k, v in rows:
+        say(f"  {k.ljust(width)}  {v}")
+    say(f"  counts {'balance' if balanced else 'DO NOT balance'}: read {r.read:,} = accepted "
+        f"{accepted:,} + rejected {rejected:,} + duplicates {dups:,} "
+        f"(generator made {r.generated_bad:,} bad, {r.generated_duplicates:,} duplicates)")
+    return balanced
