@@ -165,10 +165,14 @@ def _describe(err: ValidationError, prefix: str = "") -> tuple[str, str]:
     parts = []
     reason = INVALID_FIELD
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "missing":
             reason = MISSING_FIELD
-        parts.append(f"{prefix}{loc}: {e['msg']}")
+        if not prefix and e["loc"][0] == "ts":  # the int | str union: one plain message
+            msg = "ts: must be RFC 3339 text or an integer of epoch milliseconds"
+        else:
+            msg = f"{prefix}{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+        if msg not in parts:
+            parts.append(msg)
     return reason, "; ".join(parts)
 
 

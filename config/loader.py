@@ -8,6 +8,7 @@ All problems in all files are collected and raised together as :class:`ConfigErr
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,10 +74,14 @@ def _marks(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], tu
             _marks(v, (*path, i), out)
 
 
-def _locate(loc: tuple[Any, ...], marks: dict[tuple[Any, ...], tuple[int, int]]) -> tuple[int, int]:
-    """Deepest known position for a pydantic error location (unknown keys point at the key)."""
-    if (*loc, "__key__") in marks:
+def _locate(loc: tuple[Any, ...], kind: str,
+            marks: dict[tuple[Any, ...], tuple[int, int]]) -> tuple[int, int]:
+    """Best position for a pydantic error: an unknown key at the key, a missing field at its
+    parent's key, a bad value at the value; else the deepest enclosing thing that exists."""
+    if kind == "extra_forbidden" and (*loc, "__key__") in marks:
         return marks[(*loc, "__key__")]
+    if kind == "missing" and (*loc[:-1], "__key__") in marks:
+        return marks[(*loc[:-1], "__key__")]
     for n in range(len(loc), -1, -1):
         if loc[:n] in marks:
             return marks[loc[:n]]
@@ -84,7 +89,7 @@ def _locate(loc: tuple[Any, ...], marks: dict[tuple[Any, ...], tuple[int, int]])
 
 
 def _clean(msg: str) -> str:
-    return msg.removeprefix("Value error, ")
+    return re.sub(r" or instance of \w+", "", msg.removeprefix("Value error, "))
 
 
 def validate_document(text: str, filename: str, model: type[BaseModel]) -> tuple[Any, list[ConfigIssue]]:
@@ -106,7 +111,7 @@ def validate_document(text: str, filename: str, model: type[BaseModel]) -> tuple
         issues = []
         for err in e.errors():
             loc = tuple(err["loc"])
-            line, col = _locate(loc, marks)
+            line, col = _locate(loc, err["type"], marks)
             msg = _clean(err["msg"])
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see `cdp-triggers schema`)"
