@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSink
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 
 from cdp_triggers.clock import Clock
@@ -43,6 +43,14 @@ def build_flow(source: Source, runtime: EngineRuntime, outputs: Outputs,
                parse_clock: Clock | None = None, flow_id: str = "cdp_triggers") -> Dataflow:
     """``parse_clock`` (live runs) also rejects events stamped too far in the future."""
     flow = Dataflow(flow_id)
+    records, rejected = engine_streams(flow, source, runtime, parse_clock)
+    attach_outputs(records, rejected, outputs)
+    return flow
+
+
+def engine_streams(flow: Dataflow, source: Source, runtime: EngineRuntime,
+                   parse_clock: Clock | None = None) -> tuple[Stream, Stream]:
+    """input → parse → key by customer → engine; returns (engine records, rejected)."""
     raw = op.input("input", flow, source)
 
     def parse(r: RawEvent) -> Event | Rejected:
@@ -50,11 +58,13 @@ def build_flow(source: Source, runtime: EngineRuntime, outputs: Outputs,
 
     parsed = op.map("parse", raw, parse)
     valid = op.branch("valid", parsed, lambda x: isinstance(x, Event))
-    rejected = valid.falses
     keyed = op.key_on("by_customer", valid.trues, lambda e: e.customer_id)
     decided = op.stateful_batch("engine", keyed, runtime.builder)
-    records = op.map("unkey", decided, lambda kv: kv[1])
+    return op.map("unkey", decided, lambda kv: kv[1]), valid.falses
 
+
+def attach_outputs(records: Stream, rejected: Stream, outputs: Outputs) -> None:
+    """Fan records out: everything to ClickHouse, sends and dead letters to Kafka."""
     if outputs.clickhouse is not None:
         shards = outputs.clickhouse_shards
         to_ch = op.map("route", op.merge("all_records", records, rejected),
@@ -70,4 +80,3 @@ def build_flow(source: Source, runtime: EngineRuntime, outputs: Outputs,
         dead = op.map("dead_letters", rejected, dead_letter_message)
         op.output("dead_letter_topic", dead,
                   KafkaSink(outputs.kafka_brokers, outputs.dead_letter_topic))
-    return flow

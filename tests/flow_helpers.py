@@ -1,0 +1,54 @@
+"""Helpers for tests that run the real Bytewax flow: sources, configs with short waits."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
+
+from config.loader import DEFAULT_CONFIG_DIR
+from flows.sources import RawEvent
+
+
+class _IdleThenEnd(StatelessSourcePartition[RawEvent]):
+    def __init__(self, items: list[RawEvent], idle_s: float, until: Callable[[], bool] | None):
+        self._items, self._end, self._until = items, None, until
+        self._idle = idle_s
+
+    def next_batch(self) -> list[RawEvent]:
+        if self._items:
+            out, self._items = self._items, []
+            self._end = time.monotonic() + self._idle
+            return out
+        if time.monotonic() >= self._end or (self._until is not None and self._until()):
+            raise StopIteration
+        return []
+
+    def next_awake(self) -> datetime | None:
+        return datetime.now().astimezone() + timedelta(milliseconds=50)
+
+
+class IdleSource(DynamicSource[RawEvent]):
+    """Emits the items once, then stays open (idle) for ``idle_s`` so timers can fire."""
+
+    def __init__(self, items: list[RawEvent], idle_s: float,
+                 until: Callable[[], bool] | None = None) -> None:
+        self.items, self.idle_s, self.until = items, idle_s, until
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _IdleThenEnd:
+        return _IdleThenEnd(self.items if worker_index == 0 else [], self.idle_s, self.until)
+
+
+def short_wait_config(tmp_path: Path, inactivity: str = "1s", grace: str = "0s") -> Path:
+    """A copy of the shipped config whose abandoned-cart wait takes seconds, not minutes."""
+    root = tmp_path / "config"
+    shutil.copytree(DEFAULT_CONFIG_DIR, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    t = root / "triggers" / "abandoned_cart.yaml"
+    t.write_text(t.read_text().replace("inactivity: 30m", f"inactivity: {inactivity}"))
+    p = root / "policy.yaml"
+    p.write_text(p.read_text().replace("late_event_grace: 5m", f"late_event_grace: {grace}"))
+    return root
