@@ -1,0 +1,1 @@
+"""Outputs of the engine: ClickHouse (schema, backends, Bytewax sink) and the sends topic."""

@@ -1,0 +1,323 @@
+"""The one owner of all ClickHouse DDL, and of how engine records become rows.
+
+Both backends (chdb embedded, clickhouse-connect server) run exactly these statements.
+
+Storage tables ``raw_*`` are ``ReplacingMergeTree(inserted_at)`` ordered by a key that ends
+with the record's deterministic id, so a replay or an at-least-once recovery that writes a
+row again leaves one logical row. Analysts query the dedup views of the same name without
+``raw_`` (``SELECT … FROM raw_x FINAL``) and the analyst views built on them.
+
+Sorting keys only hold columns that are a function of the id (the trigger id is hashed into
+every decision/send id), so a re-written row always replaces its twin. Partitions are by
+``toYYYYMM(ts)``; ``FINAL`` merges across partitions (ClickHouse default), so even a row
+re-written with another ``ts`` is counted once by the views.
+
+No raw e-mail or phone numbers are stored: a send's ``variables`` is template data (JSON).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from cdp_triggers.clock import iso
+from cdp_triggers.events import DUPLICATE, Rejected
+from cdp_triggers.ids import stable_id
+from cdp_triggers.records import Conversion, Decision, Duplicate, Lifecycle, Send
+
+DECISIONS = "raw_decisions"
+SENDS = "raw_sends"
+LIFECYCLE = "raw_lifecycle"
+CONVERSIONS = "raw_conversions"
+REJECTED = "raw_rejected_events"
+RAW_TABLES = (DECISIONS, SENDS, LIFECYCLE, CONVERSIONS, REJECTED)
+
+DEDUP_VIEWS = {
+    DECISIONS: "decisions",
+    SENDS: "sends",
+    LIFECYCLE: "lifecycle",
+    CONVERSIONS: "conversions",
+    REJECTED: "rejected_events",
+}
+ANALYST_VIEWS = ("trigger_funnel_daily", "suppression_reasons", "channel_summary")
+
+LC = "LowCardinality(String)"
+TIME = "DateTime64(3, 'UTC')"
+_INSERTED = f"inserted_at {TIME} DEFAULT now64(3)"
+
+# table -> (column definitions, PARTITION BY or "", ORDER BY)
+_TABLES: dict[str, tuple[list[str], str, str]] = {
+    DECISIONS: (
+        [
+            "decision_id String", "send_id String", "customer_id String",
+            f"trigger_id {LC}", f"trigger_kind {LC}", f"config_version {LC}",
+            "instance_id String", "step UInt16", f"channel {LC}", f"template {LC}",
+            f"variant {LC}", f"status {LC}", f"reason {LC}",
+            f"ts {TIME}", f"decided_at {TIME}", _INSERTED,
+        ],
+        "toYYYYMM(ts)",
+        "(trigger_id, decision_id)",
+    ),
+    SENDS: (
+        [
+            "send_id String", "customer_id String",
+            f"trigger_id {LC}", f"trigger_kind {LC}", f"config_version {LC}",
+            "instance_id String", "step UInt16", f"channel {LC}", f"template {LC}",
+            f"variant {LC}", "variables String",
+            f"ts {TIME}", f"decided_at {TIME}", _INSERTED,
+        ],
+        "toYYYYMM(ts)",
+        "(trigger_id, send_id)",
+    ),
+    LIFECYCLE: (
+        [
+            "lifecycle_id String", "customer_id String", f"trigger_id {LC}",
+            "instance_id String", "instance_key String", f"action {LC}", f"reason {LC}",
+            "event_id String", f"ts {TIME}", f"decided_at {TIME}", _INSERTED,
+        ],
+        "toYYYYMM(ts)",
+        "(trigger_id, lifecycle_id)",
+    ),
+    CONVERSIONS: (
+        [
+            "conversion_id String", "customer_id String", "order_id String",
+            "revenue Decimal(18, 4)", f"currency {LC}", "send_id String",
+            f"trigger_id {LC}", f"variant {LC}", f"channel {LC}",
+            f"sent_at {TIME}", f"ts {TIME}", _INSERTED,
+        ],
+        "toYYYYMM(ts)",
+        "(trigger_id, conversion_id)",
+    ),
+    REJECTED: (
+        [
+            "rejected_id String", f"reason {LC}", "detail String", "raw String",
+            "source String", "customer_id String", "event_id String", f"event_type {LC}",
+            f"event_ts Nullable({TIME})", f"received_at {TIME}", _INSERTED,
+        ],
+        "",
+        "(reason, rejected_id)",
+    ),
+}
+
+
+def _funnel(db: str) -> str:
+    return f"""
+SELECT day, trigger_id, variant, channel,
+       sum(started) AS instances_started,
+       sum(inst_cancelled) AS instances_cancelled,
+       sum(considered) AS messages_considered,
+       sum(sent) AS messages_sent,
+       sum(suppressed) AS messages_suppressed,
+       sum(cancelled) AS messages_cancelled,
+       sum(conv) AS conversions,
+       sum(rev) AS revenue
+FROM (
+    SELECT toDate(l.ts) AS day, toString(l.trigger_id) AS trigger_id,
+           toString(v.variant) AS variant, '' AS channel,
+           toUInt64(l.action = 'started') AS started,
+           toUInt64(l.action = 'cancelled') AS inst_cancelled,
+           toUInt64(0) AS considered, toUInt64(0) AS sent, toUInt64(0) AS suppressed,
+           toUInt64(0) AS cancelled, toUInt64(0) AS conv, toDecimal128(0, 4) AS rev
+    FROM {db}.lifecycle AS l
+    LEFT JOIN (SELECT instance_id, any(variant) AS variant
+               FROM {db}.decisions GROUP BY instance_id) AS v USING (instance_id)
+    UNION ALL
+    SELECT toDate(ts), toString(trigger_id), toString(variant), toString(channel),
+           0, 0, 1, status = 'sent', status = 'suppressed', status = 'cancelled',
+           0, toDecimal128(0, 4)
+    FROM {db}.decisions
+    UNION ALL
+    SELECT toDate(ts), toString(trigger_id), toString(variant), toString(channel),
+           0, 0, 0, 0, 0, 0, 1, toDecimal128(revenue, 4)
+    FROM {db}.conversions
+)
+GROUP BY day, trigger_id, variant, channel"""
+
+
+def _suppression(db: str) -> str:
+    return f"""
+SELECT trigger_id, status, reason,
+       count() AS decisions,
+       uniqExact(customer_id) AS customers,
+       min(ts) AS first_ts, max(ts) AS last_ts
+FROM {db}.decisions
+WHERE status != 'sent'
+GROUP BY trigger_id, status, reason"""
+
+
+def _channels(db: str) -> str:
+    return f"""
+SELECT d.channel AS channel,
+       d.considered AS messages_considered,
+       d.sent AS messages_sent,
+       d.suppressed AS messages_suppressed,
+       d.cancelled AS messages_cancelled,
+       d.customers_reached AS customers_reached,
+       c.conversions AS conversions,
+       c.revenue AS revenue,
+       if(d.sent > 0, c.conversions / d.sent, 0) AS conversion_rate
+FROM (
+    SELECT toString(channel) AS channel, count() AS considered,
+           countIf(status = 'sent') AS sent,
+           countIf(status = 'suppressed') AS suppressed,
+           countIf(status = 'cancelled') AS cancelled,
+           uniqExactIf(customer_id, status = 'sent') AS customers_reached
+    FROM {db}.decisions GROUP BY channel
+) AS d
+LEFT JOIN (
+    SELECT toString(channel) AS channel, count() AS conversions, sum(revenue) AS revenue
+    FROM {db}.conversions GROUP BY channel
+) AS c USING (channel)"""
+
+
+def ddl_statements(database: str) -> list[str]:
+    """Every statement that builds ``database``, in order; each is idempotent.
+
+    Tables use ``IF NOT EXISTS`` (never dropped or altered here); views use
+    ``CREATE OR REPLACE`` so a new definition reaches existing databases.
+    """
+    if not database.isidentifier():
+        raise ValueError(f"database name must be a plain identifier, got {database!r}")
+    db = database
+    out = [f"CREATE DATABASE IF NOT EXISTS {db}"]
+    for table, (columns, partition, order) in _TABLES.items():
+        part = f"\nPARTITION BY {partition}" if partition else ""
+        cols = ",\n    ".join(columns)
+        out.append(
+            f"CREATE TABLE IF NOT EXISTS {db}.{table} (\n    {cols}\n)\n"
+            f"ENGINE = ReplacingMergeTree(inserted_at){part}\nORDER BY {order}"
+        )
+    for table, view in DEDUP_VIEWS.items():
+        out.append(f"CREATE OR REPLACE VIEW {db}.{view} AS SELECT * FROM {db}.{table} FINAL")
+    for view, body in zip(ANALYST_VIEWS, (_funnel, _suppression, _channels), strict=True):
+        out.append(f"CREATE OR REPLACE VIEW {db}.{view} AS{body(db)}")
+    return out
+
+
+def columns(table: str) -> list[str]:
+    """Column names of a raw table (including the server-filled ``inserted_at``)."""
+    return [c.split(" ", 1)[0] for c in _TABLES[table][0]]
+
+
+# ---------------------------------------------------------------- row mappers
+
+Record = Decision | Send | Lifecycle | Conversion | Duplicate | Rejected
+
+_TABLE_OF: dict[type, str] = {
+    Decision: DECISIONS,
+    Send: SENDS,
+    Lifecycle: LIFECYCLE,
+    Conversion: CONVERSIONS,
+    Duplicate: REJECTED,
+    Rejected: REJECTED,
+}
+
+
+def table_for(record: Record) -> str:
+    """The raw table a record goes to."""
+    try:
+        return _TABLE_OF[type(record)]
+    except KeyError:
+        raise TypeError(f"no ClickHouse table for {type(record).__name__}") from None
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray) else raw
+
+
+def rejected_id(record: Rejected) -> str:
+    """Deterministic id of a dead letter: its source position and payload."""
+    return stable_id(record.source, _text(record.raw))
+
+
+def duplicate_id(record: Duplicate) -> str:
+    """Deterministic id of a dropped duplicate event."""
+    return stable_id("dup", record.customer_id, record.event_id, record.source)
+
+
+def record_id(record: Record) -> str:
+    """The id a record is deduplicated on."""
+    match record:
+        case Decision():
+            return record.decision_id
+        case Send():
+            return record.send_id
+        case Lifecycle():
+            return record.lifecycle_id
+        case Conversion():
+            return record.conversion_id
+        case Duplicate():
+            return duplicate_id(record)
+        case Rejected():
+            return rejected_id(record)
+    raise TypeError(f"no ClickHouse table for {type(record).__name__}")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def rows_for(record: Record, received_at: int | None = None) -> tuple[str, dict[str, Any]]:
+    """``(raw table, JSON-ready row)`` for ``INSERT INTO db.table FORMAT JSONEachRow``.
+
+    ``received_at`` (epoch ms; default: now) stamps dead letters and duplicates, which
+    carry no engine time of their own; it is not part of their id.
+    """
+    match record:
+        case Decision():
+            return DECISIONS, {
+                "decision_id": record.decision_id, "send_id": record.send_id,
+                "customer_id": record.customer_id, "trigger_id": record.trigger_id,
+                "trigger_kind": record.trigger_kind, "config_version": record.config_version,
+                "instance_id": record.instance_id, "step": record.step,
+                "channel": record.channel, "template": record.template,
+                "variant": record.variant, "status": record.status, "reason": record.reason,
+                "ts": iso(record.ts), "decided_at": iso(record.decided_at),
+            }
+        case Send():
+            variables = orjson.dumps(record.variables, default=str,
+                                     option=orjson.OPT_SORT_KEYS).decode()
+            return SENDS, {
+                "send_id": record.send_id, "customer_id": record.customer_id,
+                "trigger_id": record.trigger_id, "trigger_kind": record.trigger_kind,
+                "config_version": record.config_version, "instance_id": record.instance_id,
+                "step": record.step, "channel": record.channel, "template": record.template,
+                "variant": record.variant, "variables": variables,
+                "ts": iso(record.ts), "decided_at": iso(record.decided_at),
+            }
+        case Lifecycle():
+            return LIFECYCLE, {
+                "lifecycle_id": record.lifecycle_id, "customer_id": record.customer_id,
+                "trigger_id": record.trigger_id, "instance_id": record.instance_id,
+                "instance_key": record.instance_key, "action": record.action,
+                "reason": record.reason, "event_id": record.event_id,
+                "ts": iso(record.ts), "decided_at": iso(record.decided_at),
+            }
+        case Conversion():
+            return CONVERSIONS, {
+                "conversion_id": record.conversion_id, "customer_id": record.customer_id,
+                "order_id": record.order_id, "revenue": record.revenue,
+                "currency": record.currency, "send_id": record.send_id,
+                "trigger_id": record.trigger_id, "variant": record.variant,
+                "channel": record.channel, "sent_at": iso(record.sent_at), "ts": iso(record.ts),
+            }
+        case Duplicate():
+            return REJECTED, {
+                "rejected_id": duplicate_id(record), "reason": DUPLICATE,
+                "detail": f"event_id {record.event_id!r} already seen for this customer",
+                "raw": "", "source": record.source, "customer_id": record.customer_id,
+                "event_id": record.event_id, "event_type": record.event_type,
+                "event_ts": iso(record.ts),
+                "received_at": iso(_now_ms() if received_at is None else received_at),
+            }
+        case Rejected():
+            return REJECTED, {
+                "rejected_id": rejected_id(record), "reason": record.reason,
+                "detail": record.detail, "raw": _text(record.raw), "source": record.source,
+                "customer_id": record.customer_id, "event_id": record.event_id,
+                "event_type": record.event_type, "event_ts": None,
+                "received_at": iso(_now_ms() if received_at is None else received_at),
+            }
+    raise TypeError(f"no ClickHouse table for {type(record).__name__}")
