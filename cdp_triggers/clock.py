@@ -60,5 +60,33 @@ def from_datetime(dt: datetime) -> int:
 
 def iso(ms: int) -> str:
     """Epoch ms → ClickHouse DateTime64(3) text, UTC (``2026-11-23 16:00:00.000``)."""
-    dt = to_datetime(ms)
-    return dt.strftime("%Y-%m-%d %H:%M:%S.") + f"{ms % 1000:03d}"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}"
+
+
+class WatermarkClock:
+    """Live runs: wall-clock time, held back to the event time the input has reached.
+
+    While the flow catches up on a backlog, wall time runs hours ahead of the events being
+    read; firing timers by wall time alone would send reminders before the cancelling
+    events (already in the backlog) are read. So ``now`` is ``min(wall, newest event time
+    seen)``, except when the input has been quiet for ``idle_ms`` of wall time: then it is
+    plain wall time, so timers of quiet keys still fire. One per process (the parse step
+    observes, the engine reads); a process only sees its own share of partitions.
+    """
+
+    def __init__(self, wall: Clock | None = None, idle_ms: int = 5 * SECOND) -> None:
+        self.wall = wall or WallClock()
+        self.idle_ms = idle_ms
+        self._max_ts: int | None = None
+        self._seen_at = 0
+
+    def observe(self, event_ts: int) -> None:
+        self._seen_at = self.wall.now_ms()
+        if self._max_ts is None or event_ts > self._max_ts:
+            self._max_ts = event_ts
+
+    def now_ms(self) -> int:
+        w = self.wall.now_ms()
+        if self._max_ts is None or w - self._seen_at >= self.idle_ms:
+            return w
+        return min(w, self._max_ts)

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     clickhouse_batch_rows: int = 20_000
     clickhouse_batch_seconds: float = 2.0
     clock: Literal["live", "replay"] = "live"
+    live_idle_ms: int = 5000  # live: input quiet this long → timers follow plain wall time
     horizon_ms: int | None = None  # replay: fire timers due up to here at end of input
     recovery_dir: Path | None = None
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from bytewax.dataflow import Dataflow
 
-from cdp_triggers.clock import WallClock
+from cdp_triggers.clock import WatermarkClock
 from cdp_triggers.settings import Settings
 from config.loader import load_config
 from flows.pipeline import Outputs, build_flow
@@ -28,7 +28,7 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
     config = load_config(s.config_dir)
     backend = open_backend(s.clickhouse_url)
     ensure_schema(backend, s.clickhouse_database)
-    clock = WallClock()
+    clock = WatermarkClock(idle_ms=s.live_idle_ms)
     runtime = EngineRuntime(Engine(config), lambda: RedisProfileStore(s.redis_url).get,
                             mode=s.clock, clock=clock, horizon_ms=s.horizon_ms)
     source = kafka_source(s.brokers, s.input_topics, s.kafka_tail, s.kafka_group_id,
@@ -39,7 +39,7 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
                       clickhouse_batch_seconds=s.clickhouse_batch_seconds,
                       kafka_brokers=s.brokers, sends_topic=s.sends_topic,
                       dead_letter_topic=s.dead_letter_topic)
-    return build_flow(source, runtime, outputs, parse_clock=clock if s.clock == "live" else None)
+    return build_flow(source, runtime, outputs)
 
 
 def __getattr__(name: str) -> Dataflow:

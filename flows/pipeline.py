@@ -11,14 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSink
+from bytewax.connectors.kafka import KafkaSink, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 
-from cdp_triggers.clock import Clock
 from cdp_triggers.events import Event, Rejected, parse_event
 from cdp_triggers.records import Send
-from flows.sources import RawEvent
+from flows.sources import RawEvent, from_kafka
 from operators.keyed import EngineRuntime
 from sinks.clickhouse import ClickHouseBackend
 from sinks.clickhouse_sink import ClickHouseSink, route
@@ -40,21 +39,30 @@ class Outputs:
 
 
 def build_flow(source: Source, runtime: EngineRuntime, outputs: Outputs,
-               parse_clock: Clock | None = None, flow_id: str = "cdp_triggers") -> Dataflow:
-    """``parse_clock`` (live runs) also rejects events stamped too far in the future."""
+               flow_id: str = "cdp_triggers") -> Dataflow:
     flow = Dataflow(flow_id)
-    records, rejected = engine_streams(flow, source, runtime, parse_clock)
+    records, rejected = engine_streams(flow, source, runtime)
     attach_outputs(records, rejected, outputs)
     return flow
 
 
-def engine_streams(flow: Dataflow, source: Source, runtime: EngineRuntime,
-                   parse_clock: Clock | None = None) -> tuple[Stream, Stream]:
-    """input → parse → key by customer → engine; returns (engine records, rejected)."""
-    raw = op.input("input", flow, source)
+def engine_streams(flow: Dataflow, source: Source,
+                   runtime: EngineRuntime) -> tuple[Stream, Stream]:
+    """input → parse → key by customer → engine; returns (engine records, rejected).
 
-    def parse(r: RawEvent) -> Event | Rejected:
-        return parse_event(r.data, r.where, parse_clock.now_ms() if parse_clock else None)
+    Live runs also refuse events stamped too far ahead of the wall clock, and tell the
+    runtime's clock how far the input's event time has got.
+    """
+    raw = op.input("input", flow, source)
+    live = runtime.mode == "live"
+
+    def parse(r: RawEvent | KafkaSourceMessage) -> Event | Rejected:
+        if isinstance(r, KafkaSourceMessage):
+            r = from_kafka(r)
+        e = parse_event(r.data, r.where, runtime.wall.now_ms() if live else None)
+        if live and isinstance(e, Event):
+            runtime.observe(e)
+        return e
 
     parsed = op.map("parse", raw, parse)
     valid = op.branch("valid", parsed, lambda x: isinstance(x, Event))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -26,6 +26,8 @@ from state.customer import CustomerState
 
 log = logging.getLogger(__name__)
 
+RETRY_MS = 250  # a deadline the held-back clock has not reached yet is retried this often
+
 Mode = Literal["live", "replay"]
 
 
@@ -36,9 +38,20 @@ class EngineRuntime:
     engine: Engine
     profiles_factory: Callable[[], ProfileLookup]
     mode: Mode = "live"
-    clock: Clock = WallClock()
+    clock: Clock = field(default_factory=WallClock)
     horizon_ms: int | None = None
     _profiles: ProfileLookup | None = None
+
+    @property
+    def wall(self) -> Clock:
+        """The unheld wall clock behind ``clock`` (for scheduling Bytewax notifications)."""
+        return getattr(self.clock, "wall", self.clock)
+
+    def observe(self, event: Event) -> None:
+        """Tell a watermark clock how far the input has got (no-op for other clocks)."""
+        observe = getattr(self.clock, "observe", None)
+        if observe is not None:
+            observe(event.ts)
 
     def profiles(self) -> ProfileLookup:
         if self._profiles is None:
@@ -57,13 +70,19 @@ class CustomerLogic(StatefulBatchLogic[Event, Output, CustomerState]):
         self.state = state
 
     def on_batch(self, values: list[Event]) -> tuple[list[Output], bool]:
+        """Events in event-time order; before an event at T only timers due by T fire
+        (live: and by the clock), so a batch read from a backlog replays like replay mode."""
         rt, eng = self.rt, self.rt.engine
         if self.state is None:
             self.state = CustomerState(values[0].customer_id)
         st, out = self.state, []
-        for e in values:
-            now = rt.clock.now_ms() if rt.mode == "live" else max(st.high_water, e.ts)
-            out += eng.handle(st, e, now, rt.profiles())
+        live = rt.mode == "live"
+        clock_now = rt.clock.now_ms() if live else 0
+        for e in sorted(values, key=lambda v: v.ts):
+            now = max(st.high_water, e.ts)
+            out += eng.handle(st, e, min(now, clock_now) if live else now, rt.profiles())
+        if live:
+            out += eng.handle(st, None, clock_now, rt.profiles())
         return out, self._keep_or_discard()
 
     def on_notify(self) -> tuple[list[Output], bool]:
@@ -79,10 +98,15 @@ class CustomerLogic(StatefulBatchLogic[Event, Output, CustomerState]):
         return out, self._keep_or_discard()
 
     def notify_at(self) -> datetime | None:
+        """The next deadline. One already past by the wall clock (the live clock is held
+        back by the input's event time) is retried shortly rather than spun on."""
         if self.state is None or self.rt.mode != "live":
             return None
         at = self.rt.engine.next_wakeup(self.state)
-        return None if at is None else to_datetime(at)
+        if at is None:
+            return None
+        wall = self.rt.wall.now_ms()
+        return to_datetime(at if at > wall else wall + RETRY_MS)
 
     def snapshot(self) -> CustomerState:
         return self.state.snapshot() if self.state is not None else CustomerState("")

@@ -9,7 +9,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from cdp_triggers.clock import HOUR, WallClock
+from cdp_triggers.clock import HOUR, WallClock, WatermarkClock
 from cdp_triggers.events import Event, Rejected, parse_event
 from cdp_triggers.records import Decision, Send
 from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
@@ -63,7 +63,8 @@ def test_live_mode_fires_timers_by_notify_at_while_input_is_idle(tmp_path):
     events = [cart(0, customer="c1"), cart(0, customer="c2"), order(0, customer="c2")]
     events = [Event(e.event_id, e.type, e.customer_id, now + e.ts - T0, e.props) for e in events]
     store = DictProfileStore([reachable("c1"), reachable("c2")])
-    runtime = EngineRuntime(Engine(cfg), lambda: store.get, mode="live", clock=WallClock())
+    runtime = EngineRuntime(Engine(cfg), lambda: store.get, mode="live",
+                            clock=WatermarkClock(idle_ms=300))
     t0 = time.monotonic()
     got = run_records(IdleSource([RawEvent(e.to_json(), "t") for e in events], idle_s=3.0), runtime)
     sends = [r for r in got if isinstance(r, Send)]

@@ -1,0 +1,139 @@
+"""Integration: real Tansu broker + real redis-server → the live flow module → chdb + sends topic."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+from bytewax.testing import cluster_main, run_main
+from services import consume_all, produce
+
+from cdp_triggers.events import Event, parse_event
+from cdp_triggers.records import Send
+from cdp_triggers.settings import Settings
+from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
+from config.loader import load_config
+from flows.live import build_live_flow
+from operators.engine import Engine
+from sinks.clickhouse import open_backend
+from state.profiles import DictProfileStore, RedisProfileStore
+from tests.engine_helpers import replay
+
+pytestmark = pytest.mark.integration
+
+TOPIC_OF = {"order_placed": "orders", "order_paid": "orders", "order_shipped": "orders",
+            "order_delivered": "orders", "order_cancelled": "orders",
+            "consent_changed": "consents"}
+
+
+def _settings(kafka, redis_server, chdb_url, topics, **over) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    return Settings(kafka_brokers=kafka.bootstrap, input_topics=topics,
+                    sends_topic=f"sends_{run}", dead_letter_topic=f"dead_{run}",
+                    redis_url=redis_server.url, clickhouse_url=chdb_url,
+                    clickhouse_database=f"it_{run}", kafka_tail=False, **over)
+
+
+def _key(raw: bytes) -> bytes | None:
+    try:
+        cid = orjson.loads(raw).get("customer_id")
+    except Exception:
+        return None
+    return cid.encode() if isinstance(cid, str) else None
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kafka_to_bytewax_to_clickhouse_and_sends_topic(kafka, redis_server, chdb_url, workers):
+    gen = SyntheticRetail(SyntheticConfig(customers=400, days=2, seed=11))
+    profiles = gen.profiles()
+    RedisProfileStore(redis_server.url).put_many(profiles)
+    raws = list(gen.events())
+    topic = f"clickstream_{uuid.uuid4().hex[:8]}"
+    s = _settings(kafka, redis_server, chdb_url, [topic], clock="replay", horizon_ms=gen.end_ms)
+    kafka.create_topics([topic, s.sends_topic, s.dead_letter_topic], partitions=4)
+    produce(kafka.bootstrap, topic, [(_key(r), r) for r in raws])
+
+    flow = build_live_flow(s)
+    if workers == 1:
+        run_main(flow)
+    else:
+        cluster_main(flow, addresses=[], proc_id=0, worker_count_per_proc=workers)
+
+    # the same events through the pure engine (one partition per customer keeps their order)
+    events = [e for r in raws if isinstance(e := parse_event(r), Event)]
+    expected = [o for o in replay(Engine(load_config()), events, gen.end_ms,
+                                  DictProfileStore(profiles)) if isinstance(o, Send)]
+    assert len(expected) > 10
+
+    db = open_backend(chdb_url)
+    try:
+        rows = db.query_rows(f"SELECT send_id, channel FROM {s.clickhouse_database}.sends")
+        assert sorted(r[0] for r in rows) == sorted(x.send_id for x in expected)
+        [(rejected, dups)] = db.query_rows(
+            f"SELECT countIf(reason != 'duplicate_event_id'), countIf(reason = 'duplicate_event_id')"
+            f" FROM {s.clickhouse_database}.rejected_events")
+        assert (rejected, dups) == (gen.stats.bad, gen.stats.duplicates)
+        statuses = dict(db.query_rows(
+            f"SELECT status, count() FROM {s.clickhouse_database}.decisions GROUP BY status"))
+        assert statuses["sent"] == len(expected) and statuses.get("cancelled", 0) > 0
+    finally:
+        db.close()
+
+    sent = consume_all(kafka.bootstrap, s.sends_topic, expected=len(expected), timeout=30)
+    assert sorted(k.decode() for k, _ in sent) == sorted(x.send_id for x in expected)
+    body = orjson.loads(sent[0][1])
+    assert body["send_id"] == sent[0][0].decode() and body["channel"] == "email"
+
+    dead = consume_all(kafka.bootstrap, s.dead_letter_topic, expected=gen.stats.bad, timeout=30)
+    assert len(dead) == gen.stats.bad
+    assert all(orjson.loads(v)["reason"] and orjson.loads(v)["source"].startswith(topic)
+               for _, v in dead)
+
+
+def test_events_across_topics_in_live_mode(kafka, redis_server, chdb_url):
+    """Live clock: carts older than the wait fire at once; an order on another topic cancels."""
+    from cdp_triggers.clock import MINUTE, WallClock
+    from state.profiles import Profile
+
+    now = WallClock().now_ms()
+    t0 = now - 3 * 60 * MINUTE
+    run = uuid.uuid4().hex[:6]
+    topics = {"clickstream": f"cs_{run}", "orders": f"or_{run}", "consents": f"co_{run}"}
+    store = RedisProfileStore(redis_server.url)
+    store.put_many([Profile(c, "Europe/Berlin", "de", frozenset({"email"}), {"email:marketing": True})
+                    for c in ("k1", "k2", "k3")])
+
+    def ev(i, type_, cid, at_min, **props):
+        return Event(f"{run}-{i}", type_, cid, t0 + at_min * MINUTE, props)
+
+    events = [
+        ev(1, "added_to_cart", "k1", 0, product_id="p1", price=5.0),
+        ev(2, "added_to_cart", "k2", 0, product_id="p2", price=7.0),
+        ev(3, "order_placed", "k2", 10, order_id="o2", total=7.0, currency="EUR", items=[]),
+        ev(4, "added_to_cart", "k3", 0, product_id="p3", price=9.0),
+        ev(5, "consent_changed", "k3", 5, channel="email", category="marketing", granted=False),
+    ]
+    s = _settings(kafka, redis_server, chdb_url, list(topics.values()), clock="live")
+    kafka.create_topics([*topics.values(), s.sends_topic, s.dead_letter_topic], partitions=4)
+    for e in events:
+        topic = topics["orders"] if e.type == "order_placed" else (
+            topics["consents"] if e.type == "consent_changed" else topics["clickstream"])
+        produce(kafka.bootstrap, topic, [(e.customer_id.encode(), e.to_json())])
+    produce(kafka.bootstrap, topics["clickstream"], [(b"k9", b'{"broken')])
+    # one more event per customer after the others, so every key wakes with its facts known
+    produce(kafka.bootstrap, topics["clickstream"],
+            [(c.encode(), ev(10 + i, "product_viewed", c, 170, product_id="x").to_json())
+             for i, c in enumerate(("k1", "k2", "k3"))])
+    run_main(build_live_flow(s))
+
+    db = open_backend(chdb_url)
+    try:
+        got = dict(db.query_rows(
+            f"SELECT customer_id, concat(status, ':', reason) FROM {s.clickhouse_database}.decisions"))
+    finally:
+        db.close()
+    assert got == {"k1": "sent:", "k2": "cancelled:cancel_event:order_placed",
+                   "k3": "suppressed:no_consent"}
+    sent = consume_all(kafka.bootstrap, s.sends_topic, expected=1, timeout=20)
+    assert len(sent) == 1 and orjson.loads(sent[0][1])["customer_id"] == "k1"
