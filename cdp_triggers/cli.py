@@ -27,7 +27,9 @@ def print_table(columns: list[str], rows: list[tuple], out=sys.stdout) -> None:
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
 
     def line(r: list[str]) -> str:
-        return "  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(r, widths))
+        return "  ".join(
+            v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(r, widths, strict=False)
+        )
 
     print(line(cells[0]), file=out)
     print("  ".join("-" * w for w in widths), file=out)
@@ -57,7 +59,8 @@ def cmd_demo(a: argparse.Namespace, s: Settings) -> int:
     result = run_demo(config, url, s.clickhouse_database, syn,
                       None if a.no_redis else s.redis_url)
     ok = demo_summary(backend, s.clickhouse_database, result)
-    print(f'\nexplore: cdp-triggers sql "SELECT count() FROM sends"  (database {s.clickhouse_database})')
+    print(f'\nexplore: cdp-triggers sql "SELECT count() FROM sends"'
+          f"  (database {s.clickhouse_database})")
     return 0 if ok else 1
 
 
@@ -140,7 +143,8 @@ def cmd_generate(a: argparse.Namespace, s: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cdp-triggers", description=__doc__)
-    ap.add_argument("--config-dir", type=Path, help="trigger configs (default: the packaged config/)")
+    ap.add_argument("--config-dir", type=Path,
+                    help="trigger configs (default: the packaged config/)")
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
 

@@ -1,4 +1,5 @@
-"""Durations as marketers write them: ``90s``, ``30m``, ``4h``, ``7d``, ``2w`` (or plain ms ints)."""
+"""Durations as marketers write them: ``90s``, ``30m``, ``4h``, ``7d``, ``2w``
+(or plain ms ints)."""
 
 from __future__ import annotations
 

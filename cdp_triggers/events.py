@@ -224,11 +224,13 @@ def parse_event(raw: bytes | str, source: str = "", now_ms: int | None = None,
     except ValueError as e:
         return reject(INVALID_TIMESTAMP, f"ts: {e}", obj)
     if not MIN_TS_MS <= ts < MAX_TS_MS:
-        hint = " (epoch seconds? ts wants epoch milliseconds)" if 0 < ts < MIN_TS_MS // 1000 * 10 else ""
+        hint = (" (epoch seconds? ts wants epoch milliseconds)"
+                if 0 < ts < MIN_TS_MS // 1000 * 10 else "")
         return reject(TIMESTAMP_OUT_OF_RANGE, f"ts {env.ts!r} is outside 2000..2100{hint}", obj)
     if now_ms is not None and ts > now_ms + max_future_ms:
         return reject(TIMESTAMP_OUT_OF_RANGE,
-                      f"ts {env.ts!r} is more than {max_future_ms // 3_600_000} h in the future", obj)
+                      f"ts {env.ts!r} is more than {max_future_ms // 3_600_000} h in the future",
+                      obj)
     model = PROPS_MODELS.get(env.type)
     if model is not None:
         try:

@@ -61,7 +61,8 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _marks(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], tuple[int, int]]) -> None:
+def _marks(node: yaml.Node, path: tuple[Any, ...],
+           out: dict[tuple[Any, ...], tuple[int, int]]) -> None:
     """Record (line, column), 1-based, of every value in the YAML node tree by its path."""
     out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
@@ -92,7 +93,8 @@ def _clean(msg: str) -> str:
     return re.sub(r" or instance of \w+", "", msg.removeprefix("Value error, "))
 
 
-def validate_document(text: str, filename: str, model: type[BaseModel]) -> tuple[Any, list[ConfigIssue]]:
+def validate_document(text: str, filename: str,
+                      model: type[BaseModel]) -> tuple[Any, list[ConfigIssue]]:
     """Parse one YAML document into ``model``; returns (model or None, issues)."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -147,7 +149,8 @@ def load_config(config_dir: str | Path = DEFAULT_CONFIG_DIR) -> ConfigSet:
     seen: dict[str, str] = {}
     paths = sorted((root / "triggers").glob("*.yaml")) + sorted((root / "triggers").glob("*.yml"))
     if not paths:
-        issues.append(ConfigIssue(_display(root / "triggers"), 1, 1, "", "no trigger files (*.yaml) found"))
+        issues.append(ConfigIssue(_display(root / "triggers"), 1, 1, "",
+                                  "no trigger files (*.yaml) found"))
     for path in paths:
         text = path.read_text()
         digest.update(f"triggers/{path.name}\0".encode() + text.encode())
@@ -162,7 +165,9 @@ def load_config(config_dir: str | Path = DEFAULT_CONFIG_DIR) -> ConfigSet:
             marks: dict[tuple[Any, ...], tuple[int, int]] = {}
             _marks(node, (), marks)
             line, col = marks.get(("id",), (1, 1))
-            issues.append(ConfigIssue(name, line, col, "id", f"duplicate trigger id '{trigger.id}' (also in {seen[trigger.id]})"))
+            issues.append(ConfigIssue(
+                name, line, col, "id",
+                f"duplicate trigger id '{trigger.id}' (also in {seen[trigger.id]})"))
             continue
         seen[trigger.id] = name
         triggers.append(trigger)

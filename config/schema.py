@@ -46,7 +46,8 @@ class EventMatch(_Strict):
 
 
 class Wait(_Strict):
-    """Before the first step: ``inactivity`` (restarted by ``reset_on`` events) or fixed ``delay``."""
+    """Before the first step: ``inactivity`` (restarted by ``reset_on`` events) or
+    fixed ``delay``."""
 
     inactivity: Duration | None = None
     delay: Duration | None = None
@@ -74,7 +75,8 @@ class Step(_Strict):
 
 
 class Reentry(_Strict):
-    """``cooldown``: no new first message within this time of the last one; ``once``: never again."""
+    """``cooldown``: no new first message within this time of the last one;
+    ``once``: never again."""
 
     cooldown: Duration | None = None
     once: bool = False
@@ -87,7 +89,8 @@ class Trigger(_Strict):
     priority: int = Field(default=50, ge=0, le=100)
     description: str = ""
     start: EventMatch
-    key: str | None = Field(default=None, description="props field naming the instance, e.g. props.cart_id")
+    key: str | None = Field(
+        default=None, description="props field naming the instance, e.g. props.cart_id")
     wait: Wait = Field(default_factory=lambda: Wait(delay=0))
     cancel_on: list[EventMatch] = Field(default_factory=list)
     steps: list[Step] = Field(min_length=1)

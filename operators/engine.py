@@ -180,7 +180,8 @@ class Engine:
         if not profile.has_contact(channel):
             return NO_CONTACT
         override = state.consents.get(f"{channel}:{trig.kind}")
-        granted = override[0] if override and override[1] <= t else profile.consent(channel, trig.kind)
+        granted = (override[0] if override and override[1] <= t
+                   else profile.consent(channel, trig.kind))
         if trig.kind == "marketing":
             return "" if granted is True else NO_CONSENT
         return "" if granted is not False else NO_CONSENT
@@ -235,7 +236,8 @@ class Engine:
         """Customer facts the triggers read: cart lines, consents, conversions."""
         p = ev.props
         if ev.type == "added_to_cart":
-            line = state.cart.setdefault(str(p["product_id"]), {"quantity": 0, "price": p.get("price")})
+            line = state.cart.setdefault(str(p["product_id"]),
+                                         {"quantity": 0, "price": p.get("price")})
             line["quantity"] += int(p.get("quantity") or 1)
         elif ev.type == "removed_from_cart":
             state.cart.pop(str(p["product_id"]), None)
@@ -261,7 +263,8 @@ class Engine:
         if state.cart:
             items = [{"product_id": pid, **line} for pid, line in sorted(state.cart.items())]
             variables["items"] = items
-            variables["cart_total"] = round(sum((i["price"] or 0) * i["quantity"] for i in items), 2)
+            variables["cart_total"] = round(
+                sum((i["price"] or 0) * i["quantity"] for i in items), 2)
         return variables
 
     def _decision(self, state: CustomerState, trig: Trigger, inst: Instance, channel: str,

@@ -108,7 +108,8 @@ class RedisProfileStore:
         pipe = self._r.pipeline(transaction=False)
         for cid in ids:
             pipe.hgetall(self.prefix + cid)
-        return {cid: Profile.from_redis(cid, h) for cid, h in zip(ids, pipe.execute()) if h}
+        return {cid: Profile.from_redis(cid, h)
+                for cid, h in zip(ids, pipe.execute(), strict=True) if h}
 
     def put_many(self, profiles: Iterable[Profile], chunk: int = 1000) -> int:
         n = 0
@@ -124,7 +125,8 @@ class RedisProfileStore:
         return n
 
     def set_consent(self, customer_id: str, channel: str, category: str, granted: bool) -> None:
-        self._r.hset(self.prefix + customer_id, f"consent:{channel}:{category}", "1" if granted else "0")
+        self._r.hset(self.prefix + customer_id, f"consent:{channel}:{category}",
+                     "1" if granted else "0")
 
 
 class DictProfileStore:
@@ -150,4 +152,5 @@ class DictProfileStore:
         p = self._p.get(customer_id)
         if p is not None:
             consents = {**p.consents, f"{channel}:{category}": granted}
-            self._p[customer_id] = Profile(p.customer_id, p.timezone, p.locale, p.contacts, consents)
+            self._p[customer_id] = Profile(p.customer_id, p.timezone, p.locale, p.contacts,
+                                           consents)

@@ -1,8 +1,7 @@
 """ClickHouse schema, backends and Bytewax sink against a real embedded chdb.
 
-chdb runs one engine per process on one directory, so this module uses ONE data directory
-(module fixture, closed at teardown so other modules may open theirs) and gives every test
-its own database in it.
+chdb runs one engine per process on one directory, so the whole test session uses ONE data
+directory (the ``chdb_url`` fixture) and every test gets its own database in it.
 """
 
 from __future__ import annotations
@@ -47,8 +46,8 @@ _names = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    path = str(tmp_path_factory.mktemp("chdb"))
+def chdb_dir(chdb_url: str) -> Iterator[str]:
+    path = chdb_url.removeprefix("chdb://")  # the session's one engine directory
     keep = ChdbBackend(path)  # keeps the engine up for the whole module
     yield path
     keep.close()

@@ -67,7 +67,8 @@ def test_unknown_key_points_at_the_key(tmp_path):
 
 
 def test_missing_field_and_bad_channel_are_both_reported(tmp_path):
-    write(tmp_path, GOOD.replace("  event: added_to_cart", "  where: []").replace("[email]", "[fax]"))
+    write(tmp_path,
+          GOOD.replace("  event: added_to_cart", "  where: []").replace("[email]", "[fax]"))
     msgs = issues(tmp_path)
     assert any("abandoned_cart.yaml:3:1 start.event: required" in m for m in msgs)
     assert any(":14:16 steps[0].channels[0]: Input should be 'push', 'email' or 'sms'" in m

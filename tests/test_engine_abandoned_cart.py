@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 from cdp_triggers.clock import HOUR, MINUTE
-from cdp_triggers.records import CANCELLED, NO_CONSENT, NO_CONTACT, REENTRY_COOLDOWN, SENT, Conversion, Duplicate
+from cdp_triggers.records import (
+    CANCELLED,
+    NO_CONSENT,
+    NO_CONTACT,
+    REENTRY_COOLDOWN,
+    SENT,
+    Conversion,
+    Duplicate,
+)
 from state.profiles import DictProfileStore, Profile
-from tests.engine_helpers import T0, cart, decisions, engine, ev, lifecycle, live, order, replay, sends
+from tests.engine_helpers import (
+    T0,
+    cart,
+    decisions,
+    engine,
+    ev,
+    lifecycle,
+    live,
+    order,
+    replay,
+    sends,
+)
 
 DAY = 24 * HOUR
 
@@ -84,7 +103,8 @@ def test_no_contact_and_no_consent_are_recorded_with_reasons():
 
 
 def test_consent_revoked_by_event_blocks_the_send():
-    events = [cart(0), ev("consent_changed", 5, channel="email", category="marketing", granted=False)]
+    events = [cart(0),
+              ev("consent_changed", 5, channel="email", category="marketing", granted=False)]
     out = replay(engine(), events, T0 + DAY)
     assert sends(out) == [] and decisions(out)[0].reason == NO_CONSENT
 
@@ -100,7 +120,8 @@ def test_order_after_a_send_is_a_conversion_with_revenue():
     out = replay(engine(), [cart(0), order(3 * 60, total=42.5)], T0 + DAY)
     [conv] = [o for o in out if isinstance(o, Conversion)]
     [s] = sends(out)
-    assert conv.send_id == s.send_id and conv.revenue == 42.5 and conv.trigger_id == "abandoned_cart"
+    assert (conv.send_id == s.send_id and conv.revenue == 42.5
+            and conv.trigger_id == "abandoned_cart")
 
 
 def test_send_ids_are_deterministic_across_runs():

@@ -74,27 +74,27 @@ def test_live_mode_fires_timers_by_notify_at_while_input_is_idle(tmp_path):
     assert time.monotonic() - t0 < 10
 
 
-def test_chdb_rows_are_idempotent_across_replays(tmp_path):
-    url = f"chdb://{tmp_path}/ch"
+def test_chdb_rows_are_idempotent_across_replays(chdb_url):
+    url = chdb_url
     gen = SyntheticRetail(SyntheticConfig(customers=200, days=2, seed=5))
     store = DictProfileStore(gen.profiles())
     backend = open_backend(url)
-    ensure_schema(backend, "t")
+    ensure_schema(backend, "idem")
 
     def run_once():
         runtime = EngineRuntime(Engine(load_config()), lambda: store.get, mode="replay",
                                 horizon_ms=gen.end_ms)
         flow = build_flow(IteratorSource(gen.events), runtime,
-                          Outputs(clickhouse=lambda: open_backend(url), clickhouse_database="t",
+                          Outputs(clickhouse=lambda: open_backend(url), clickhouse_database="idem",
                                   clickhouse_batch_rows=50))
         run_main(flow)
-        return {v: backend.query_rows(f"SELECT count() FROM t.{v}")[0][0]
+        return {v: backend.query_rows(f"SELECT count() FROM idem.{v}")[0][0]
                 for v in ("decisions", "sends", "lifecycle", "rejected_events", "conversions")}
 
     first = run_once()
     second = run_once()
     assert first == second and first["sends"] > 0 and first["rejected_events"] > 0
-    raw = backend.query_rows("SELECT count() FROM t.raw_sends")[0][0]
+    raw = backend.query_rows("SELECT count() FROM idem.raw_sends")[0][0]
     assert raw in (first["sends"], 2 * first["sends"])  # physically twice until merged
     backend.close()
 

@@ -1,4 +1,5 @@
-"""Integration: real Tansu broker + real redis-server → the live flow module → chdb + sends topic."""
+"""Integration: real Tansu broker + real redis-server → the live flow module → chdb + sends
+topic."""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def test_kafka_to_bytewax_to_clickhouse_and_sends_topic(kafka, redis_server, chd
         rows = db.query_rows(f"SELECT send_id, channel FROM {s.clickhouse_database}.sends")
         assert sorted(r[0] for r in rows) == sorted(x.send_id for x in expected)
         [(rejected, dups)] = db.query_rows(
-            f"SELECT countIf(reason != 'duplicate_event_id'), countIf(reason = 'duplicate_event_id')"
+            f"SELECT countIf(reason != 'duplicate_event_id'),"
+            f" countIf(reason = 'duplicate_event_id')"
             f" FROM {s.clickhouse_database}.rejected_events")
         assert (rejected, dups) == (gen.stats.bad, gen.stats.duplicates)
         statuses = dict(db.query_rows(
@@ -101,7 +103,8 @@ def test_events_across_topics_in_live_mode(kafka, redis_server, chdb_url):
     run = uuid.uuid4().hex[:6]
     topics = {"clickstream": f"cs_{run}", "orders": f"or_{run}", "consents": f"co_{run}"}
     store = RedisProfileStore(redis_server.url)
-    store.put_many([Profile(c, "Europe/Berlin", "de", frozenset({"email"}), {"email:marketing": True})
+    store.put_many([Profile(c, "Europe/Berlin", "de", frozenset({"email"}),
+                            {"email:marketing": True})
                     for c in ("k1", "k2", "k3")])
 
     def ev(i, type_, cid, at_min, **props):
@@ -130,7 +133,8 @@ def test_events_across_topics_in_live_mode(kafka, redis_server, chdb_url):
     db = open_backend(chdb_url)
     try:
         got = dict(db.query_rows(
-            f"SELECT customer_id, concat(status, ':', reason) FROM {s.clickhouse_database}.decisions"))
+            f"SELECT customer_id, concat(status, ':', reason)"
+            f" FROM {s.clickhouse_database}.decisions"))
     finally:
         db.close()
     assert got == {"k1": "sent:", "k2": "cancelled:cancel_event:order_placed",
