@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from cdp_triggers.settings import Settings
@@ -66,16 +67,22 @@ def cmd_demo(a: argparse.Namespace, s: Settings) -> int:
 
 def cmd_run(a: argparse.Namespace, s: Settings) -> int:
     from bytewax._bytewax import cli_main
-    from bytewax.recovery import RecoveryConfig
+    from bytewax.recovery import RecoveryConfig, init_db_dir
 
     from flows.live import build_live_flow
 
     _config(s)
     flow = build_live_flow(s)
-    recovery = RecoveryConfig(str(s.recovery_dir)) if s.recovery_dir else None
+    recovery = None
+    if s.recovery_dir:
+        if not any(s.recovery_dir.glob("part-*.sqlite3")):
+            s.recovery_dir.mkdir(parents=True, exist_ok=True)
+            init_db_dir(s.recovery_dir, s.recovery_partitions)
+            print(f"recovery: initialised {s.recovery_partitions} partitions in {s.recovery_dir}")
+        recovery = RecoveryConfig(s.recovery_dir)
     cli_main(flow, workers_per_process=a.workers, process_id=a.process_id,
              addresses=a.addresses.split(";") if a.addresses else None,
-             recovery_config=recovery)
+             epoch_interval=timedelta(seconds=s.epoch_seconds), recovery_config=recovery)
     return 0
 
 

@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     clock: Literal["live", "replay"] = "live"
     live_idle_ms: int = 5000  # live: input quiet this long → timers follow plain wall time
     horizon_ms: int | None = None  # replay: fire timers due up to here at end of input
-    recovery_dir: Path | None = None
+    recovery_dir: Path | None = None  # Bytewax recovery: state + offsets snapshotted per epoch
+    recovery_partitions: int = 4  # created on first start when the directory is empty
+    epoch_seconds: float = 10.0  # snapshot interval; also the longest a row waits in a buffer
 
     @property
     def brokers(self) -> list[str]:

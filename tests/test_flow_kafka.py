@@ -141,3 +141,34 @@ def test_events_across_topics_in_live_mode(kafka, redis_server, chdb_url):
                    "k3": "suppressed:no_consent"}
     sent = consume_all(kafka.bootstrap, s.sends_topic, expected=1, timeout=20)
     assert len(sent) == 1 and orjson.loads(sent[0][1])["customer_id"] == "k1"
+
+
+def test_cli_run_with_two_workers_and_recovery(kafka, redis_server, tmp_path):
+    """`cdp-triggers run -w 2` as a platform team starts it: env settings, recovery dir."""
+    import os
+    import subprocess
+    import sys
+
+    gen = SyntheticRetail(SyntheticConfig(customers=150, days=2, seed=4))
+    RedisProfileStore(redis_server.url).put_many(gen.profiles())
+    raws = list(gen.events())
+    run = uuid.uuid4().hex[:8]
+    topic, sends = f"cli_in_{run}", f"cli_sends_{run}"
+    kafka.create_topics([topic, sends, f"cli_dead_{run}"], partitions=4)
+    produce(kafka.bootstrap, topic, [(_key(r), r) for r in raws])
+    env = {**os.environ, "CDP_KAFKA_BROKERS": kafka.bootstrap, "CDP_INPUT_TOPICS": f'["{topic}"]',
+           "CDP_SENDS_TOPIC": sends, "CDP_DEAD_LETTER_TOPIC": f"cli_dead_{run}",
+           "CDP_REDIS_URL": redis_server.url, "CDP_CLICKHOUSE_URL": f"chdb://{tmp_path}/ch",
+           "CDP_KAFKA_TAIL": "false", "CDP_CLOCK": "replay", "CDP_HORIZON_MS": str(gen.end_ms),
+           "CDP_RECOVERY_DIR": str(tmp_path / "recovery")}
+    exe = [sys.executable, "-m", "cdp_triggers.cli"]
+    done = subprocess.run([*exe, "run", "-w", "2"], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "initialised 4 partitions" in done.stdout
+    assert len(list((tmp_path / "recovery").glob("part-*.sqlite3"))) == 4
+    q = subprocess.run([*exe, "sql", "SELECT count() AS n FROM sends"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    n = int(q.stdout.split()[-1])
+    assert n > 0
+    assert len(consume_all(kafka.bootstrap, sends, expected=n, timeout=30)) == n
