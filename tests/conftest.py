@@ -11,7 +11,11 @@ def _serve(request: pytest.FixtureRequest, make):
         service = make()
         service.start()
     except ServiceError as e:
-        pytest.fail(str(e), pytrace=False)
+        failure = str(e)
+    else:
+        failure = None
+    if failure:
+        pytest.fail(failure, pytrace=False)
     try:
         yield service
     finally:

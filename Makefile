@@ -1,0 +1,44 @@
+# cdp-triggers developer tasks. `make demo` runs the embedded demo; `make test` runs lint + tests.
+
+# The first interpreter that pyproject.toml accepts (>=3.11,<3.13).
+PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
+	$$p -c 'import sys; assert (3, 11) <= sys.version_info < (3, 13)' 2>/dev/null && exec echo $$p; \
+	done; echo python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: venv services demo test lint bench clean
+
+venv: $(STAMP)
+
+# Reinstalled only when pyproject.toml changes (the install is editable, code changes need nothing).
+$(STAMP): pyproject.toml
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+# Binaries the integration tests start themselves (the Kafka broker comes from the venv).
+services:
+	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || { \
+		echo "redis-server missing: installing it with apt-get"; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }
+
+demo: venv
+	$(BIN)/cdp-triggers demo
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv services
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+bench: venv
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
