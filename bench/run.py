@@ -153,10 +153,10 @@ runs in its own process; RSS is that process's peak.
 
 | part | what runs | events/s | peak RSS |
 |---|---|---:|---:|
-| parse | orjson + pydantic strict validation | {r['parse']['events_per_s']:,.0f} | |
-| engine | pure engine, replay clock, in-memory profiles | {e['events_per_s']:,.0f} | {e['rss_mb']:,.0f} MB |
-| flow, 1 worker | generator → Bytewax → engine → chdb (all tables) | {f1['events_per_s']:,.0f} | {f1['rss_mb']:,.0f} MB |
-| flow, 2 workers | same, `cluster_main` with 2 workers in one process | {f2['events_per_s']:,.0f} | {f2['rss_mb']:,.0f} MB |
+{_row("parse", "orjson + pydantic strict validation", r["parse"])}
+{_row("engine", "pure engine, replay clock, in-memory profiles", e)}
+{_row("flow, 1 worker", "generator → Bytewax → engine → chdb (all tables)", f1)}
+{_row("flow, 2 workers", "same, `cluster_main` with 2 workers in one process", f2)}
 
 - Flow output: {f1['decisions']:,} decisions, {f1['sends']:,} sends (2 workers:
   {f2['decisions']:,} / {f2['sends']:,}: the same, as it must be).
@@ -168,6 +168,11 @@ runs in its own process; RSS is that process's peak.
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     print(f"wrote {path}")
+
+
+def _row(part: str, what: str, r: dict) -> str:
+    rss = f"{r['rss_mb']:,.0f} MB" if "rss_mb" in r else ""
+    return f"| {part} | {what} | {r['events_per_s']:,.0f} | {rss} |"
 
 
 def _cpus() -> int:

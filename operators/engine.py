@@ -76,6 +76,7 @@ class Engine:
             self._starts.setdefault(t.start.event, []).append(t)
         self._max_window = max((t.attribution_window for t in config.triggers), default=0)
         self._max_cooldown = max((t.reentry.cooldown or 0 for t in config.triggers), default=0)
+        self._once = frozenset(t.id for t in config.triggers if t.reentry.once)
 
     # ---- public API -------------------------------------------------------------------
 
@@ -103,10 +104,11 @@ class Engine:
                            or next(iter(state.seen.values())) < horizon):
             keep = [(k, v) for k, v in state.seen.items() if v >= horizon]
             state.seen = dict(keep[-policy.dedup_max_ids:])
-        state.touches = [t for t in state.touches if t.ts + t.window >= now]
-        once = {t.id for t in self.config.triggers if t.reentry.once}
-        state.last_entry = {k: v for k, v in state.last_entry.items()
-                            if k in once or v + self._max_cooldown >= now}
+        if state.touches and state.touches[0].ts + self._max_window < now:
+            state.touches = [t for t in state.touches if t.ts + t.window >= now]
+        if state.last_entry and min(state.last_entry.values()) + self._max_cooldown < now:
+            state.last_entry = {k: v for k, v in state.last_entry.items()
+                                if k in self._once or v + self._max_cooldown >= now}
 
     # ---- timers -----------------------------------------------------------------------
 

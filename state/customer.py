@@ -6,7 +6,7 @@ restore gives back exactly what the engine had. The engine owns all changes to i
 
 from __future__ import annotations
 
-import copy
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,8 +50,11 @@ class CustomerState:
     high_water: int = 0  # highest event time seen: replay mode's `now` never goes back
 
     def snapshot(self) -> CustomerState:
-        """An independent copy for Bytewax recovery (the live object keeps changing)."""
-        return copy.deepcopy(self)
+        """An independent copy for Bytewax recovery (the live object keeps changing).
+
+        A pickle round trip: the same deep copy, several times faster than copy.deepcopy.
+        """
+        return pickle.loads(pickle.dumps(self, pickle.HIGHEST_PROTOCOL))
 
     def is_empty(self) -> bool:
         """Nothing worth keeping: Bytewax may discard this key."""
