@@ -1,0 +1,53 @@
+"""The Redis profile store against a real redis-server, and the demo's loud fallback."""
+
+from __future__ import annotations
+
+import pytest
+from services import free_port
+
+from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
+from flows.demo import pick_profile_store
+from state.profiles import DictProfileStore, Profile, ProfileUnavailable, RedisProfileStore
+
+pytestmark = pytest.mark.integration
+
+
+def test_profiles_round_trip_in_one_pipelined_read(redis_server):
+    store = RedisProfileStore(redis_server.url, prefix="t1:")
+    a = Profile("a", "Europe/Berlin", "de-DE", frozenset({"email", "push"}),
+                {"email:marketing": True, "push:marketing": False})
+    b = Profile("b", "Asia/Tokyo", "ja-JP", frozenset(), {})
+    assert store.put_many([a, b]) == 2
+    got = store.get_many(["a", "b", "nobody"])
+    assert got == {"a": a, "b": b}
+    assert got["a"].consent("push", "marketing") is False
+    assert got["a"].consent("sms", "marketing") is None
+    store.set_consent("a", "email", "marketing", False)
+    assert store.get("a").consent("email", "marketing") is False
+    assert store.get("nobody") is None
+
+
+def test_unreachable_redis_raises_profile_unavailable_not_none():
+    store = RedisProfileStore(f"redis://127.0.0.1:{free_port()}/0")
+    assert store.ping() is False
+    with pytest.raises(ProfileUnavailable):
+        store.get("a")
+
+
+def test_demo_seeds_redis_when_it_answers(redis_server):
+    gen = SyntheticRetail(SyntheticConfig(customers=50, days=1))
+    said: list[str] = []
+    store, origin = pick_profile_store(gen, redis_server.url, said.append)
+    assert origin == "redis" and isinstance(store, RedisProfileStore)
+    assert store.get("c000007") == gen.profiles()[6]
+    assert "seeded 50 customers into Redis" in said[0]
+
+
+def test_demo_says_so_when_redis_is_absent():
+    gen = SyntheticRetail(SyntheticConfig(customers=50, days=1))
+    said: list[str] = []
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    store, origin = pick_profile_store(gen, url, said.append)
+    assert origin == "generated" and isinstance(store, DictProfileStore)
+    assert f"Redis is NOT reachable at {url}" in said[0]
+    assert store.get("c000001") == gen.profiles()[0]
