@@ -25,6 +25,8 @@ REENTRY_COOLDOWN = "reentry_cooldown"
 REENTRY_ONCE = "reentry_once"
 CANCEL_EVENT = "cancel_event"
 TRIGGER_DISABLED = "trigger_disabled"
+CONDITION_NOT_MET = "condition_not_met"  # a step's `when` was false at send time: skipped
+EXPIRED = "expired"  # the instance outlived its trigger's expire_after
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,10 @@ class Settings(BaseSettings):
     config_dir: Path = DEFAULT_CONFIG_DIR
     kafka_brokers: str = "127.0.0.1:9092"
     input_topics: list[str] = Field(
-        default_factory=lambda: ["clickstream", "orders", "outcomes", "consents"])
+        default_factory=lambda: ["clickstream", "orders", "outcomes", "consents",
+                                 "product_updates"])
     sends_topic: str = "sends"
     dead_letter_topic: str = "dead_letters"
-    kafka_group_id: str = "cdp-triggers"
     kafka_tail: bool = True  # False: stop at the end of the topics (tests, backfills)
     kafka_batch_size: int = 1000
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -22,10 +22,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Condition(_Strict):
-    """``field`` is a dotted path into the event (``props.total``, ``type``)."""
+CUSTOMER_METRICS = ("orders_count", "total_spent", "last_order_at", "days_since_last_order",
+                    "cart_items", "cart_total")
+INSTANCE_FIELDS = ("ordered", "key", "age_hours")
+_FIELD = (r"^(type|customer_id|props(\.[A-Za-z0-9_\-]+)+"
+          rf"|customer\.({'|'.join(CUSTOMER_METRICS)})|instance\.({'|'.join(INSTANCE_FIELDS)}))$")
+_VAR_SOURCE = (r"^(cart\.items|cart\.total|instance\.key|event\.type"
+               r"|event\.props(\.[A-Za-z0-9_\-]+)+"
+               rf"|customer\.({'|'.join(CUSTOMER_METRICS)}))$")
 
-    field: str = Field(min_length=1)
+
+class Condition(_Strict):
+    """``field`` is ``type``, ``props.x`` (the event), ``customer.<metric>`` or
+    ``instance.<field>``; ``op`` compares it with ``value``."""
+
+    field: str = Field(pattern=_FIELD, description=(
+        "type | customer_id | props.<path> | customer.<" + "|".join(CUSTOMER_METRICS)
+        + "> | instance.<" + "|".join(INSTANCE_FIELDS) + ">"))
     op: Literal["eq", "ne", "in", "gt", "gte", "lt", "lte", "exists"] = "eq"
     value: Any = None
 
@@ -38,15 +51,37 @@ class Condition(_Strict):
         return self
 
 
-class EventMatch(_Strict):
-    """An event type plus optional conditions that must all hold."""
+class Count(_Strict):
+    """Start only once the start event happened ``at_least`` times within ``within``
+    (per instance key), e.g. the same product viewed twice within an hour."""
 
-    event: str = Field(min_length=1)
+    at_least: int = Field(ge=2)
+    within: Duration
+
+
+class EventMatch(_Strict):
+    """One event type (or a list of them) plus conditions that must all hold."""
+
+    event: str | list[str] = Field(min_length=1)
     where: list[Condition] = Field(default_factory=list)
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return (self.event,) if isinstance(self.event, str) else tuple(self.event)
+
+
+class Start(EventMatch):
+    count: Count | None = None
+
+
+class CancelOn(EventMatch):
+    """An exit event. ``same_key``: only cancel the instance whose key the event names."""
+
+    same_key: bool = False
 
 
 class Wait(_Strict):
-    """Before the first step: ``inactivity`` (restarted by ``reset_on`` events) or
+    """Before the first step: ``inactivity`` (restarted by ``reset_on`` events) or a
     fixed ``delay``."""
 
     inactivity: Duration | None = None
@@ -67,11 +102,17 @@ class Wait(_Strict):
 
 
 class Step(_Strict):
-    """One message of the series, ``delay`` after the previous step (the first: after the wait)."""
+    """One message of the series, ``delay`` after the previous step (the first: after the
+    wait). ``when``: conditions re-checked at send time; false → skipped, recorded."""
 
     delay: Duration = 0
+    when: list[Condition] = Field(default_factory=list)
     template: Ident
     channels: list[Channel] = Field(min_length=1)
+    vars: dict[str, Annotated[str, Field(pattern=_VAR_SOURCE)]] = Field(
+        default_factory=dict,
+        description="template variable → source: cart.items, cart.total, instance.key, "
+                    "event.type, event.props.<path>, customer.<metric>")
 
 
 class Reentry(_Strict):
@@ -88,13 +129,16 @@ class Trigger(_Strict):
     enabled: bool = True
     priority: int = Field(default=50, ge=0, le=100)
     description: str = ""
-    start: EventMatch
-    key: str | None = Field(
-        default=None, description="props field naming the instance, e.g. props.cart_id")
+    start: Start
+    key: str | None = Field(default=None, pattern=r"^props(\.[A-Za-z0-9_\-]+)+$",
+                            description="props field naming the instance, e.g. props.cart_id")
     wait: Wait = Field(default_factory=lambda: Wait(delay=0))
-    cancel_on: list[EventMatch] = Field(default_factory=list)
+    cancel_on: list[CancelOn] = Field(default_factory=list)
     steps: list[Step] = Field(min_length=1)
     reentry: Reentry = Field(default_factory=Reentry)
+    grace: Duration | None = Field(default=None, description="overrides policy late_event_grace")
+    expire_after: Duration | None = Field(
+        default=None, description="an instance still running this long after it started ends")
     attribution_window: Duration = Field(default=parse_duration("3d"))
 
 

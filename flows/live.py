@@ -31,8 +31,7 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
     clock = WatermarkClock(idle_ms=s.live_idle_ms)
     runtime = EngineRuntime(Engine(config), lambda: RedisProfileStore(s.redis_url).get,
                             mode=s.clock, clock=clock, horizon_ms=s.horizon_ms)
-    source = kafka_source(s.brokers, s.input_topics, s.kafka_tail, s.kafka_group_id,
-                          s.kafka_batch_size)
+    source = kafka_source(s.brokers, s.input_topics, s.kafka_tail, s.kafka_batch_size)
     outputs = Outputs(clickhouse=lambda: open_backend(s.clickhouse_url),
                       clickhouse_database=s.clickhouse_database,
                       clickhouse_batch_rows=s.clickhouse_batch_rows,

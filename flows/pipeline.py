@@ -18,7 +18,8 @@ from bytewax.inputs import Source
 from cdp_triggers.events import Event, Rejected, parse_event
 from cdp_triggers.records import Send
 from flows.sources import RawEvent, from_kafka
-from operators.keyed import EngineRuntime
+from operators.interest import PRODUCT_TYPES, product_of
+from operators.keyed import EngineRuntime, product_builder
 from sinks.clickhouse import ClickHouseBackend
 from sinks.clickhouse_sink import ClickHouseSink, route
 from sinks.kafka_out import dead_letter_message, send_message
@@ -66,7 +67,16 @@ def engine_streams(flow: Dataflow, source: Source,
 
     parsed = op.map("parse", raw, parse)
     valid = op.branch("valid", parsed, lambda x: isinstance(x, Event))
-    keyed = op.key_on("by_customer", valid.trues, lambda e: e.customer_id)
+    # product fan-out: views/carts/catalogue updates keyed by product → derived customer events
+    product_events = op.filter("product_events", valid.trues,
+                               lambda e: e.type in PRODUCT_TYPES and "product_id" in e.props)
+    derived = op.map("derived_unkey", op.stateful_batch(
+        "products", op.key_on("by_product", product_events, product_of), product_builder()),
+        lambda kv: kv[1])
+    customer_events = op.filter("customer_events", valid.trues,
+                                lambda e: e.type != "product_updated")
+    keyed = op.key_on("by_customer", op.merge("with_derived", customer_events, derived),
+                      lambda e: e.customer_id)
     decided = op.stateful_batch("engine", keyed, runtime.builder)
     return op.map("unkey", decided, lambda kv: kv[1]), valid.falses
 

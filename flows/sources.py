@@ -24,11 +24,11 @@ def from_kafka(msg: KafkaSourceMessage) -> RawEvent:
     return RawEvent(msg.value or b"", f"{msg.topic}:{msg.partition}:{msg.offset}")
 
 
-def kafka_source(brokers: list[str], topics: list[str], tail: bool, group_id: str,
+def kafka_source(brokers: list[str], topics: list[str], tail: bool,
                  batch_size: int = 1000) -> KafkaSource:
-    """Bytewax's Kafka source (offsets live in Bytewax recovery snapshots, not the group)."""
-    return KafkaSource(brokers, topics, tail=tail, batch_size=batch_size,
-                       add_config={"group.id": group_id, "enable.auto.commit": "false"})
+    """Bytewax's Kafka source: partitions are assigned to workers, no consumer group; the
+    offsets live in Bytewax recovery snapshots beside the keyed state."""
+    return KafkaSource(brokers, topics, tail=tail, batch_size=batch_size)
 
 
 class _LinesPartition(StatefulSourcePartition[RawEvent, int]):

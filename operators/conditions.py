@@ -1,33 +1,97 @@
-"""Evaluate config conditions (``props.total gte 50``) against an event."""
+"""Evaluate config conditions against an event, the customer's metrics and an instance.
+
+Field paths (validated by the schema): ``type``, ``customer_id``, ``props.a.b`` (the event),
+``customer.<metric>`` (from CustomerState), ``instance.<field>`` (a running instance).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from cdp_triggers.clock import DAY, HOUR
 from cdp_triggers.events import Event
 from config.schema import Condition, EventMatch
+from state.customer import CustomerState, Instance
 
-_MISSING = object()
+MISSING = object()
 
 
-def field_value(event: Event, path: str) -> Any:
-    """Dotted path into an event: ``type``, ``customer_id``, ``props.cart_id``, ``props.a.b``."""
-    head, _, rest = path.partition(".")
-    if head != "props":
-        return getattr(event, head, _MISSING) if not rest else _MISSING
-    value: Any = event.props
-    for part in rest.split(".") if rest else ():
+@dataclass(slots=True)
+class Scope:
+    """What a condition can see. Any part may be absent."""
+
+    event: Event | None = None
+    state: CustomerState | None = None
+    instance: Instance | None = None
+    now: int = 0
+
+
+def _props_path(props: dict[str, Any], rest: str) -> Any:
+    value: Any = props
+    for part in rest.split("."):
         if not isinstance(value, dict) or part not in value:
-            return _MISSING
+            return MISSING
         value = value[part]
     return value
 
 
-def holds(cond: Condition, event: Event) -> bool:
-    v = field_value(event, cond.field)
+def customer_metric(state: CustomerState, name: str, now: int) -> Any:
+    match name:
+        case "orders_count":
+            return state.orders_count
+        case "total_spent":
+            return round(state.total_spent, 2)
+        case "last_order_at":
+            return state.last_order_at if state.last_order_at else MISSING
+        case "days_since_last_order":
+            return (now - state.last_order_at) / DAY if state.last_order_at else MISSING
+        case "cart_items":
+            return sum(int(line["quantity"]) for line in state.cart.values())
+        case "cart_total":
+            return cart_total(state)
+    return MISSING
+
+
+def cart_total(state: CustomerState) -> float:
+    lines = state.cart.values()
+    return round(sum((line.get("price") or 0) * line["quantity"] for line in lines), 2)
+
+
+def cart_items(state: CustomerState) -> list[dict[str, Any]]:
+    return [{"product_id": pid, **line} for pid, line in sorted(state.cart.items())]
+
+
+def value_of(path: str, scope: Scope) -> Any:
+    head, _, rest = path.partition(".")
+    if head == "props":
+        return _props_path(scope.event.props, rest) if scope.event else MISSING
+    if head in ("type", "customer_id") and not rest:
+        return getattr(scope.event, head) if scope.event else MISSING
+    if head == "customer" and scope.state is not None:
+        return customer_metric(scope.state, rest, scope.now)
+    if head == "instance" and scope.instance is not None:
+        inst = scope.instance
+        if rest == "ordered":
+            return bool(scope.state and scope.state.last_order_at >= inst.started_at)
+        if rest == "key":
+            return inst.key
+        if rest == "age_hours":
+            return (scope.now - inst.started_at) / HOUR
+    if head == "event" and scope.instance is not None:  # template vars: the instance's event
+        if rest == "type":
+            return scope.instance.event_type or MISSING
+        if rest.startswith("props."):
+            return _props_path(scope.instance.context, rest[6:])
+    return MISSING
+
+
+def holds(cond: Condition, scope: Scope) -> bool:
+    v = value_of(cond.field, scope)
     if cond.op == "exists":
-        return (v is not _MISSING) == (cond.value is not False)
-    if v is _MISSING:
+        return (v is not MISSING) == (cond.value is not False)
+    if v is MISSING:
         return False
     match cond.op:
         case "eq":
@@ -49,13 +113,18 @@ def holds(cond: Condition, event: Event) -> bool:
             return v <= cond.value
 
 
-def matches(match: EventMatch, event: Event) -> bool:
-    return event.type == match.event and all(holds(c, event) for c in match.where)
+def all_hold(conds: Iterable[Condition], scope: Scope) -> bool:
+    return all(holds(c, scope) for c in conds)
+
+
+def matches(match: EventMatch, event: Event, state: CustomerState | None = None,
+            now: int = 0) -> bool:
+    return event.type in match.types and all_hold(match.where, Scope(event, state, None, now))
 
 
 def key_of(path: str | None, event: Event) -> str | None:
     """The instance key an event names, '' for unkeyed triggers, None if the event lacks it."""
     if path is None:
         return ""
-    v = field_value(event, path)
-    return None if v is _MISSING or v is None else str(v)
+    v = value_of(path, Scope(event))
+    return None if v is MISSING or v is None else str(v)

@@ -11,6 +11,7 @@ Two clock modes, same engine code:
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +23,7 @@ from cdp_triggers.clock import Clock, WallClock, to_datetime
 from cdp_triggers.events import Event
 from cdp_triggers.records import Output
 from operators.engine import Engine, ProfileLookup
+from operators.interest import DEFAULT_WINDOW, ProductState, on_product_event, product_of
 from state.customer import CustomerState
 
 log = logging.getLogger(__name__)
@@ -113,3 +115,26 @@ class CustomerLogic(StatefulBatchLogic[Event, Output, CustomerState]):
 
     def _keep_or_discard(self) -> bool:
         return self.DISCARD if self.state is None or self.state.is_empty() else self.RETAIN
+
+
+class ProductLogic(StatefulBatchLogic[Event, Event, ProductState]):
+    """One product's interested customers inside Bytewax; emits derived customer events."""
+
+    def __init__(self, state: ProductState | None, window: int) -> None:
+        self.state = state
+        self.window = window
+
+    def on_batch(self, values: list[Event]) -> tuple[list[Event], bool]:
+        if self.state is None:
+            self.state = ProductState(product_of(values[0]))
+        out: list[Event] = []
+        for e in sorted(values, key=lambda v: v.ts):
+            out += on_product_event(self.state, e, self.window)
+        return out, self.RETAIN
+
+    def snapshot(self) -> ProductState:
+        return pickle.loads(pickle.dumps(self.state, pickle.HIGHEST_PROTOCOL))
+
+
+def product_builder(window: int = DEFAULT_WINDOW) -> Callable[[ProductState | None], ProductLogic]:
+    return lambda resume: ProductLogic(resume, window)

@@ -23,7 +23,8 @@ class Instance:
     activity_at: int
     due: int  # event time the next step is due (firing waits the late-event grace on top)
     step: int = 0  # index of the next step to run
-    context: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)  # props of the latest trigger event
+    event_type: str = ""  # type of the latest trigger event
 
 
 @dataclass(slots=True)
@@ -47,6 +48,10 @@ class CustomerState:
     cart: dict[str, dict[str, Any]] = field(default_factory=dict)  # product_id → line
     consents: dict[str, tuple[bool, int]] = field(default_factory=dict)  # "ch:cat" → (granted, ts)
     touches: list[Touch] = field(default_factory=list)
+    counts: dict[str, list[int]] = field(default_factory=dict)  # "trigger\x1fkey" → start times
+    orders_count: int = 0
+    total_spent: float = 0.0
+    last_order_at: int = 0
     high_water: int = 0  # highest event time seen: replay mode's `now` never goes back
 
     def snapshot(self) -> CustomerState:
@@ -59,4 +64,4 @@ class CustomerState:
     def is_empty(self) -> bool:
         """Nothing worth keeping: Bytewax may discard this key."""
         return not (self.instances or self.last_entry or self.seen or self.cart
-                    or self.consents or self.touches)
+                    or self.consents or self.touches or self.counts or self.orders_count)

@@ -20,8 +20,10 @@ def ev(type_: str, at_min: float, customer: str = "c1", **props) -> Event:
     return Event(f"e{next(_ids)}", type_, customer, T0 + int(at_min * MINUTE), props)
 
 
-def cart(at_min: float, product: str = "p1", customer: str = "c1", **props) -> Event:
-    return ev("added_to_cart", at_min, customer, product_id=product, price=10.0, **props)
+def cart(at_min: float, product: str = "p1", customer: str = "c1", cart_id: str = "k1",
+         **props) -> Event:
+    return ev("added_to_cart", at_min, customer, product_id=product, price=10.0,
+              cart_id=cart_id, **props)
 
 
 def order(at_min: float, customer: str = "c1", total: float = 20.0) -> Event:
@@ -30,8 +32,8 @@ def order(at_min: float, customer: str = "c1", total: float = 20.0) -> Event:
 
 
 def reachable(customer: str = "c1") -> Profile:
-    return Profile(customer, "Europe/Berlin", "de-DE", frozenset({"email", "push"}),
-                   {"email:marketing": True, "push:marketing": True})
+    return Profile(customer, "Europe/Berlin", "de-DE", frozenset({"email", "push", "sms"}),
+                   {"email:marketing": True, "push:marketing": True, "sms:marketing": True})
 
 
 def engine() -> Engine:
@@ -78,6 +80,11 @@ def sends(out: list[Output]) -> list[Send]:
 
 def decisions(out: list[Output]) -> list[Decision]:
     return [o for o in out if isinstance(o, Decision)]
+
+
+def at(out: list[Output], trigger: str) -> list[Output]:
+    """Only the records of one trigger."""
+    return [o for o in out if getattr(o, "trigger_id", None) == trigger]
 
 
 def lifecycle(out: list[Output], action: str) -> list[Lifecycle]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -48,7 +49,7 @@ def short_wait_config(tmp_path: Path, inactivity: str = "1s", grace: str = "0s")
     root = tmp_path / "config"
     shutil.copytree(DEFAULT_CONFIG_DIR, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     t = root / "triggers" / "abandoned_cart.yaml"
-    t.write_text(t.read_text().replace("inactivity: 30m", f"inactivity: {inactivity}"))
+    t.write_text(re.sub(r"inactivity: \w+", f"inactivity: {inactivity}", t.read_text()))
     p = root / "policy.yaml"
     p.write_text(p.read_text().replace("late_event_grace: 5m", f"late_event_grace: {grace}"))
     return root

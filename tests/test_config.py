@@ -43,7 +43,10 @@ def issues(tmp_path: Path) -> list[str]:
 def test_shipped_config_is_valid_and_versioned():
     cfg = load_config(DEFAULT_CONFIG_DIR)
     t = cfg.trigger("abandoned_cart")
-    assert t is not None and t.wait.inactivity == 30 * 60_000 and t.reentry.cooldown == 86_400_000
+    assert t is not None and t.wait.inactivity == 60 * 60_000 and t.reentry.cooldown == 86_400_000
+    assert {x.id for x in cfg.triggers} >= {
+        "abandoned_cart", "browse_abandonment", "welcome_series", "win_back", "order_status",
+        "price_drop", "back_in_stock", "vip_welcome"}
     assert len(cfg.version) == 12 and cfg.version == load_config(DEFAULT_CONFIG_DIR).version
 
 

@@ -1,0 +1,75 @@
+"""Product fan-out: who is interested in a product, and what to tell them when it changes.
+
+A product-keyed step (pure here, Bytewax glue in ``operators.keyed``) remembers which
+customers viewed or carted each product in the last ``window`` (event time). When a
+``product_updated`` event lowers the price or brings the product back in stock, it emits
+one derived event per interested customer — ``price_dropped`` / ``back_in_stock`` — which
+the customer-keyed engine consumes like any other event (triggers price_drop,
+back_in_stock). Derived event ids are deterministic, so replays and recovery dedupe them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cdp_triggers.clock import DAY
+from cdp_triggers.events import Event
+from cdp_triggers.ids import stable_id
+
+INTEREST_TYPES = frozenset({"product_viewed", "added_to_cart"})
+PRODUCT_TYPES = INTEREST_TYPES | {"product_updated"}
+PRICE_DROPPED = "price_dropped"
+BACK_IN_STOCK = "back_in_stock"
+DEFAULT_WINDOW = 14 * DAY
+
+
+@dataclass(slots=True)
+class ProductState:
+    product_id: str
+    price: float | None = None
+    in_stock: bool | None = None
+    interested: dict[str, int] = field(default_factory=dict)  # customer → last interest ts
+
+
+def product_of(event: Event) -> str:
+    return str(event.props["product_id"])
+
+
+def on_product_event(state: ProductState, ev: Event, window: int = DEFAULT_WINDOW) -> list[Event]:
+    """Update the product's state; return the per-customer events a change causes."""
+    p = ev.props
+    if ev.type in INTEREST_TYPES:
+        if ev.ts > state.interested.get(ev.customer_id, 0):
+            state.interested[ev.customer_id] = ev.ts
+        if state.price is None and isinstance(p.get("price"), int | float):
+            state.price = float(p["price"])  # a first price until the catalogue says one
+        _forget_before(state, ev.ts - window)
+        return []
+    if ev.type != "product_updated":
+        return []
+    out: list[Event] = []
+    new_price = p.get("price")
+    new_stock = p.get("in_stock")
+    fans = sorted(c for c, ts in state.interested.items() if ev.ts - window <= ts <= ev.ts)
+    if new_price is not None and state.price is not None and new_price < state.price:
+        out += [_derived(ev, PRICE_DROPPED, c, {"product_id": state.product_id,
+                                               "price": new_price, "old_price": state.price})
+                for c in fans]
+    if new_stock is True and state.in_stock is False:
+        out += [_derived(ev, BACK_IN_STOCK, c, {"product_id": state.product_id}) for c in fans]
+    if new_price is not None:
+        state.price = float(new_price)
+    if new_stock is not None:
+        state.in_stock = bool(new_stock)
+    _forget_before(state, ev.ts - window)
+    return out
+
+
+def _derived(update: Event, type_: str, customer_id: str, props: dict) -> Event:
+    return Event(stable_id(update.event_id, type_, customer_id), type_, customer_id, update.ts,
+                 props, f"derived:{update.source}")
+
+
+def _forget_before(state: ProductState, horizon: int) -> None:
+    if state.interested and min(state.interested.values()) < horizon:
+        state.interested = {c: ts for c, ts in state.interested.items() if ts >= horizon}
