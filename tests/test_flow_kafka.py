@@ -176,3 +176,79 @@ def test_cli_run_with_two_workers_and_recovery(kafka, redis_server, tmp_path):
     n = int(q.stdout.split()[-1])
     assert n > 0
     assert len(consume_all(kafka.bootstrap, sends, expected=n, timeout=30)) == n
+
+
+def test_catalogue_end_to_end_on_the_real_broker_with_two_workers(kafka, redis_server, chdb_url,
+                                                                   tmp_path):
+    """Every catalogue trigger through Kafka → 2 Bytewax workers → chdb. Customer events are
+    read first; the flow stops and resumes from its recovery snapshot when the catalogue
+    updates arrive (so the product step has seen the views: topics are not ordered)."""
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    from cdp_triggers.clock import DAY, MINUTE
+    from tests.engine_helpers import reachable
+
+    run = uuid.uuid4().hex[:6]
+    t0 = 1_790_000_000_000
+    n = iter(range(10_000))
+
+    def ev(type_, cid, at_min, **props):
+        return Event(f"{run}-{next(n)}", type_, cid, t0 + int(at_min * MINUTE), props)
+
+    customers = ["cart", "ordered", "browse", "new", "ship", "vip", "fan"]
+    RedisProfileStore(redis_server.url).put_many([reachable(c) for c in customers])
+    first = [
+        ev("added_to_cart", "cart", 0, product_id="p1", price=10.0, cart_id="k1"),
+        ev("added_to_cart", "ordered", 0, product_id="p2", price=5.0, cart_id="k2"),
+        ev("order_placed", "ordered", 10, order_id="o1", total=5.0, currency="EUR", items=[]),
+        ev("product_viewed", "browse", 0, product_id="p7", price=3.0),
+        ev("product_viewed", "browse", 10, product_id="p7", price=3.0),
+        ev("signed_up", "new", 0),
+        ev("order_shipped", "ship", 0, order_id="o9"),
+        ev("segment_entered", "vip", 0, segment="vip"),
+        ev("product_viewed", "fan", 0, product_id="p5", price=20.0),
+    ]
+    later = [ev("product_updated", "catalogue", 120, product_id="p5", in_stock=False),
+             ev("product_updated", "catalogue", 130, product_id="p5", price=15.0),
+             ev("product_updated", "catalogue", 180, product_id="p5", in_stock=True)]
+    topics = {t: f"{t}_{run}" for t in ("clickstream", "orders", "product_updates")}
+    s = _settings(kafka, redis_server, chdb_url, list(topics.values()), clock="replay")
+    kafka.create_topics([*topics.values(), s.sends_topic, s.dead_letter_topic], partitions=4)
+
+    def topic_of(e):
+        return topics["orders"] if e.type.startswith("order_") else topics["clickstream"]
+
+    for e in first:
+        produce(kafka.bootstrap, topic_of(e), [(e.customer_id.encode(), e.to_json())])
+    init_db_dir(tmp_path, 2)
+    recovery = RecoveryConfig(tmp_path)
+    cluster_main(build_live_flow(s), addresses=[], proc_id=0, worker_count_per_proc=2,
+                 recovery_config=recovery)  # no horizon yet: nothing fires at end of input
+    produce(kafka.bootstrap, topics["product_updates"], [(b"p5", e.to_json()) for e in later])
+    s2 = s.model_copy(update={"horizon_ms": t0 + 70 * DAY})
+    cluster_main(build_live_flow(s2), addresses=[], proc_id=0, worker_count_per_proc=2,
+                 recovery_config=recovery)
+
+    db = open_backend(chdb_url)
+    try:
+        got = sorted(db.query_rows(f"SELECT trigger_id, customer_id, template, channel "
+                                   f"FROM {s.clickhouse_database}.sends"))
+        cancelled = db.query_rows(
+            f"SELECT trigger_id, customer_id FROM {s.clickhouse_database}.decisions "
+            f"WHERE status = 'cancelled'")
+    finally:
+        db.close()
+    assert got == sorted([
+        ("abandoned_cart", "cart", "abandoned_cart_reminder", "email"),
+        ("abandoned_cart", "cart", "abandoned_cart_discount", "email"),
+        ("back_in_stock", "fan", "back_in_stock", "push"),
+        ("browse_abandonment", "browse", "browse_abandonment", "push"),
+        ("order_status", "ship", "order_status", "email"),
+        ("price_drop", "fan", "price_drop", "push"),
+        ("vip_welcome", "vip", "vip_welcome", "email"),
+        ("welcome_series", "new", "welcome_1", "email"),
+        ("welcome_series", "new", "welcome_2", "email"),
+        ("welcome_series", "new", "welcome_3", "email"),
+        ("win_back", "ordered", "win_back", "email"),
+    ])
+    assert cancelled == [("abandoned_cart", "ordered")]
