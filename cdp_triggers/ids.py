@@ -10,12 +10,8 @@ import hashlib
 
 def stable_id(*parts: object, size: int = 16) -> str:
     """Hex digest (``size`` bytes) of the parts joined unambiguously."""
-    h = hashlib.blake2b(digest_size=size)
-    for p in parts:
-        b = str(p).encode()
-        h.update(len(b).to_bytes(4, "little"))
-        h.update(b)
-    return h.hexdigest()
+    text = "".join(f"{len(s)}:{s}" for s in map(str, parts))  # length-prefixed: unambiguous
+    return hashlib.blake2b(text.encode(), digest_size=size).hexdigest()
 
 
 def stable_fraction(*parts: object) -> float:

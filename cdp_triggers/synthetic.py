@@ -107,6 +107,9 @@ _CONTACT_MODEL = tuple(
 )
 
 
+CATALOGUE_ID = "catalogue"  # customer_id of catalogue events (the envelope requires one)
+
+
 @dataclass(frozen=True, slots=True)
 class SyntheticConfig:
     """Knobs of the generator; every default is a realistic mid-size shop."""
@@ -128,6 +131,8 @@ class SyntheticConfig:
     cancel_rate: float = 0.02  # paid orders cancelled by the customer before shipping
     new_customer_rate: float = 0.04  # customers whose first session starts with signed_up
     consent_change_rate: float = 0.01  # per session
+    price_change_rate: float = 0.03  # per product and day: a catalogue price update
+    stockout_rate: float = 0.01  # per product and day: out of stock, back 6–48 h later
     bad_event_rate: float = 0.002  # per good event: a bad payload follows
     duplicate_rate: float = 0.002  # per good event: the same bytes are resent
 
@@ -245,6 +250,9 @@ class SyntheticRetail:
                 sessions.append((t, next(seq), cust))
         heapq.heapify(sessions)
         pending: list[tuple[int, int, str, str, dict[str, Any]]] = []
+        for t, props in self._catalogue_updates():
+            pending.append((t, next(seq), "product_updated", CATALOGUE_ID, props))
+        heapq.heapify(pending)
         builder = _SessionBuilder(self, rng)
         end = cfg.end_ms
         pop, push = heapq.heappop, heapq.heappush
@@ -286,6 +294,32 @@ class SyntheticRetail:
                 t = self._next_session(rng, cust, active_until + 10 * MINUTE)
                 if t is not None:
                     push(sessions, (t, next(seq), cust))
+
+    def _catalogue_updates(self) -> list[tuple[int, dict[str, Any]]]:
+        """Catalogue stream: price changes (mostly drops) and stock-outs with restocks.
+
+        Sessions keep quoting the catalogue's base price; only the update stream moves.
+        """
+        cfg = self.config
+        rng = random.Random(f"{cfg.seed}/catalogue")
+        out: list[tuple[int, dict[str, Any]]] = []
+        span = cfg.end_ms - cfg.start_ms
+        days = span / _GAP_DAY_MS
+        for p in self.catalogue:
+            price = p.price_cents
+            changes = sorted(cfg.start_ms + int(rng.random() * span)
+                             for _ in range(_poisson(rng, cfg.price_change_rate * days)))
+            for t in changes:
+                factor = rng.uniform(0.7, 0.9) if rng.random() < 0.6 else rng.uniform(1.05, 1.15)
+                price = max(1, int(price * factor))
+                out.append((t, {"product_id": p.product_id, "price": price / 100}))
+            for _ in range(_poisson(rng, cfg.stockout_rate * days)):
+                t = cfg.start_ms + int(rng.random() * span)
+                back = t + int(rng.uniform(6, 48) * 3_600_000)
+                out.append((t, {"product_id": p.product_id, "in_stock": False}))
+                if back < cfg.end_ms:
+                    out.append((back, {"product_id": p.product_id, "in_stock": True}))
+        return out
 
     def _next_session(self, rng: random.Random, cust: _Customer, after: int) -> int | None:
         """Next session start after ``after``: Poisson, thinned by the local diurnal curve."""
@@ -468,6 +502,15 @@ def _lognormal_table(mu: float, sigma: float) -> list[float]:
     """``_TABLE`` mid-quantiles of a log-normal: ``table[int(random() * _TABLE)]`` samples it."""
     nd = NormalDist(mu, sigma)
     return [math.exp(nd.inv_cdf((i + 0.5) / _TABLE)) for i in range(_TABLE)]
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    """Knuth's method; fine for the small means used here."""
+    limit, k, p = math.exp(-mean), 0, rng.random()
+    while p > limit:
+        k += 1
+        p *= rng.random()
+    return k
 
 
 def _catalogue(seed: int, n: int) -> list[Product]:

@@ -54,6 +54,7 @@ from state.customer import CustomerState, Instance, Touch
 from state.profiles import Profile, ProfileUnavailable
 
 ProfileLookup = Callable[[str], Profile | None]
+PRUNE_EVERY = 3_600_000  # sweep a customer's bounded state at most hourly (event time)
 
 
 class _Lazy:
@@ -129,7 +130,7 @@ class Engine:
         if state.last_entry and min(state.last_entry.values()) + self._max_cooldown < now:
             state.last_entry = {k: v for k, v in state.last_entry.items()
                                 if k in self._once or v + self._max_cooldown >= now}
-        if state.counts:
+        if len(state.counts) > 32:  # each slot is windowed when used; sweep only the idle
             state.counts = {k: v for k, v in state.counts.items()
                             if v and v[-1] + self._max_count_window >= now}
 
@@ -261,7 +262,10 @@ class Engine:
         for trig in self._starts.get(ev.type, ()):
             if matches(trig.start, ev, state, ev.ts):
                 self._maybe_start(state, trig, ev, now, out)
-        self.prune(state, max(now, state.high_water))
+        if (len(state.seen) > self.config.policy.dedup_max_ids
+                or state.high_water - state.pruned_at >= PRUNE_EVERY):
+            state.pruned_at = state.high_water
+            self.prune(state, max(now, state.high_water))
 
     def _maybe_start(self, state: CustomerState, trig: Trigger, ev: Event, now: int,
                      out: list[Output]) -> None:

@@ -29,6 +29,7 @@ class ProductState:
     price: float | None = None
     in_stock: bool | None = None
     interested: dict[str, int] = field(default_factory=dict)  # customer → last interest ts
+    pruned_at: int = 0  # event time of the last sweep of `interested`
 
 
 def product_of(event: Event) -> str:
@@ -70,6 +71,10 @@ def _derived(update: Event, type_: str, customer_id: str, props: dict) -> Event:
                  props, f"derived:{update.source}")
 
 
-def _forget_before(state: ProductState, horizon: int) -> None:
-    if state.interested and min(state.interested.values()) < horizon:
-        state.interested = {c: ts for c, ts in state.interested.items() if ts >= horizon}
+def _forget_before(state: ProductState, horizon: int, every: int = DAY) -> None:
+    """Sweep out stale customers at most once per day of event time (O(n) per sweep); the
+    fan-out itself checks each customer's time, so a late sweep never widens the window."""
+    if horizon - state.pruned_at < every:
+        return
+    state.pruned_at = horizon
+    state.interested = {c: ts for c, ts in state.interested.items() if ts >= horizon}

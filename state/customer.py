@@ -53,6 +53,7 @@ class CustomerState:
     total_spent: float = 0.0
     last_order_at: int = 0
     high_water: int = 0  # highest event time seen: replay mode's `now` never goes back
+    pruned_at: int = 0  # event time of the last sweep of the bounded parts
 
     def snapshot(self) -> CustomerState:
         """An independent copy for Bytewax recovery (the live object keeps changing).
