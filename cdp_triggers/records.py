@@ -15,6 +15,7 @@ from typing import Any
 SENT = "sent"
 SUPPRESSED = "suppressed"  # not sent, with a reason
 CANCELLED = "cancelled"  # the instance was cancelled before this message went out
+DEFERRED = "deferred"  # held (quiet hours, cap with on_cap: defer, profile store down)
 
 # Suppression reasons (stable codes; analysts group by them)
 NO_CONSENT = "no_consent"
@@ -25,6 +26,11 @@ REENTRY_COOLDOWN = "reentry_cooldown"
 REENTRY_ONCE = "reentry_once"
 CANCEL_EVENT = "cancel_event"
 TRIGGER_DISABLED = "trigger_disabled"
+CAPPED = "capped"
+QUIET_HOURS_DEFERRED = "quiet_hours_deferred"
+CONTROL_GROUP = "control_group"  # would have sent (after every check): the variant is control
+HOLDOUT = "holdout"  # would have sent: the customer is in the global holdout
+CONTACT_INVALID = "contact_invalid"  # the channel's contact hard-bounced
 CONDITION_NOT_MET = "condition_not_met"  # a step's `when` was false at send time: skipped
 EXPIRED = "expired"  # the instance outlived its trigger's expire_after
 
@@ -48,6 +54,7 @@ class Decision:
     reason: str
     ts: int
     decided_at: int
+    detail: str = ""  # e.g. which cap rule capped it
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +110,32 @@ class Conversion:
 
 
 @dataclass(frozen=True, slots=True)
+class Outcome:
+    """A delivery receipt from a channel gateway, joined to the send it is about."""
+
+    outcome_id: str
+    send_id: str
+    customer_id: str
+    channel: str
+    outcome: str  # delivered | opened | clicked | bounced | failed | unsubscribed
+    trigger_id: str
+    variant: str
+    step: int
+    sent_at: int
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileUpdate:
+    """A change the profile store must learn (an unsubscribe, a hard bounce)."""
+
+    customer_id: str
+    field: str  # "consent:<channel>:<category>" or "invalid:<channel>"
+    value: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
 class Duplicate:
     """An event whose event_id this customer already had: dropped, but counted."""
 
@@ -113,7 +146,7 @@ class Duplicate:
     ts: int
 
 
-Output = Decision | Send | Lifecycle | Conversion | Duplicate
+Output = Decision | Send | Lifecycle | Conversion | Outcome | ProfileUpdate | Duplicate
 
 
 def to_dict(record: Output) -> dict[str, Any]:

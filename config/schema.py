@@ -101,18 +101,63 @@ class Wait(_Strict):
         return self.inactivity if self.inactivity is not None else self.delay or 0
 
 
+OUTCOMES = ("delivered", "opened", "clicked")
+
+
+class CascadeWait(_Strict):
+    """After a send on this channel, wait ``wait`` for one of ``until`` (outcomes of that
+    send); none in time → the next channel of the step that has consent and contact."""
+
+    wait: Duration
+    until: list[Literal["delivered", "opened", "clicked"]] = Field(
+        default_factory=lambda: ["delivered", "opened", "clicked"], min_length=1)
+
+
 class Step(_Strict):
     """One message of the series, ``delay`` after the previous step (the first: after the
-    wait). ``when``: conditions re-checked at send time; false → skipped, recorded."""
+    wait). ``when``: conditions re-checked at send time; false → skipped, recorded.
+    ``channels`` in order; ``cascade`` says which of them wait for a receipt before the
+    next channel is tried (a channel without an entry ends the step once sent)."""
 
     delay: Duration = 0
     when: list[Condition] = Field(default_factory=list)
     template: Ident
     channels: list[Channel] = Field(min_length=1)
+    cascade: dict[Channel, CascadeWait] = Field(default_factory=dict)
     vars: dict[str, Annotated[str, Field(pattern=_VAR_SOURCE)]] = Field(
         default_factory=dict,
         description="template variable → source: cart.items, cart.total, instance.key, "
                     "event.type, event.props.<path>, customer.<metric>")
+
+
+    @model_validator(mode="after")
+    def _cascade_channels_listed(self) -> Step:
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError("a channel is listed twice")
+        extra = [c for c in self.cascade if c not in self.channels]
+        if extra:
+            raise ValueError(f"cascade names channels not in 'channels': {extra}")
+        return self
+
+
+class Variant(_Strict):
+    """An arm of an A/B/C test. ``control: true`` arms are recorded, never sent.
+    ``templates`` swaps step templates for this arm (base template → variant template)."""
+
+    id: Ident
+    weight: float = Field(gt=0)
+    control: bool = False
+    templates: dict[str, Ident] = Field(default_factory=dict)
+
+
+class QuietHours(_Strict):
+    """Local-time window (customer's zone) in which these channels are held until it ends."""
+
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    channels: list[Channel] = Field(default_factory=lambda: ["sms", "push"])
+    kinds: list[Literal["marketing", "transactional"]] = Field(
+        default_factory=lambda: ["marketing"])
 
 
 class Reentry(_Strict):
@@ -137,13 +182,49 @@ class Trigger(_Strict):
     steps: list[Step] = Field(min_length=1)
     reentry: Reentry = Field(default_factory=Reentry)
     grace: Duration | None = Field(default=None, description="overrides policy late_event_grace")
+    variants: list[Variant] = Field(default_factory=list)
+    salt: str = Field(default="", description="change to re-draw the variant split")
+    on_cap: Literal["skip", "defer"] = "skip"
+    quiet_hours: QuietHours | None = Field(
+        default=None, description="overrides the policy's quiet hours for this trigger")
     expire_after: Duration | None = Field(
         default=None, description="an instance still running this long after it started ends")
     attribution_window: Duration = Field(default=parse_duration("3d"))
 
+    @model_validator(mode="after")
+    def _variants_make_sense(self) -> Trigger:
+        ids = [v.id for v in self.variants]
+        if len(set(ids)) != len(ids):
+            raise ValueError("variant ids must be unique")
+        if self.kind == "transactional" and any(v.control for v in self.variants):
+            raise ValueError("a transactional trigger cannot have a control variant")
+        return self
+
+
+class CapRule(_Strict):
+    """At most ``max`` messages per rolling ``window`` in a scope: all messages (global),
+    per channel (``channels`` filter), or per trigger (``triggers`` filter). Only messages
+    of ``kinds`` count and are capped (transactional is exempt unless listed)."""
+
+    id: Ident
+    scope: Literal["global", "channel", "trigger"] = "global"
+    max: int = Field(ge=0)
+    window: Duration
+    channels: list[Channel] = Field(default_factory=list)
+    triggers: list[str] = Field(default_factory=list)
+    kinds: list[Literal["marketing", "transactional"]] = Field(
+        default_factory=lambda: ["marketing"])
+
 
 class Policy(_Strict):
     """Global policy (``config/policy.yaml``)."""
+
+    caps: list[CapRule] = Field(default_factory=list)
+    quiet_hours: QuietHours | None = None
+    holdout_percent: float = Field(default=0, ge=0, le=50)
+    holdout_salt: str = "holdout"
+    profile_retry: Duration = Field(default=parse_duration("5m"),
+                                    description="Redis unreachable: marketing retried after")
 
     late_event_grace: Duration = Field(default=parse_duration("5m"))
     default_timezone: str = "UTC"

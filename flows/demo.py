@@ -57,7 +57,8 @@ def run_demo(config: ConfigSet, clickhouse_url: str, database: str,
                             horizon_ms=gen.end_ms)
     source = IteratorSource(gen.events, name="synthetic", progress=Progress("read", out=say))
     flow = build_flow(source, runtime, Outputs(clickhouse=lambda: open_backend(clickhouse_url),
-                                               clickhouse_database=database))
+                                               clickhouse_database=database,
+                                               profile_store=lambda: store))
     t0 = time.perf_counter()
     run_main(flow)
     st = gen.stats

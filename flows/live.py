@@ -36,6 +36,7 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
                       clickhouse_database=s.clickhouse_database,
                       clickhouse_batch_rows=s.clickhouse_batch_rows,
                       clickhouse_batch_seconds=s.clickhouse_batch_seconds,
+                      profile_store=lambda: RedisProfileStore(s.redis_url),
                       kafka_brokers=s.brokers, sends_topic=s.sends_topic,
                       dead_letter_topic=s.dead_letter_topic)
     return build_flow(source, runtime, outputs)

@@ -16,13 +16,14 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 
 from cdp_triggers.events import Event, Rejected, parse_event
-from cdp_triggers.records import Send
+from cdp_triggers.records import ProfileUpdate, Send
 from flows.sources import RawEvent, from_kafka
 from operators.interest import PRODUCT_TYPES, product_of
 from operators.keyed import EngineRuntime, product_builder
 from sinks.clickhouse import ClickHouseBackend
 from sinks.clickhouse_sink import ClickHouseSink, route
 from sinks.kafka_out import dead_letter_message, send_message
+from sinks.profile_updates import ProfileUpdateSink, ProfileWriter
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Outputs:
     clickhouse_batch_rows: int = 20_000
     clickhouse_batch_seconds: float = 2.0
     clickhouse_shards: int = 2
+    profile_store: Callable[[], ProfileWriter] | None = None  # unsubscribes, hard bounces
     kafka_brokers: list[str] | None = None
     sends_topic: str = "sends"
     dead_letter_topic: str = "dead_letters"
@@ -82,7 +84,12 @@ def engine_streams(flow: Dataflow, source: Source,
 
 
 def attach_outputs(records: Stream, rejected: Stream, outputs: Outputs) -> None:
-    """Fan records out: everything to ClickHouse, sends and dead letters to Kafka."""
+    """Fan records out: profile updates to the store, everything else to ClickHouse, sends
+    and dead letters to Kafka."""
+    updates = op.branch("profile_updates", records, lambda r: isinstance(r, ProfileUpdate))
+    records = updates.falses
+    if outputs.profile_store is not None:
+        op.output("profile_store", updates.trues, ProfileUpdateSink(outputs.profile_store))
     if outputs.clickhouse is not None:
         shards = outputs.clickhouse_shards
         to_ch = op.map("route", op.merge("all_records", records, rejected),

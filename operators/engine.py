@@ -15,17 +15,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cdp_triggers.events import Event
+from cdp_triggers.events import OUTCOME_TYPES, Event
 from cdp_triggers.ids import stable_id
 from cdp_triggers.records import (
     CANCEL_EVENT,
     CANCELLED,
+    CAPPED,
     CONDITION_NOT_MET,
+    CONTACT_INVALID,
+    CONTROL_GROUP,
+    DEFERRED,
     EXPIRED,
     NO_CONSENT,
     NO_CONTACT,
     NO_PROFILE,
     PROFILE_UNAVAILABLE,
+    QUIET_HOURS_DEFERRED,
     REENTRY_COOLDOWN,
     REENTRY_ONCE,
     SENT,
@@ -35,11 +40,14 @@ from cdp_triggers.records import (
     Decision,
     Duplicate,
     Lifecycle,
+    Outcome,
     Output,
+    ProfileUpdate,
     Send,
 )
+from cdp_triggers.records import HOLDOUT as HOLDOUT_REASON
 from config.loader import ConfigSet
-from config.schema import Step, Trigger
+from config.schema import CapRule, Step, Trigger
 from operators.conditions import (
     MISSING,
     Scope,
@@ -50,10 +58,23 @@ from operators.conditions import (
     matches,
     value_of,
 )
+from operators.policy import (
+    CONTROL,
+    HOLDOUT,
+    Sent,
+    assign_variant,
+    cap_check,
+    in_holdout,
+    max_cap_window,
+    quiet_until,
+    zone,
+)
 from state.customer import CustomerState, Instance, Touch
 from state.profiles import Profile, ProfileUnavailable
 
 ProfileLookup = Callable[[str], Profile | None]
+_UNAVAILABLE = object()  # the profile store did not answer and no fallback applies
+CONVERTED = "converted"
 PRUNE_EVERY = 3_600_000  # sweep a customer's bounded state at most hourly (event time)
 
 
@@ -97,6 +118,9 @@ class Engine:
         self._max_count_window = max((t.start.count.within for t in config.triggers
                                       if t.start.count), default=0)
         self._once = frozenset(t.id for t in config.triggers if t.reentry.once)
+        self._templates = {(t.id, v.id): v.templates for t in config.triggers
+                           for v in t.variants if v.templates}
+        self._max_sent_window = max_cap_window(policy)
 
     # ---- public API -------------------------------------------------------------------
 
@@ -130,6 +154,8 @@ class Engine:
         if state.last_entry and min(state.last_entry.values()) + self._max_cooldown < now:
             state.last_entry = {k: v for k, v in state.last_entry.items()
                                 if k in self._once or v + self._max_cooldown >= now}
+        if state.sent_log and state.sent_log[0].ts + self._max_sent_window < now:
+            state.sent_log = [x for x in state.sent_log if x.ts + self._max_sent_window >= now]
         if len(state.counts) > 32:  # each slot is windowed when used; sweep only the idle
             state.counts = {k: v for k, v in state.counts.items()
                             if v and v[-1] + self._max_count_window >= now}
@@ -154,56 +180,145 @@ class Engine:
 
     def _run_step(self, state: CustomerState, slot: str, inst: Instance, now: int,
                   lazy: _Lazy, out: list[Output]) -> None:
+        """The instance's timer fired at its due time ``t``: a step to start, a channel to
+        (re)try after a deferral, or a cascade wait that ran out."""
         trig = self._by_id.get(inst.trigger_id)
         t = inst.due
         if trig is None or not trig.enabled:
             self._end(state, slot, inst, "expired", TRIGGER_DISABLED, t, now, out)
             return
         step = trig.steps[inst.step]
-        if trig.expire_after is not None and t - inst.started_at >= trig.expire_after:
-            out.append(self._decision(state, trig, inst, step, step.channels[0], SUPPRESSED,
-                                      EXPIRED, t, now))
-            self._end(state, slot, inst, "expired", EXPIRED, t, now, out)
+        if inst.awaiting:  # no receipt in time: the cascade moves on to the next channel
+            inst.awaiting = ""
+            inst.channel_idx += 1
+        elif inst.channel_idx == 0 and not self._step_may_run(state, slot, inst, trig, step,
+                                                                t, now, out):
             return
+        self._try_channels(state, slot, inst, trig, step, t, now, lazy, out)
+
+    def _step_may_run(self, state: CustomerState, slot: str, inst: Instance, trig: Trigger,
+                      step: Step, t: int, now: int, out: list[Output]) -> bool:
+        """Checks made once when a step comes due: expiry, re-entry, its `when`."""
+        first = step.channels[0]
+        if trig.expire_after is not None and t - inst.started_at >= trig.expire_after:
+            out.append(self._decision(state, trig, inst, step, first, SUPPRESSED, EXPIRED, t,
+                                      now))
+            self._end(state, slot, inst, "expired", EXPIRED, t, now, out)
+            return False
         blocked = self._reentry_block(state, trig, inst, t)
         if blocked:
-            out.append(self._decision(state, trig, inst, step, step.channels[0], SUPPRESSED,
-                                      blocked, t, now))
+            out.append(self._decision(state, trig, inst, step, first, SUPPRESSED, blocked, t,
+                                      now))
             self._end(state, slot, inst, "completed", blocked, t, now, out)
-            return
+            return False
         if not all_hold(step.when, Scope(None, state, inst, t)):
-            out.append(self._decision(state, trig, inst, step, step.channels[0], SUPPRESSED,
+            out.append(self._decision(state, trig, inst, step, first, SUPPRESSED,
                                       CONDITION_NOT_MET, t, now))
-        else:
-            self._send_first_eligible(state, trig, inst, step, t, now, lazy, out)
-        inst.step += 1
-        if inst.step < len(trig.steps):
-            inst.due = t + trig.steps[inst.step].delay
-        else:
-            self._end(state, slot, inst, "completed", "", t, now, out)
+            self._next_step(state, slot, inst, trig, t, now, out)
+            return False
+        return True
 
-    def _send_first_eligible(self, state: CustomerState, trig: Trigger, inst: Instance,
-                             step: Step, t: int, now: int, lazy: _Lazy,
-                             out: list[Output]) -> None:
-        for channel in step.channels:
-            profile = lazy.get()
-            reason = (PROFILE_UNAVAILABLE if lazy.unavailable
-                      else self._ineligible(state, profile, trig, channel, t))
+    def _try_channels(self, state: CustomerState, slot: str, inst: Instance, trig: Trigger,
+                      step: Step, t: int, now: int, lazy: _Lazy, out: list[Output]) -> None:
+        """From the cascade position on: the first channel that passes every check is sent
+        (or, for control/holdout, recorded as "would have sent"); holds defer the instance."""
+        while inst.channel_idx < len(step.channels):
+            channel = step.channels[inst.channel_idx]
+            profile = self._profile(state, lazy, trig)
+            if profile is _UNAVAILABLE:
+                retry = t + self.config.policy.profile_retry
+                out.append(self._decision(state, trig, inst, step, channel, DEFERRED,
+                                          PROFILE_UNAVAILABLE, t, now))
+                inst.due = retry
+                return
+            reason = self._ineligible(state, profile, trig, channel, t)
             if reason:
                 out.append(self._decision(state, trig, inst, step, channel, SUPPRESSED,
                                           reason, t, now))
+                inst.channel_idx += 1
                 continue
+            hold = self._quiet(profile, trig, channel, t)
+            if hold is not None:
+                out.append(self._decision(state, trig, inst, step, channel, DEFERRED,
+                                          QUIET_HOURS_DEFERRED, t, now))
+                inst.due = hold
+                return
+            capped = cap_check(self.config.policy.caps, state.sent_log, t, trig.id, channel,
+                               trig.kind)
+            if capped is not None:
+                rule_id, free_at = capped
+                if trig.on_cap == "defer" and free_at < 2**62:
+                    out.append(self._decision(state, trig, inst, step, channel, DEFERRED,
+                                              CAPPED, t, now, rule_id))
+                    inst.due = free_at
+                    return
+                out.append(self._decision(state, trig, inst, step, channel, SUPPRESSED, CAPPED,
+                                          t, now, rule_id))
+                if self._rule(rule_id).scope == "channel":
+                    inst.channel_idx += 1
+                    continue
+                break
+            self._deliver(state, inst, trig, step, channel, t, now, out)
+            wait = step.cascade.get(channel)  # type: ignore[call-overload]
+            if wait is not None and not inst.arm and inst.channel_idx + 1 < len(step.channels):
+                inst.awaiting = out[-1].send_id  # the Send just made
+                inst.due = t + wait.wait
+                return
+            break
+        self._next_step(state, slot, inst, trig, t, now, out)
+
+    def _deliver(self, state: CustomerState, inst: Instance, trig: Trigger, step: Step,
+                 channel: str, t: int, now: int, out: list[Output]) -> None:
+        """Send (or record "would have sent" for control/holdout), and count it."""
+        if inst.arm:
+            reason = CONTROL_GROUP if inst.arm == CONTROL else HOLDOUT_REASON
+            d = self._decision(state, trig, inst, step, channel, SUPPRESSED, reason, t, now)
+            out.append(d)
+        else:
             d = self._decision(state, trig, inst, step, channel, SENT, "", t, now)
             out.append(d)
             out.append(Send(d.send_id, state.customer_id, trig.id, trig.kind,
                             self.config.version, inst.instance_id, inst.step, channel,
-                            step.template, d.variant, self._variables(state, inst, step, t),
-                            t, now))
-            state.touches.append(Touch(d.send_id, trig.id, d.variant, channel, t,
-                                       trig.attribution_window))
-            if inst.step == 0:
-                state.last_entry[trig.id] = t
-            return
+                            d.template, d.variant, self._variables(state, inst, step, t), t,
+                            now))
+        state.sent_log.append(Sent(t, trig.id, channel, trig.kind))
+        state.touches.append(Touch(d.send_id, trig.id, d.variant, channel, t,
+                                   trig.attribution_window, inst.instance_id, inst.step))
+        if inst.step == 0:
+            state.last_entry[trig.id] = t
+
+    def _next_step(self, state: CustomerState, slot: str, inst: Instance, trig: Trigger,
+                   t: int, now: int, out: list[Output]) -> None:
+        inst.step += 1
+        inst.channel_idx = 0
+        inst.awaiting = ""
+        if inst.step < len(trig.steps):
+            inst.step_base += trig.steps[inst.step].delay
+            inst.due = max(inst.step_base, t)  # a cascade or hold that ran long: at once
+        else:
+            self._end(state, slot, inst, "completed", "", t, now, out)
+
+    def _profile(self, state: CustomerState, lazy: _Lazy, trig: Trigger) -> Any:
+        """The profile, or the last known one for transactional when the store is down."""
+        profile = lazy.get()
+        if not lazy.unavailable:
+            if profile is not None:
+                state.profile = profile
+            return profile
+        if trig.kind == "transactional" and state.profile is not None:
+            return state.profile
+        return _UNAVAILABLE
+
+    def _quiet(self, profile: Profile | None, trig: Trigger, channel: str, t: int) -> int | None:
+        qh = trig.quiet_hours or self.config.policy.quiet_hours
+        if qh is None or channel not in qh.channels or trig.kind not in qh.kinds:
+            return None
+        default = self.config.policy.default_timezone
+        tz = zone(profile.timezone if profile else default, default)
+        return quiet_until(qh, tz, t)
+
+    def _rule(self, rule_id: str) -> CapRule:
+        return next(r for r in self.config.policy.caps if r.id == rule_id)
 
     def _end(self, state: CustomerState, slot: str, inst: Instance, action: str, reason: str,
              t: int, now: int, out: list[Output]) -> None:
@@ -226,6 +341,8 @@ class Engine:
             return NO_PROFILE
         if not profile.has_contact(channel):
             return NO_CONTACT
+        if channel in state.invalid:
+            return CONTACT_INVALID
         override = state.consents.get(f"{channel}:{trig.kind}")
         if override and override[1] <= t:
             granted = override[0]
@@ -244,6 +361,8 @@ class Engine:
         state.seen[ev.event_id] = ev.ts
         state.high_water = max(state.high_water, ev.ts)
         self._facts(state, ev, out)
+        if ev.type in OUTCOME_TYPES:
+            self._outcome(state, ev, out)
         for slot, inst in list(state.instances.items()):
             trig = self._by_id.get(inst.trigger_id)
             if trig is None or ev.ts < inst.started_at:
@@ -258,6 +377,7 @@ class Engine:
                 if k is None or k == inst.key:
                     inst.activity_at = max(inst.activity_at, ev.ts)
                     inst.due = inst.activity_at + trig.wait.inactivity + trig.steps[0].delay
+                    inst.step_base = inst.due
                     inst.context, inst.event_type = dict(ev.props), ev.type
         for trig in self._starts.get(ev.type, ()):
             if matches(trig.start, ev, state, ev.ts):
@@ -282,9 +402,18 @@ class Engine:
                 state.counts[slot] = recent
                 return
             state.counts.pop(slot, None)
+        due = ev.ts + trig.wait.ms + trig.steps[0].delay
+        variant = assign_variant(trig, state.customer_id)
+        arm = ""
+        if trig.kind == "marketing":
+            if in_holdout(self.config.policy, state.customer_id):
+                arm = HOLDOUT
+            elif variant is not None and variant.control:
+                arm = CONTROL
         inst = Instance(trig.id, k, stable_id(state.customer_id, trig.id, k, ev.event_id),
-                        ev.event_id, ev.ts, ev.ts, ev.ts + trig.wait.ms + trig.steps[0].delay,
-                        context=dict(ev.props), event_type=ev.type)
+                        ev.event_id, ev.ts, ev.ts, due, context=dict(ev.props),
+                        event_type=ev.type, variant=variant.id if variant else "", arm=arm,
+                        step_base=due)
         state.instances[slot] = inst
         out.append(self._life(state, inst, "started", "", ev.event_id, ev.ts, now))
 
@@ -322,6 +451,39 @@ class Engine:
                                       state.customer_id, str(p["order_id"]), float(p["total"]),
                                       str(p["currency"]), touch.send_id, touch.trigger_id,
                                       touch.variant, touch.channel, touch.ts, ev.ts))
+                for slot, inst in list(state.instances.items()):  # a conversion ends a cascade
+                    if inst.instance_id == touch.instance_id and inst.awaiting:
+                        del state.instances[slot]
+                        out.append(self._life(state, inst, "completed", CONVERTED, ev.event_id,
+                                              ev.ts, ev.ts))
+
+    def _outcome(self, state: CustomerState, ev: Event, out: list[Output]) -> None:
+        """A receipt: recorded; it may end a cascade wait (success) or skip it (failure);
+        a hard bounce invalidates the contact, an unsubscribe revokes marketing consent."""
+        p = ev.props
+        send_id, channel, kind = str(p["send_id"]), str(p["channel"]), ev.type[8:]
+        touch = next((t for t in reversed(state.touches) if t.send_id == send_id), None)
+        out.append(Outcome(stable_id("outcome", send_id, kind, ev.event_id), send_id,
+                           state.customer_id, channel, kind,
+                           touch.trigger_id if touch else "", touch.variant if touch else "",
+                           touch.step if touch else -1, touch.ts if touch else 0, ev.ts))
+        if kind == "bounced" and p.get("hard", True) is not False:
+            state.invalid.add(channel)
+            out.append(ProfileUpdate(state.customer_id, f"invalid:{channel}", "1", ev.ts))
+        elif kind == "unsubscribed":
+            state.consents[f"{channel}:marketing"] = (False, ev.ts)
+            out.append(ProfileUpdate(state.customer_id, f"consent:{channel}:marketing", "0",
+                                     ev.ts))
+        for inst in state.instances.values():
+            if inst.awaiting != send_id:
+                continue
+            trig = self._by_id.get(inst.trigger_id)
+            wait = trig.steps[inst.step].cascade.get(channel) if trig else None  # type: ignore[call-overload]
+            if wait is not None and kind in wait.until:
+                inst.awaiting, inst.channel_idx = "", len(trig.steps[inst.step].channels)
+                inst.due = ev.ts  # done with this step: _fire_due moves on to the next
+            elif kind in ("bounced", "failed"):
+                inst.due = ev.ts  # no point waiting: the next channel at once
 
     # ---- record builders ----------------------------------------------------------------
 
@@ -341,12 +503,15 @@ class Engine:
         return variables
 
     def _decision(self, state: CustomerState, trig: Trigger, inst: Instance, step: Step,
-                  channel: str, status: str, reason: str, t: int, now: int) -> Decision:
+                  channel: str, status: str, reason: str, t: int, now: int,
+                  detail: str = "") -> Decision:
         send_id = stable_id(trig.id, self.config.version, state.customer_id, inst.instance_id,
                             inst.step, channel)
+        template = self._templates.get((trig.id, inst.variant), {}).get(step.template,
+                                                                          step.template)
         return Decision(stable_id(send_id, status, reason, t), send_id, state.customer_id,
                         trig.id, trig.kind, self.config.version, inst.instance_id, inst.step,
-                        channel, step.template, "", status, reason, t, now)
+                        channel, template, inst.variant, status, reason, t, now, detail)
 
     def _life(self, state: CustomerState, inst: Instance, action: str, reason: str,
               event_id: str, t: int, now: int) -> Lifecycle:

@@ -21,7 +21,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from cdp_triggers.clock import Clock, WallClock, to_datetime
 from cdp_triggers.events import Event
-from cdp_triggers.records import Output
+from cdp_triggers.records import Output, Send
 from operators.engine import Engine, ProfileLookup
 from operators.interest import DEFAULT_WINDOW, ProductState, on_product_event, product_of
 from state.customer import CustomerState
@@ -42,6 +42,7 @@ class EngineRuntime:
     mode: Mode = "live"
     clock: Clock = field(default_factory=WallClock)
     horizon_ms: int | None = None
+    loopback: Callable[[Send], list[Event]] | None = None  # simulated gateway (demo, tests)
     _profiles: ProfileLookup | None = None
 
     @property
@@ -72,9 +73,10 @@ class CustomerLogic(StatefulBatchLogic[Event, Output, CustomerState]):
         self.state = state
 
     def on_batch(self, values: list[Event]) -> tuple[list[Output], bool]:
-        """Events in event-time order; before an event at T only timers due by T fire
-        (live: and by the clock), so a batch read from a backlog replays like replay mode."""
-        rt, eng = self.rt, self.rt.engine
+        """Events in event-time order; before an event at T only timers (and loopback
+        receipts) due by T fire (live: and by the clock), so a batch read from a backlog
+        replays like replay mode."""
+        rt = self.rt
         if self.state is None:
             self.state = CustomerState(values[0].customer_id)
         st, out = self.state, []
@@ -82,33 +84,67 @@ class CustomerLogic(StatefulBatchLogic[Event, Output, CustomerState]):
         clock_now = rt.clock.now_ms() if live else 0
         for e in sorted(values, key=lambda v: v.ts):
             now = max(st.high_water, e.ts)
-            out += eng.handle(st, e, min(now, clock_now) if live else now, rt.profiles())
+            if live:
+                now = min(now, clock_now)
+            out += self._advance(now)
+            out += self._handle(e, now)
         if live:
-            out += eng.handle(st, None, clock_now, rt.profiles())
+            out += self._advance(clock_now)
+            out += self._handle(None, clock_now)
         return out, self._keep_or_discard()
 
     def on_notify(self) -> tuple[list[Output], bool]:
         if self.state is None or self.rt.mode != "live":
             return [], self.RETAIN
-        out = self.rt.engine.handle(self.state, None, self.rt.clock.now_ms(), self.rt.profiles())
+        now = self.rt.clock.now_ms()
+        out = self._advance(now) + self._handle(None, now)
         return out, self._keep_or_discard()
 
     def on_eof(self) -> tuple[list[Output], bool]:
         if self.state is None or self.rt.mode != "replay" or self.rt.horizon_ms is None:
             return [], self.RETAIN
-        out = self.rt.engine.handle(self.state, None, self.rt.horizon_ms, self.rt.profiles())
+        horizon = self.rt.horizon_ms
+        out = self._advance(horizon) + self._handle(None, horizon)
         return out, self._keep_or_discard()
 
     def notify_at(self) -> datetime | None:
-        """The next deadline. One already past by the wall clock (the live clock is held
-        back by the input's event time) is retried shortly rather than spun on."""
+        """The next deadline (or loopback receipt). One already past by the wall clock (the
+        live clock is held back by the input's event time) is retried shortly, not spun on."""
         if self.state is None or self.rt.mode != "live":
             return None
         at = self.rt.engine.next_wakeup(self.state)
+        if self.state.pending:
+            first = self.state.pending[0].ts
+            at = first if at is None else min(at, first)
         if at is None:
             return None
         wall = self.rt.wall.now_ms()
         return to_datetime(at if at > wall else wall + RETRY_MS)
+
+    def _handle(self, event: Event | None, now: int) -> list[Output]:
+        out = self.rt.engine.handle(self.state, event, now, self.rt.profiles())
+        if self.rt.loopback is not None:
+            receipts = [e for r in out if isinstance(r, Send) for e in self.rt.loopback(r)]
+            if receipts:
+                self.state.pending = sorted(self.state.pending + receipts,
+                                            key=lambda e: (e.ts, e.event_id))
+        return out
+
+    def _advance(self, until: int) -> list[Output]:
+        """Fire timers and feed loopback receipts in time order, up to ``until``: a receipt
+        due before a cascade's timeout must reach the engine before the timeout fires."""
+        st, eng, out = self.state, self.rt.engine, []
+        while True:
+            wake = eng.next_wakeup(st)
+            receipt = st.pending[0] if st.pending else None
+            if receipt is not None and receipt.ts <= until and (wake is None
+                                                                or receipt.ts <= wake):
+                st.pending.pop(0)
+                out += self._handle(receipt, max(st.high_water, receipt.ts))
+            elif wake is not None and wake <= until:
+                out += self._handle(None, wake)
+            else:
+                return out
 
     def snapshot(self) -> CustomerState:
         return self.state.snapshot() if self.state is not None else CustomerState("")

@@ -25,23 +25,26 @@ import orjson
 from cdp_triggers.clock import iso
 from cdp_triggers.events import DUPLICATE, Rejected
 from cdp_triggers.ids import stable_id
-from cdp_triggers.records import Conversion, Decision, Duplicate, Lifecycle, Send
+from cdp_triggers.records import Conversion, Decision, Duplicate, Lifecycle, Outcome, Send
 
 DECISIONS = "raw_decisions"
 SENDS = "raw_sends"
 LIFECYCLE = "raw_lifecycle"
 CONVERSIONS = "raw_conversions"
+OUTCOMES = "raw_outcomes"
 REJECTED = "raw_rejected_events"
-RAW_TABLES = (DECISIONS, SENDS, LIFECYCLE, CONVERSIONS, REJECTED)
+RAW_TABLES = (DECISIONS, SENDS, LIFECYCLE, CONVERSIONS, OUTCOMES, REJECTED)
 
 DEDUP_VIEWS = {
     DECISIONS: "decisions",
     SENDS: "sends",
     LIFECYCLE: "lifecycle",
     CONVERSIONS: "conversions",
+    OUTCOMES: "outcomes",
     REJECTED: "rejected_events",
 }
-ANALYST_VIEWS = ("trigger_funnel_daily", "suppression_reasons", "channel_summary")
+ANALYST_VIEWS = ("trigger_funnel_daily", "suppression_reasons", "channel_summary",
+                 "cascade_efficiency", "open_hour_heatmap", "variant_lift")
 
 LC = "LowCardinality(String)"
 TIME = "DateTime64(3, 'UTC')"
@@ -55,7 +58,7 @@ _TABLES: dict[str, tuple[list[str], str, str]] = {
             f"trigger_id {LC}", f"trigger_kind {LC}", f"config_version {LC}",
             "instance_id String", "step UInt16", f"channel {LC}", f"template {LC}",
             f"variant {LC}", f"status {LC}", f"reason {LC}",
-            f"ts {TIME}", f"decided_at {TIME}", _INSERTED,
+            f"ts {TIME}", f"decided_at {TIME}", "detail String DEFAULT ''", _INSERTED,
         ],
         "toYYYYMM(ts)",
         "(trigger_id, decision_id)",
@@ -89,6 +92,15 @@ _TABLES: dict[str, tuple[list[str], str, str]] = {
         ],
         "toYYYYMM(ts)",
         "(trigger_id, conversion_id)",
+    ),
+    OUTCOMES: (
+        [
+            "outcome_id String", "send_id String", "customer_id String", f"channel {LC}",
+            f"outcome {LC}", f"trigger_id {LC}", f"variant {LC}", "step Int16",
+            f"sent_at {TIME}", f"ts {TIME}", _INSERTED,
+        ],
+        "toYYYYMM(ts)",
+        "(trigger_id, outcome_id)",
     ),
     REJECTED: (
         [
@@ -172,6 +184,75 @@ LEFT JOIN (
 ) AS c USING (channel)"""
 
 
+def _cascade(db: str) -> str:
+    return f"""
+SELECT s.trigger_id AS trigger_id, s.step AS step, s.channel AS channel,
+       count() AS sends,
+       countIf(o.delivered) AS delivered, countIf(o.opened) AS opened,
+       countIf(o.clicked) AS clicked, countIf(o.bounced) AS bounced,
+       countIf(o.failed) AS failed,
+       if(count() > 0, countIf(o.delivered OR o.opened OR o.clicked) / count(), 0)
+           AS success_rate
+FROM (SELECT send_id, toString(trigger_id) AS trigger_id, step, toString(channel) AS channel
+      FROM {db}.sends) AS s
+LEFT JOIN (
+    SELECT send_id,
+           max(outcome = 'delivered') AS delivered, max(outcome = 'opened') AS opened,
+           max(outcome = 'clicked') AS clicked, max(outcome = 'bounced') AS bounced,
+           max(outcome = 'failed') AS failed
+    FROM {db}.outcomes GROUP BY send_id
+) AS o USING (send_id)
+GROUP BY trigger_id, step, channel"""
+
+
+def _heatmap(db: str) -> str:
+    return f"""
+SELECT toString(channel) AS channel, toDayOfWeek(ts) AS weekday_utc, toHour(ts) AS hour_utc,
+       count() AS opens
+FROM {db}.outcomes
+WHERE outcome = 'opened'
+GROUP BY channel, weekday_utc, hour_utc"""
+
+
+def _lift(db: str) -> str:
+    return f"""
+SELECT a.trigger_id AS trigger_id, a.variant AS variant, a.arm AS arm,
+       a.customers AS customers,
+       ifNull(c.converted, 0) AS converted_customers,
+       ifNull(c.revenue, 0) AS revenue,
+       if(a.customers > 0, ifNull(c.converted, 0) / a.customers, 0) AS conversion_rate,
+       if(ctl.rate > 0, (if(a.customers > 0, ifNull(c.converted, 0) / a.customers, 0))
+                        / ctl.rate - 1, NULL) AS lift_vs_control
+FROM (
+    SELECT toString(trigger_id) AS trigger_id, toString(variant) AS variant,
+           multiIf(reason = 'control_group', 'control', reason = 'holdout', 'holdout',
+                   'treated') AS arm,
+           uniqExact(customer_id) AS customers
+    FROM {db}.decisions
+    WHERE status = 'sent' OR reason IN ('control_group', 'holdout')
+    GROUP BY trigger_id, variant, arm
+) AS a
+LEFT JOIN (
+    SELECT toString(trigger_id) AS trigger_id, toString(variant) AS variant,
+           uniqExact(customer_id) AS converted, sum(revenue) AS revenue
+    FROM {db}.conversions GROUP BY trigger_id, variant
+) AS c ON a.trigger_id = c.trigger_id AND a.variant = c.variant
+LEFT JOIN (
+    SELECT trigger_id, converted / customers AS rate
+    FROM (
+        SELECT toString(d.trigger_id) AS trigger_id,
+               uniqExact(d.customer_id) AS customers,
+               uniqExactIf(d.customer_id, cv.customer_id != '') AS converted
+        FROM {db}.decisions AS d
+        LEFT JOIN (SELECT DISTINCT customer_id, toString(trigger_id) AS trigger_id
+                   FROM {db}.conversions) AS cv
+            ON d.customer_id = cv.customer_id AND toString(d.trigger_id) = cv.trigger_id
+        WHERE d.reason = 'control_group'
+        GROUP BY trigger_id
+    )
+) AS ctl ON a.trigger_id = ctl.trigger_id"""
+
+
 def ddl_statements(database: str) -> list[str]:
     """Every statement that builds ``database``, in order; each is idempotent.
 
@@ -191,7 +272,8 @@ def ddl_statements(database: str) -> list[str]:
         )
     for table, view in DEDUP_VIEWS.items():
         out.append(f"CREATE OR REPLACE VIEW {db}.{view} AS SELECT * FROM {db}.{table} FINAL")
-    for view, body in zip(ANALYST_VIEWS, (_funnel, _suppression, _channels), strict=True):
+    bodies = (_funnel, _suppression, _channels, _cascade, _heatmap, _lift)
+    for view, body in zip(ANALYST_VIEWS, bodies, strict=True):
         out.append(f"CREATE OR REPLACE VIEW {db}.{view} AS{body(db)}")
     return out
 
@@ -203,13 +285,14 @@ def columns(table: str) -> list[str]:
 
 # ---------------------------------------------------------------- row mappers
 
-Record = Decision | Send | Lifecycle | Conversion | Duplicate | Rejected
+Record = Decision | Send | Lifecycle | Conversion | Outcome | Duplicate | Rejected
 
 _TABLE_OF: dict[type, str] = {
     Decision: DECISIONS,
     Send: SENDS,
     Lifecycle: LIFECYCLE,
     Conversion: CONVERSIONS,
+    Outcome: OUTCOMES,
     Duplicate: REJECTED,
     Rejected: REJECTED,
 }
@@ -248,6 +331,8 @@ def record_id(record: Record) -> str:
             return record.lifecycle_id
         case Conversion():
             return record.conversion_id
+        case Outcome():
+            return record.outcome_id
         case Duplicate():
             return duplicate_id(record)
         case Rejected():
@@ -275,6 +360,7 @@ def rows_for(record: Record, received_at: int | None = None) -> tuple[str, dict[
                 "channel": record.channel, "template": record.template,
                 "variant": record.variant, "status": record.status, "reason": record.reason,
                 "ts": iso(record.ts), "decided_at": iso(record.decided_at),
+                "detail": record.detail,
             }
         case Send():
             variables = orjson.dumps(record.variables, default=str,
@@ -302,6 +388,14 @@ def rows_for(record: Record, received_at: int | None = None) -> tuple[str, dict[
                 "currency": record.currency, "send_id": record.send_id,
                 "trigger_id": record.trigger_id, "variant": record.variant,
                 "channel": record.channel, "sent_at": iso(record.sent_at), "ts": iso(record.ts),
+            }
+        case Outcome():
+            return OUTCOMES, {
+                "outcome_id": record.outcome_id, "send_id": record.send_id,
+                "customer_id": record.customer_id, "channel": record.channel,
+                "outcome": record.outcome, "trigger_id": record.trigger_id,
+                "variant": record.variant, "step": record.step,
+                "sent_at": iso(record.sent_at), "ts": iso(record.ts),
             }
         case Duplicate():
             return REJECTED, {

@@ -25,6 +25,11 @@ class Instance:
     step: int = 0  # index of the next step to run
     context: dict[str, Any] = field(default_factory=dict)  # props of the latest trigger event
     event_type: str = ""  # type of the latest trigger event
+    variant: str = ""  # A/B/C arm ("" when the trigger has none)
+    arm: str = ""  # "control" / "holdout": measured, never sent
+    channel_idx: int = 0  # cascade position in the current step's channels
+    awaiting: str = ""  # send_id whose receipt the cascade waits for (due = its timeout)
+    step_base: int = 0  # when the current step was first due: the next step counts from it
 
 
 @dataclass(slots=True)
@@ -37,6 +42,8 @@ class Touch:
     channel: str
     ts: int
     window: int
+    instance_id: str = ""
+    step: int = 0
 
 
 @dataclass(slots=True)
@@ -49,9 +56,13 @@ class CustomerState:
     consents: dict[str, tuple[bool, int]] = field(default_factory=dict)  # "ch:cat" → (granted, ts)
     touches: list[Touch] = field(default_factory=list)
     counts: dict[str, list[int]] = field(default_factory=dict)  # "trigger\x1fkey" → start times
+    sent_log: list[Any] = field(default_factory=list)  # operators.policy.Sent, for caps
+    invalid: set[str] = field(default_factory=set)  # channels whose contact hard-bounced
+    profile: Any = None  # last profile read: used for transactional when the store is down
     orders_count: int = 0
     total_spent: float = 0.0
     last_order_at: int = 0
+    pending: list[Any] = field(default_factory=list)  # loopback gateway receipts (demo/tests)
     high_water: int = 0  # highest event time seen: replay mode's `now` never goes back
     pruned_at: int = 0  # event time of the last sweep of the bounded parts
 
@@ -65,4 +76,5 @@ class CustomerState:
     def is_empty(self) -> bool:
         """Nothing worth keeping: Bytewax may discard this key."""
         return not (self.instances or self.last_entry or self.seen or self.cart
-                    or self.consents or self.touches or self.counts or self.orders_count)
+                    or self.consents or self.touches or self.counts or self.orders_count
+                    or self.sent_log or self.invalid or self.pending)

@@ -63,7 +63,8 @@ class Profile:
     @classmethod
     def from_redis(cls, customer_id: str, h: Mapping[bytes | str, bytes | str]) -> Profile:
         d = {_s(k): _s(v) for k, v in h.items()}
-        contacts = frozenset(c for c in d.get("contacts", "").split(",") if c)
+        invalid = {k[8:] for k, v in d.items() if k.startswith("invalid:") and v == "1"}
+        contacts = frozenset(c for c in d.get("contacts", "").split(",") if c and c not in invalid)
         consents = {k[8:]: v == "1" for k, v in d.items() if k.startswith("consent:")}
         return cls(customer_id, d.get("tz") or "UTC", d.get("locale") or "en", contacts, consents)
 
@@ -124,6 +125,17 @@ class RedisProfileStore:
         pipe.execute()
         return n
 
+    def apply_updates(self, updates: Iterable[tuple[str, str, str]]) -> int:
+        """(customer_id, field, value) writes from the engine (unsubscribes, hard bounces),
+        one pipelined round trip. Fields: ``consent:CH:CAT`` and ``invalid:CH``."""
+        pipe = self._r.pipeline(transaction=False)
+        n = 0
+        for cid, field_, value in updates:
+            pipe.hset(self.prefix + cid, field_, value)
+            n += 1
+        pipe.execute()
+        return n
+
     def set_consent(self, customer_id: str, channel: str, category: str, granted: bool) -> None:
         self._r.hset(self.prefix + customer_id, f"consent:{channel}:{category}",
                      "1" if granted else "0")
@@ -131,6 +143,21 @@ class RedisProfileStore:
 
 class DictProfileStore:
     """Profiles held in memory: the demo's fallback when Redis is absent, and unit tests."""
+
+    def apply_updates(self, updates: Iterable[tuple[str, str, str]]) -> int:
+        n = 0
+        for cid, field_, value in updates:
+            p = self._p.get(cid)
+            n += 1
+            if p is None:
+                continue
+            if field_.startswith("consent:"):
+                consents = {**p.consents, field_[8:]: value == "1"}
+                self._p[cid] = Profile(p.customer_id, p.timezone, p.locale, p.contacts, consents)
+            elif field_.startswith("invalid:") and value == "1":
+                contacts = p.contacts - {field_[8:]}
+                self._p[cid] = Profile(p.customer_id, p.timezone, p.locale, contacts, p.consents)
+        return n
 
     def __init__(self, profiles: Iterable[Profile] = ()) -> None:
         self._p = {p.customer_id: p for p in profiles}
