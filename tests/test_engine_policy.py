@@ -330,9 +330,11 @@ def test_cascade_stops_on_the_success_receipt(tmp_path):
 
 def test_email_delivered_is_not_success_only_opened_is(tmp_path):
     out, _ = run_cascade(tmp_path, [
-        lambda s: None if s.channel != "push" else None,
+        lambda s: e("noop", 16),  # push timed out at 15m: the e-mail went
+        lambda s: receipt("delivered", 20, s.send_id, "email"),  # delivered is not enough
     ])
-    assert [s.channel for s in sends(out)] == ["push", "email", "sms"]
+    assert [(s.channel, s.ts) for s in sends(out)] == [
+        ("push", T0), ("email", T0 + 15 * MINUTE), ("sms", T0 + 15 * MINUTE + 4 * HOUR)]
     out, _ = run_cascade(tmp_path, [
         lambda s: receipt("failed", 1, s.send_id, "push"),  # fails → email at once
         lambda s: receipt("delivered", 3, s.send_id, "email"),  # not enough
@@ -367,7 +369,7 @@ def test_unsubscribe_revokes_marketing_at_once_and_in_the_store(tmp_path):
 
 
 def test_conversion_stops_the_cascade(tmp_path):
-    out, st = run_cascade(tmp_path, [lambda s: e("order_placed", 5, order_id="o1", total=20.0,
+    out, _ = run_cascade(tmp_path, [lambda s: e("order_placed", 5, order_id="o1", total=20.0,
                                                  currency="EUR", items=[])])
     assert [s.channel for s in sends(out)] == ["push"]
     assert any(isinstance(r, Lifecycle) and r.reason == "converted" for r in out)
