@@ -1,4 +1,4 @@
-"""``cdp-triggers``: demo, run, replay, validate, sql, generate."""
+"""``cdp-triggers``: demo, run, replay, preview, validate, schema, sql, generate."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def _config(settings: Settings):
         raise SystemExit(2) from None
 
 
-def print_table(columns: list[str], rows: list[tuple], out=sys.stdout) -> None:
+def print_table(columns: list[str], rows: list[tuple], out=None) -> None:
+    out = out or sys.stdout
     cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
 
@@ -39,7 +40,7 @@ def print_table(columns: list[str], rows: list[tuple], out=sys.stdout) -> None:
 
 
 def _numeric(v: str) -> bool:
-    return v.replace(".", "", 1).replace("-", "", 1).isdigit()
+    return v.removeprefix("+").replace(".", "", 1).replace("-", "", 1).isdigit()
 
 
 def cmd_demo(a: argparse.Namespace, s: Settings) -> int:
@@ -131,6 +132,121 @@ def cmd_validate(a: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def cmd_preview(a: argparse.Namespace, s: Settings) -> int:
+    from cdp_triggers.clock import to_datetime
+    from config.loader import _display
+    from flows.preview import (
+        assume_reachable,
+        diff,
+        latest_event_ts,
+        print_diff,
+        print_summary,
+        run_preview,
+        summarize,
+    )
+    from state.profiles import CHANNELS, RedisProfileStore
+
+    base = _config(s.model_copy(update={"config_dir": a.config or s.config_dir}))
+    other = _config(s.model_copy(update={"config_dir": a.against})) if a.against else None
+    missing = [p for p in a.events if not Path(p).is_file()]
+    if missing:
+        print(f"no such events file: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    latest, valid, bad = latest_event_ts(a.events)
+    horizon = a.horizon_ms if a.horizon_ms is not None else latest
+    names = ", ".join(Path(p).name for p in a.events)
+    print(f"preview on {names}: {valid:,} events, {bad:,} rejected; replay clock up to "
+          f"{to_datetime(horizon):%Y-%m-%d %H:%M:%S} UTC")
+    store = None if a.no_redis else RedisProfileStore(s.redis_url)
+    if store is not None and store.ping():
+        profiles = store.get
+        print(f"profiles: Redis at {s.redis_url} (customers without a profile there are "
+              "suppressed as no_profile; --no-redis assumes everyone reachable)")
+    else:
+        profiles = assume_reachable
+        why = "--no-redis" if store is None else f"Redis not answering at {s.redis_url}"
+        print(f"profiles: ASSUMED reachable: every customer has {', '.join(CHANNELS)} "
+              f"contacts and consent ({why}); consent_changed events still apply")
+    summaries = {}
+    for label, cfg, where in (("base", base, a.config or s.config_dir),
+                              ("other", other, a.against)):
+        if cfg is None:
+            continue
+        print(f"{label}: config {cfg.version} ({_display(where)}): "
+              f"{len(cfg.triggers)} trigger(s)")
+        records = run_preview(cfg, a.events, profiles, horizon)
+        summaries[label] = summarize(records, a.examples, cfg.triggers)
+    print()
+    if other is None:
+        print_summary(summaries["base"])
+    else:
+        print_diff(diff(summaries["base"], summaries["other"]))
+    return 0
+
+
+def json_schemas() -> dict[str, dict]:
+    """JSON Schemas of the config files, durations written as marketers write them."""
+    from pydantic.json_schema import GenerateJsonSchema
+
+    from cdp_triggers.durations import format_duration, parse_duration
+    from config.schema import Policy, Trigger
+    from config.templates import TemplateRegistry
+
+    def is_duration(schema) -> bool:
+        fn = schema.get("function", {}).get("function")
+        return schema.get("type") == "function-before" and fn is parse_duration
+
+    class Generator(GenerateJsonSchema):
+        def function_before_schema(self, schema):
+            if is_duration(schema):
+                return {"anyOf": [{"type": "string", "pattern": r"^\s*\d+\s*(ms|s|m|h|d|w)\s*$"},
+                                  {"type": "integer", "minimum": 0}],
+                        "description": "a duration: 90s, 30m, 4h, 7d, 2w (or milliseconds)"}
+            return super().function_before_schema(schema)
+
+        def default_schema(self, schema):
+            js = super().default_schema(schema)
+            if is_duration(schema["schema"]) and isinstance(js.get("default"), int):
+                js["default"] = format_duration(js["default"]) if js["default"] else "0s"
+            return js
+
+    out = {}
+    for name, model, title in (("trigger", Trigger, "config/triggers/*.yaml"),
+                               ("policy", Policy, "config/policy.yaml"),
+                               ("templates", TemplateRegistry, "config/templates.yaml")):
+        schema = model.model_json_schema(schema_generator=Generator)
+        out[f"{name}.schema.json"] = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+                                      **schema, "title": f"cdp-triggers {title}"}
+    return out
+
+
+def cmd_schema(a: argparse.Namespace, s: Settings) -> int:
+    import json
+
+    from config.loader import _display
+
+    out = a.out or s.config_dir / "schema"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (out / name).write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
+        print(f"wrote {_display(out / name)}")
+    out = _display(out)
+    print(f"""
+editors (VS Code with the YAML extension by Red Hat; any yaml-language-server editor):
+  first line of a trigger file in config/triggers/:
+    # yaml-language-server: $schema=../schema/trigger.schema.json
+  first line of config/policy.yaml and config/templates.yaml:
+    # yaml-language-server: $schema=./schema/policy.schema.json
+    # yaml-language-server: $schema=./schema/templates.schema.json
+  or once for the workspace, in .vscode/settings.json:
+    "yaml.schemas": {{"{out}/trigger.schema.json": "config/triggers/*.yaml",
+                     "{out}/policy.schema.json": "config/policy.yaml",
+                     "{out}/templates.schema.json": "config/templates.yaml"}}
+the schema checks keys, types and durations as you type; `cdp-triggers validate` also checks
+templates, channels, variables and unreachable steps across files.""")
+    return 0
+
+
 def cmd_sql(a: argparse.Namespace, s: Settings) -> int:
     from sinks.clickhouse import open_backend
 
@@ -179,6 +295,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="validate the trigger configs")
     p.set_defaults(fn=cmd_validate)
 
+    p = sub.add_parser("preview", help="what would this config do on recorded events? "
+                                       "(replay in memory; --against: compare two configs)")
+    p.add_argument("--config", type=Path, help="config set (default: --config-dir or config/)")
+    p.add_argument("--events", nargs="+", required=True, help="JSONL file(s) of recorded events")
+    p.add_argument("--against", type=Path, help="another config set: print a diff table")
+    p.add_argument("--examples", type=int, default=3, help="example customers per trigger")
+    p.add_argument("--horizon-ms", type=int, default=None,
+                   help="fire timers due up to here (default: the latest event time)")
+    p.add_argument("--no-redis", action="store_true",
+                   help="assume every customer reachable instead of reading Redis profiles")
+    p.set_defaults(fn=cmd_preview)
+
+    p = sub.add_parser("schema", help="write JSON Schemas of the config files (for editors)")
+    p.add_argument("--out", type=Path, help="directory (default: config/schema/)")
+    p.set_defaults(fn=cmd_schema)
+
     p = sub.add_parser("sql", help="query ClickHouse (embedded chdb by default)")
     p.add_argument("query")
     p.add_argument("--clickhouse-url")
@@ -191,7 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    ap = build_parser()
+    a, extra = ap.parse_known_args(argv)
+    if extra and a.cmd != "generate":
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    if a.cmd == "generate":  # its options belong to the generator (argparse stops at "--x")
+        a.args = extra + a.args
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     s = Settings()

@@ -1,8 +1,9 @@
 """Load and validate the config set, with errors that name file, line, column and field.
 
-``load_config(dir)`` reads ``policy.yaml`` and ``triggers/*.yaml`` and returns a
-:class:`ConfigSet` with a content-hash ``version`` that every decision row carries.
-All problems in all files are collected and raised together as :class:`ConfigError`.
+``load_config(dir)`` reads ``policy.yaml``, ``templates.yaml`` and ``triggers/*.yaml``, runs
+the cross-file checks (:mod:`config.checks`) and returns a :class:`ConfigSet` with a
+content-hash ``version`` that every decision row carries. All problems in all files are
+collected and raised together as :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from config.schema import Policy, Trigger
+from config.templates import TEMPLATES_FILE, Template, TemplateRegistry
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent
 
@@ -46,6 +48,7 @@ class ConfigSet:
     policy: Policy
     version: str
     files: tuple[str, ...] = field(default=())
+    templates: dict[str, Template] = field(default_factory=dict)  # empty: no registry
 
     def trigger(self, trigger_id: str) -> Trigger | None:
         return next((t for t in self.triggers if t.id == trigger_id), None)
@@ -131,7 +134,10 @@ def _display(path: Path) -> str:
 
 
 def load_config(config_dir: str | Path = DEFAULT_CONFIG_DIR) -> ConfigSet:
-    """Load ``policy.yaml`` and every ``triggers/*.yaml``; raise ConfigError listing all issues."""
+    """Load ``policy.yaml``, ``templates.yaml`` (when present) and every ``triggers/*.yaml``,
+    run the cross-file checks; raise ConfigError listing all issues."""
+    from config.checks import check_config
+
     root = Path(config_dir)
     issues: list[ConfigIssue] = []
     digest = hashlib.blake2b(digest_size=6)
@@ -145,6 +151,15 @@ def load_config(config_dir: str | Path = DEFAULT_CONFIG_DIR) -> ConfigSet:
         issues += found
         policy = parsed or policy
         files.append(_display(policy_path))
+    templates: dict[str, Template] = {}
+    templates_path = root / TEMPLATES_FILE
+    if templates_path.exists():
+        text = templates_path.read_text()
+        digest.update(f"{TEMPLATES_FILE}\0".encode() + text.encode())
+        registry, found = validate_document(text, _display(templates_path), TemplateRegistry)
+        issues += found
+        templates = dict(registry.templates) if registry else {}
+        files.append(_display(templates_path))
     triggers: list[Trigger] = []
     seen: dict[str, str] = {}
     paths = sorted((root / "triggers").glob("*.yaml")) + sorted((root / "triggers").glob("*.yml"))
@@ -171,6 +186,8 @@ def load_config(config_dir: str | Path = DEFAULT_CONFIG_DIR) -> ConfigSet:
             continue
         seen[trigger.id] = name
         triggers.append(trigger)
+    config = ConfigSet(tuple(triggers), policy, digest.hexdigest(), tuple(files), templates)
+    issues += check_config(root, config)
     if issues:
         raise ConfigError(issues)
-    return ConfigSet(tuple(triggers), policy, digest.hexdigest(), tuple(files))
+    return config

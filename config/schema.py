@@ -12,7 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from cdp_triggers.durations import parse_duration
 
-Duration = Annotated[int, BeforeValidator(parse_duration)]
+Duration = Annotated[int, BeforeValidator(parse_duration, json_schema_input_type=str | int)]
 Ident = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Channel = Literal["push", "email", "sms"]
 CHANNELS: tuple[str, ...] = ("push", "email", "sms")

@@ -1,0 +1,279 @@
+"""Preview a config set on recorded events: what would these triggers have done?
+
+:func:`run_preview` replays a JSONL file through the production path (the same Bytewax
+``engine_streams`` as every run, replay clock) and keeps the records in memory: no Kafka, no
+ClickHouse. :func:`summarize` and :func:`diff` are pure; printing is separate.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from cdp_triggers.events import Event, parse_event
+from cdp_triggers.records import CANCELLED, CONDITION_NOT_MET, SENT, Conversion, Decision, Lifecycle
+from config.loader import ConfigSet
+from config.schema import Trigger
+from operators.engine import ProfileLookup
+from state.profiles import CATEGORIES, CHANNELS, Profile
+
+_ALL_CONSENTS = {f"{ch}:{cat}": True for ch in CHANNELS for cat in CATEGORIES}
+
+
+def assume_reachable(customer_id: str) -> Profile:
+    """Profile lookup for previews without Redis: every customer has every contact and
+    consent (``consent_changed`` events in the file still apply)."""
+    return Profile(customer_id, contacts=frozenset(CHANNELS), consents=_ALL_CONSENTS)
+
+
+def latest_event_ts(paths: Iterable[str | Path]) -> tuple[int, int, int]:
+    """(latest valid event time, valid events, rejected lines) of JSONL files."""
+    latest = valid = bad = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                e = parse_event(line.rstrip(b"\r\n"), f"{Path(path).name}:{n}")
+                if isinstance(e, Event):
+                    valid += 1
+                    latest = max(latest, e.ts)
+                else:
+                    bad += 1
+    return latest, valid, bad
+
+
+def run_preview(config: ConfigSet, paths: list[str | Path], profiles: ProfileLookup,
+                horizon_ms: int) -> list:
+    """Replay ``paths`` through the production dataflow; return the engine's records."""
+    from bytewax.dataflow import Dataflow
+    from bytewax.operators import output
+    from bytewax.testing import TestingSink, run_main
+
+    from flows.pipeline import engine_streams
+    from flows.sources import JsonlSource
+    from operators.engine import Engine
+    from operators.keyed import EngineRuntime
+
+    runtime = EngineRuntime(Engine(config), lambda: profiles, mode="replay",
+                            horizon_ms=horizon_ms)
+    flow = Dataflow("cdp_preview")
+    records, _rejected = engine_streams(flow, JsonlSource(paths), runtime)
+    out: list = []
+    output("capture", records, TestingSink(out))
+    run_main(flow)
+    return out
+
+
+# ---- summary (pure) ---------------------------------------------------------------------
+
+
+@dataclass
+class StepStats:
+    template: str = ""
+    sent: Counter[str] = field(default_factory=Counter)  # by channel
+    suppressed: Counter[str] = field(default_factory=Counter)  # by reason
+    skipped: int = 0  # `when` was false
+    cancelled: int = 0  # the instance was cancelled while waiting for this step
+
+
+@dataclass
+class TriggerStats:
+    lifecycle: Counter[str] = field(default_factory=Counter)  # started/cancelled/completed/…
+    conversions: int = 0
+    revenue: float = 0.0
+    steps: dict[int, StepStats] = field(default_factory=dict)
+    examples: dict[str, str] = field(default_factory=dict)  # customer → what happened
+
+
+@dataclass
+class Summary:
+    triggers: dict[str, TriggerStats] = field(default_factory=dict)
+
+
+def summarize(records: Iterable[object], examples: int = 3,
+              triggers: Iterable[Trigger | str] = ()) -> Summary:
+    """Count what each trigger and step did; pick ``examples`` customers per trigger whose
+    stories differ (a customer's records arrive in order, so a story reads in time order).
+    ``triggers``: the configured ones (or their ids), listed even when they did nothing;
+    a step is named by its configured template, whatever variant template was sent."""
+    s = Summary()
+    for t in triggers:
+        s.triggers[t if isinstance(t, str) else t.id] = TriggerStats(steps={} if isinstance(
+            t, str) else {i: StepStats(step.template) for i, step in enumerate(t.steps)})
+    # trigger → customer → instance → words
+    stories: dict[str, dict[str, dict[str, list[str]]]] = {}
+    instance_of: dict[str, str] = {}  # send id → instance id (to place conversions)
+
+    def trig(tid: str) -> TriggerStats:
+        return s.triggers.setdefault(tid, TriggerStats())
+
+    for r in records:
+        if isinstance(r, Decision):
+            st = trig(r.trigger_id).steps.setdefault(r.step, StepStats(r.template))
+            instance = r.instance_id
+            if r.status == SENT:
+                st.sent[r.channel] += 1
+                instance_of[r.send_id] = instance
+                word = f"step {r.step} {r.channel} sent"
+            elif r.status == CANCELLED:
+                st.cancelled += 1
+                continue  # the lifecycle record tells the story
+            elif r.reason == CONDITION_NOT_MET:
+                st.skipped += 1
+                word = f"step {r.step} skipped (when)"
+            else:
+                st.suppressed[r.reason] += 1
+                word = f"step {r.step} {r.channel} {r.reason}"
+        elif isinstance(r, Lifecycle):
+            trig(r.trigger_id).lifecycle[r.action] += 1
+            instance = r.instance_id
+            word = f"{r.action} by {r.reason}" if r.action == "cancelled" else r.action
+        elif isinstance(r, Conversion):
+            t = trig(r.trigger_id)
+            t.conversions += 1
+            t.revenue += r.revenue
+            instance = instance_of.get(r.send_id, r.send_id)
+            word = f"ordered {r.revenue:.2f} {r.currency}"
+        else:
+            continue
+        by_instance = stories.setdefault(r.trigger_id, {}).setdefault(r.customer_id, {})
+        by_instance.setdefault(instance, []).append(word)
+    for tid, by_customer in stories.items():
+        trig(tid).examples = _pick_examples(by_customer, examples)
+    return s
+
+
+_ENDS = ("completed", "cancelled", "expired")
+
+
+def _pick_examples(stories: dict[str, dict[str, list[str]]], n: int) -> dict[str, str]:
+    """First customers (by id) whose first instance's story is new, then more to fill ``n``."""
+    seen: set[tuple[str, ...]] = set()
+    picked: list[str] = []
+    for cid in sorted(stories):
+        first = next(iter(stories[cid].values()))
+        key = tuple(w.split(" by ")[0] for w in first)
+        if key not in seen and len(picked) < n:
+            seen.add(key)
+            picked.append(cid)
+    picked += [c for c in sorted(stories) if c not in picked][: n - len(picked)]
+    return {c: _render(list(stories[c].values())) for c in sorted(picked)}
+
+
+def _render(instances: list[list[str]], most: int = 2) -> str:
+    """``started → step 0 email sent → completed | started → …`` (+ how many more)."""
+    parts = []
+    for words in instances[:most]:
+        running = not any(w.startswith(_ENDS) for w in words)
+        parts.append(" → ".join(words) + (" (still running)" if running else ""))
+    more = f"  (+{len(instances) - most} more)" if len(instances) > most else ""
+    return " | ".join(parts) + more
+
+
+# ---- diff (pure) ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiffRow:
+    trigger: str
+    step: str  # "" for trigger-level rows, else "0 template"
+    metric: str
+    base: int
+    other: int
+
+    @property
+    def delta(self) -> int:
+        return self.other - self.base
+
+
+@dataclass
+class Diff:
+    rows: list[DiffRow]
+    only_base: list[str]
+    only_other: list[str]
+
+
+def _metrics(t: TriggerStats | None) -> dict[tuple[str, str], int]:
+    if t is None:
+        return {}
+    m = {("", a): t.lifecycle[a] for a in ("started", "cancelled", "completed", "expired")}
+    m[("", "conversions")] = t.conversions
+    for i, st in t.steps.items():
+        label = f"{i} {st.template}"
+        m[(label, "sent")] = sum(st.sent.values())
+        m[(label, "suppressed")] = sum(st.suppressed.values())
+        m.update({(label, f"  {reason}"): n for reason, n in st.suppressed.items()})
+        m[(label, "skipped (when)")] = st.skipped
+        m[(label, "cancelled")] = st.cancelled
+    return m
+
+
+def diff(a: Summary, b: Summary) -> Diff:
+    """Per trigger and step: base vs other counts (rows where both are 0 are left out)."""
+    rows = []
+    for tid in sorted(a.triggers.keys() | b.triggers.keys()):
+        ma, mb = _metrics(a.triggers.get(tid)), _metrics(b.triggers.get(tid))
+        keys = list(dict.fromkeys([*ma, *mb]))
+        keys.sort(key=lambda k: (k[0] != "", k[0]))  # trigger rows first, then steps
+        rows += [DiffRow(tid, step, metric, ma.get((step, metric), 0), mb.get((step, metric), 0))
+                 for step, metric in keys if ma.get((step, metric)) or mb.get((step, metric))]
+    return Diff(rows, sorted(a.triggers.keys() - b.triggers.keys()),
+                sorted(b.triggers.keys() - a.triggers.keys()))
+
+
+# ---- printing ---------------------------------------------------------------------------
+
+
+def print_summary(s: Summary, out: TextIO | None = None) -> None:
+    """Per trigger: lifecycle counts; per step: sent, suppressed, skipped; examples."""
+    from cdp_triggers.cli import print_table
+
+    out = out or sys.stdout
+    life = ("started", "cancelled", "completed", "expired")
+    print_table(["trigger", *life, "conversions", "revenue"],
+                [(tid, *(t.lifecycle[a] for a in life), t.conversions, f"{t.revenue:.2f}")
+                 for tid, t in s.triggers.items()], out)
+    print(file=out)
+    rows, reasons = [], []
+    for tid, t in s.triggers.items():
+        for i, st in sorted(t.steps.items()):
+            sent = ", ".join(f"{ch} {n}" for ch, n in st.sent.most_common())
+            rows.append((tid, i, st.template, sum(st.sent.values()), sent,
+                         sum(st.suppressed.values()), st.skipped, st.cancelled))
+            reasons += [(tid, i, reason, n) for reason, n in st.suppressed.most_common()]
+    print_table(["trigger", "step", "template", "sent", "by channel", "suppressed",
+                 "skipped (when)", "cancelled"], rows, out)
+    if reasons:
+        print(file=out)
+        print_table(["trigger", "step", "suppressed because", "decisions"], reasons, out)
+    print("\nexamples", file=out)
+    for tid, t in s.triggers.items():
+        if t.examples:
+            print(f"  {tid}", file=out)
+            width = max(len(c) for c in t.examples)
+            for cid, story in t.examples.items():
+                print(f"    {cid.ljust(width)}  {story}", file=out)
+
+
+def print_diff(d: Diff, out: TextIO | None = None) -> None:
+    """The rows of every trigger with a changed count; unchanged triggers are named."""
+    from cdp_triggers.cli import print_table
+
+    out = out or sys.stdout
+    changed = {r.trigger for r in d.rows if r.delta}
+    print_table(["trigger", "step", "metric", "base", "other", "delta"],
+                [(r.trigger, r.step, r.metric, r.base, r.other,
+                  f"{r.delta:+d}" if r.delta else "0") for r in d.rows if r.trigger in changed],
+                out)
+    same = sorted({r.trigger for r in d.rows} - changed)
+    for label, ids in (("unchanged", same), ("only in base", d.only_base),
+                       ("only in other", d.only_other)):
+        if ids:
+            print(f"{label}: {', '.join(ids)}", file=out)
+    n = sum(1 for r in d.rows if r.delta)
+    print(f"{n} of {len(d.rows)} counts differ", file=out)
