@@ -68,25 +68,26 @@ class WatermarkClock:
 
     While the flow catches up on a backlog, wall time runs hours ahead of the events being
     read; firing timers by wall time alone would send reminders before the cancelling
-    events (already in the backlog) are read. So ``now`` is ``min(wall, newest event time
-    seen)``, except when the input has been quiet for ``idle_ms`` of wall time: then it is
-    plain wall time, so timers of quiet keys still fire. One per process (the parse step
-    observes, the engine reads); a process only sees its own share of partitions.
+    events (already in the backlog) are read. So ``now`` is the wall time, but at most the
+    low watermark of the input: the smallest, over the input partitions this process reads,
+    of the newest event time seen in each. A partition quiet for ``idle_ms`` of wall time
+    stops holding the clock back (so timers of quiet keys still fire); with no active
+    partition the clock is plain wall time. One per process: the parse step observes, the
+    engine reads; a process only sees its own share of partitions.
     """
 
     def __init__(self, wall: Clock | None = None, idle_ms: int = 5 * SECOND) -> None:
         self.wall = wall or WallClock()
         self.idle_ms = idle_ms
-        self._max_ts: int | None = None
-        self._seen_at = 0
+        self._newest: dict[str, int] = {}  # partition → newest event time seen
+        self._seen_at: dict[str, int] = {}  # partition → wall time of its last event
 
-    def observe(self, event_ts: int) -> None:
-        self._seen_at = self.wall.now_ms()
-        if self._max_ts is None or event_ts > self._max_ts:
-            self._max_ts = event_ts
+    def observe(self, event_ts: int, partition: str = "") -> None:
+        self._seen_at[partition] = self.wall.now_ms()
+        if event_ts > self._newest.get(partition, -1):
+            self._newest[partition] = event_ts
 
     def now_ms(self) -> int:
         w = self.wall.now_ms()
-        if self._max_ts is None or w - self._seen_at >= self.idle_ms:
-            return w
-        return min(w, self._max_ts)
+        active = [ts for p, ts in self._newest.items() if w - self._seen_at[p] < self.idle_ms]
+        return min(w, min(active)) if active else w

@@ -1,5 +1,8 @@
 """The embedded demo: synthetic retail traffic → engine (replay clock) → chdb. No servers.
 
+Channel gateways are simulated (``cdp_triggers.gateway_sim``): each send's receipts are fed
+back to that customer's engine state in event time, so cascades and conversions play out.
+
 Profiles come from Redis when it answers (the demo seeds it); otherwise the demo says so
 and uses the profiles generated with the events.
 """
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 
 from bytewax.testing import run_main
 
+from cdp_triggers.gateway_sim import simulate
 from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
 from config.loader import ConfigSet
 from flows.pipeline import Outputs, build_flow
@@ -53,8 +57,11 @@ def run_demo(config: ConfigSet, clickhouse_url: str, database: str,
     schema = open_backend(clickhouse_url)
     ensure_schema(schema, database)
     schema.close()
+    # gateways are simulated per send and their receipts fed back to the customer's state,
+    # so cascades (push → email → sms) run without a server
     runtime = EngineRuntime(Engine(config), lambda: store.get, mode="replay",
-                            horizon_ms=gen.end_ms)
+                            horizon_ms=gen.end_ms,
+                            loopback=lambda send: simulate(send, synthetic.seed))
     source = IteratorSource(gen.events, name="synthetic", progress=Progress("read", out=say))
     flow = build_flow(source, runtime, Outputs(clickhouse=lambda: open_backend(clickhouse_url),
                                                clickhouse_database=database,

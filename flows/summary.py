@@ -24,6 +24,16 @@ def demo_summary(backend: ClickHouseBackend, db: str, r: DemoResult, say=print) 
         f"GROUP BY reason ORDER BY n DESC, reason")
     sends = one(f"SELECT count() FROM {db}.sends")
     conv = backend.query_rows(f"SELECT count(), sum(revenue) FROM {db}.conversions")[0]
+    by_channel = backend.query_rows(
+        f"SELECT channel, count() FROM {db}.sends GROUP BY channel ORDER BY channel")
+    by_trigger = backend.query_rows(
+        f"SELECT trigger_id, count() FROM {db}.sends GROUP BY trigger_id ORDER BY trigger_id")
+    cascaded = one(f"SELECT count() FROM (SELECT instance_id, step FROM {db}.sends "
+                   f"GROUP BY instance_id, step HAVING count() > 1)")
+    outcomes = dict(backend.query_rows(
+        f"SELECT outcome, count() FROM {db}.outcomes GROUP BY outcome"))
+    deferred = dict(backend.query_rows(
+        f"SELECT reason, count() FROM {db}.decisions WHERE status = 'deferred' GROUP BY reason"))
     balanced = rejected == r.generated_bad and dups == r.generated_duplicates
 
     rows = [
@@ -35,8 +45,13 @@ def demo_summary(backend: ClickHouseBackend, db: str, r: DemoResult, say=print) 
         ("  cancelled", f"{life.get('cancelled', 0):,}"),
         ("  completed", f"{life.get('completed', 0):,}"),
         ("messages sent", f"{sends:,}"),
+        *((f"    {t}", f"{n:,}") for t, n in by_trigger),
+        ("  by channel", ", ".join(f"{c} {n:,}" for c, n in by_channel)),
+        ("  cascaded to a next channel", f"{cascaded:,} step(s)"),
         ("  suppressed", f"{status.get('suppressed', 0):,}"),
         *((f"    {reason}", f"{n:,}") for reason, n in reasons),
+        ("  deferred", ", ".join(f"{r} {n:,}" for r, n in sorted(deferred.items())) or "0"),
+        ("receipts", ", ".join(f"{k} {outcomes[k]:,}" for k in sorted(outcomes)) or "0"),
         ("conversions", f"{conv[0]:,} (revenue {float(conv[1] or 0):,.2f})"),
         ("profiles from", r.profiles_from),
         ("throughput", f"{r.read / max(r.seconds, 1e-9):,.0f} events/s ({r.seconds:.1f} s)"),

@@ -75,6 +75,7 @@ from state.profiles import Profile, ProfileUnavailable
 ProfileLookup = Callable[[str], Profile | None]
 _UNAVAILABLE = object()  # the profile store did not answer and no fallback applies
 CONVERTED = "converted"
+EXIT_MEMORY = 24 * 3_600_000  # how far back an exit read early still cancels a late start
 PRUNE_EVERY = 3_600_000  # sweep a customer's bounded state at most hourly (event time)
 
 
@@ -118,6 +119,8 @@ class Engine:
         self._max_count_window = max((t.start.count.within for t in config.triggers
                                       if t.start.count), default=0)
         self._once = frozenset(t.id for t in config.triggers if t.reentry.once)
+        self._exit_types = frozenset(typ for t in config.triggers for c in t.cancel_on
+                                     for typ in c.types)
         self._templates = {(t.id, v.id): v.templates for t in config.triggers
                            for v in t.variants if v.templates}
         self._max_sent_window = max_cap_window(policy)
@@ -284,7 +287,8 @@ class Engine:
         state.sent_log.append(Sent(t, trig.id, channel, trig.kind))
         state.touches.append(Touch(d.send_id, trig.id, d.variant, channel, t,
                                    trig.attribution_window, inst.instance_id, inst.step))
-        if inst.step == 0:
+        if not inst.entered:
+            inst.entered = True
             state.last_entry[trig.id] = t
 
     def _next_step(self, state: CustomerState, slot: str, inst: Instance, trig: Trigger,
@@ -326,7 +330,7 @@ class Engine:
         out.append(self._life(state, inst, action, reason, "", t, now))
 
     def _reentry_block(self, state: CustomerState, trig: Trigger, inst: Instance, t: int) -> str:
-        if inst.step != 0 or trig.id not in state.last_entry:
+        if inst.step != 0 or inst.entered or trig.id not in state.last_entry:
             return ""
         if trig.reentry.once:
             return REENTRY_ONCE
@@ -382,6 +386,9 @@ class Engine:
         for trig in self._starts.get(ev.type, ()):
             if matches(trig.start, ev, state, ev.ts):
                 self._maybe_start(state, trig, ev, now, out)
+        if ev.type in self._exit_types:  # kept a while: it may cancel an instance whose
+            state.exits.append(ev)       # start event is read after it (out-of-order input)
+            state.exits = [x for x in state.exits if x.ts >= ev.ts - EXIT_MEMORY][-16:]
         if (len(state.seen) > self.config.policy.dedup_max_ids
                 or state.high_water - state.pruned_at >= PRUNE_EVERY):
             state.pruned_at = state.high_water
@@ -416,6 +423,12 @@ class Engine:
                         step_base=due)
         state.instances[slot] = inst
         out.append(self._life(state, inst, "started", "", ev.event_id, ev.ts, now))
+        for x in state.exits:  # an exit already read, but later in event time than the start
+            cancel = next((c for c in trig.cancel_on if matches(c, x, state, x.ts)), None)
+            if x.ts >= ev.ts and cancel is not None and (
+                    not cancel.same_key or key_of(trig.key, x) == k):
+                self._cancel(state, slot, inst, trig, x, now, out)
+                break
 
     def _cancel(self, state: CustomerState, slot: str, inst: Instance, trig: Trigger,
                 ev: Event, now: int, out: list[Output]) -> None:

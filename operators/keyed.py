@@ -51,10 +51,11 @@ class EngineRuntime:
         return getattr(self.clock, "wall", self.clock)
 
     def observe(self, event: Event) -> None:
-        """Tell a watermark clock how far the input has got (no-op for other clocks)."""
+        """Tell a watermark clock how far each input partition has got (source
+        ``topic:partition:offset`` → partition ``topic:partition``)."""
         observe = getattr(self.clock, "observe", None)
         if observe is not None:
-            observe(event.ts)
+            observe(event.ts, event.source.rpartition(":")[0])
 
     def profiles(self) -> ProfileLookup:
         if self._profiles is None:
@@ -101,10 +102,17 @@ class CustomerLogic(StatefulBatchLogic[Event, Output, CustomerState]):
         return out, self._keep_or_discard()
 
     def on_eof(self) -> tuple[list[Output], bool]:
-        if self.state is None or self.rt.mode != "replay" or self.rt.horizon_ms is None:
+        """Input ended (a finite run): replay fires what is due up to the horizon; live
+        fires what is due by the wall clock (no more input can hold it back)."""
+        if self.state is None:
             return [], self.RETAIN
-        horizon = self.rt.horizon_ms
-        out = self._advance(horizon) + self._handle(None, horizon)
+        if self.rt.mode == "live":
+            until = self.rt.wall.now_ms()
+        elif self.rt.horizon_ms is not None:
+            until = self.rt.horizon_ms
+        else:
+            return [], self.RETAIN
+        out = self._advance(until) + self._handle(None, until)
         return out, self._keep_or_discard()
 
     def notify_at(self) -> datetime | None:

@@ -30,6 +30,7 @@ class Instance:
     channel_idx: int = 0  # cascade position in the current step's channels
     awaiting: str = ""  # send_id whose receipt the cascade waits for (due = its timeout)
     step_base: int = 0  # when the current step was first due: the next step counts from it
+    entered: bool = False  # its first message went (re-entry cooldown counts from then)
 
 
 @dataclass(slots=True)
@@ -62,6 +63,7 @@ class CustomerState:
     orders_count: int = 0
     total_spent: float = 0.0
     last_order_at: int = 0
+    exits: list[Any] = field(default_factory=list)  # recent cancel-type events (Event), newest last
     pending: list[Any] = field(default_factory=list)  # loopback gateway receipts (demo/tests)
     high_water: int = 0  # highest event time seen: replay mode's `now` never goes back
     pruned_at: int = 0  # event time of the last sweep of the bounded parts

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import shutil
+import tempfile
 from itertools import count
+from pathlib import Path
 
 from cdp_triggers.clock import MINUTE
 from cdp_triggers.events import Event
 from cdp_triggers.records import Decision, Lifecycle, Output, Send
-from config.loader import load_config
+from config.loader import DEFAULT_CONFIG_DIR, ConfigSet, load_config
 from operators.engine import Engine
 from state.customer import CustomerState
 from state.profiles import DictProfileStore, Profile
@@ -36,8 +40,26 @@ def reachable(customer: str = "c1") -> Profile:
                    {"email:marketing": True, "push:marketing": True, "sms:marketing": True})
 
 
-def engine() -> Engine:
-    return Engine(load_config())
+@functools.cache
+def trigger_semantics_dir() -> Path:
+    """The shipped triggers under a neutral policy (grace only: no caps, quiet hours or
+    holdout), so trigger tests see trigger semantics whatever the wall clock says; the
+    policy has its own tests."""
+    root = Path(tempfile.mkdtemp(prefix="cdp-config-")) / "config"
+    shutil.copytree(DEFAULT_CONFIG_DIR, root,
+                    ignore=shutil.ignore_patterns("*.py", "__pycache__", "schema"))
+    (root / "policy.yaml").write_text("late_event_grace: 5m\n")
+    return root
+
+
+@functools.cache
+def _trigger_semantics_config() -> ConfigSet:
+    return load_config(trigger_semantics_dir())
+
+
+def engine(shipped_policy: bool = False) -> Engine:
+    """The engine on the shipped triggers (with the shipped policy only when asked)."""
+    return Engine(load_config() if shipped_policy else _trigger_semantics_config())
 
 
 def replay(eng: Engine, events: list[Event], horizon: int,
@@ -76,6 +98,17 @@ def live(eng: Engine, events: list[Event], horizon: int, lag_ms: int = 1500,
 
 def sends(out: list[Output]) -> list[Send]:
     return [o for o in out if isinstance(o, Send)]
+
+
+def firsts(out: list[Output]) -> list[Send]:
+    """The first send of each (instance, step): the message, before any cascade fallback."""
+    seen: set[tuple[str, int]] = set()
+    result = []
+    for s in sends(out):
+        if (s.instance_id, s.step) not in seen:
+            seen.add((s.instance_id, s.step))
+            result.append(s)
+    return result
 
 
 def decisions(out: list[Output]) -> list[Decision]:

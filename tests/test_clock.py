@@ -22,6 +22,18 @@ def test_watermark_clock_is_held_back_to_the_input_then_released_when_idle():
     assert clock.now_ms() == wall.now_ms()
 
 
+def test_watermark_is_the_slowest_active_partition():
+    wall = ManualClock(10_000_000)
+    clock = WatermarkClock(wall, idle_ms=5_000)
+    clock.observe(2_000_000, "clickstream:0")
+    clock.observe(1_000_000, "orders:1")  # orders lag behind the clicks
+    assert clock.now_ms() == 1_000_000
+    wall.advance(3_000)
+    clock.observe(2_500_000, "clickstream:0")  # clicks keep coming, orders go quiet
+    wall.advance(2_000)
+    assert clock.now_ms() == 2_500_000  # the quiet partition no longer holds it back
+
+
 def test_time_conversions_round_trip():
     ms = 1_795_428_000_123
     assert from_datetime(to_datetime(ms)) == ms

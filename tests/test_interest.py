@@ -9,14 +9,12 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main
 from cdp_triggers.clock import DAY
 from cdp_triggers.events import Event
 from cdp_triggers.records import Send
-from config.loader import load_config
 from flows.pipeline import engine_streams
 from flows.sources import RawEvent
-from operators.engine import Engine
 from operators.interest import ProductState, on_product_event
 from operators.keyed import EngineRuntime
 from state.profiles import DictProfileStore
-from tests.engine_helpers import T0, cart, ev, reachable
+from tests.engine_helpers import T0, cart, engine, ev, reachable
 
 
 def update(at_min: float, product: str = "p1", **props) -> Event:
@@ -76,8 +74,7 @@ def test_fan_out_across_two_bytewax_workers_reaches_the_customer_step():
     events += [update(60, "p1", price=40.0), update(61, "p1", in_stock=True),
                update(62, "p2", price=12.0)]
     store = DictProfileStore([reachable(c) for c in customers])
-    runtime = EngineRuntime(Engine(load_config()), lambda: store.get, mode="replay",
-                            horizon_ms=T0 + DAY)
+    runtime = EngineRuntime(engine(), lambda: store.get, mode="replay", horizon_ms=T0 + DAY)
     flow = Dataflow("fanout")
     records, _ = engine_streams(flow, TestingSource(
         [RawEvent(e.to_json(), f"t:{i}") for i, e in enumerate(events)]), runtime)
