@@ -258,6 +258,17 @@ def cmd_sql(a: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def cmd_gateway_sim(a: argparse.Namespace, s: Settings) -> int:
+    from cdp_triggers.gateway_sim import serve
+
+    print(f"gateway-sim: {s.sends_topic} → {a.outcomes_topic} on {s.kafka_brokers} "
+          f"(seed {a.seed}, time scale {a.time_scale:g})", flush=True)
+    made = serve(s.kafka_brokers, s.sends_topic, a.outcomes_topic, a.seed, a.time_scale,
+                 a.idle_exit)
+    print(f"gateway-sim: produced {made:,} receipts")
+    return 0
+
+
 def cmd_generate(a: argparse.Namespace, s: Settings) -> int:
     from cdp_triggers.synthetic import main
 
@@ -315,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.add_argument("--clickhouse-url")
     p.set_defaults(fn=cmd_sql)
+
+    p = sub.add_parser("gateway-sim", help="simulate channel gateways: sends topic → outcomes")
+    p.add_argument("--outcomes-topic", default="outcomes")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="compress receipt delays (60: a minute passes in a second)")
+    p.add_argument("--idle-exit", type=float, default=None,
+                   help="exit after this many seconds without sends (default: run forever)")
+    p.set_defaults(fn=cmd_gateway_sim)
 
     p = sub.add_parser("generate", help="write synthetic events as JSONL (see --help)")
     p.add_argument("args", nargs=argparse.REMAINDER)

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     kafka_tail: bool = True  # False: stop at the end of the topics (tests, backfills)
     kafka_batch_size: int = 1000
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_key_prefix: str = "cdp:profile:"
     clickhouse_url: str = "chdb://data/clickhouse"  # or http://user:pass@host:8123
     clickhouse_database: str = "cdp"
     clickhouse_batch_rows: int = 20_000
@@ -33,6 +34,7 @@ class Settings(BaseSettings):
     clock: Literal["live", "replay"] = "live"
     live_idle_ms: int = 5000  # live: input quiet this long → timers follow plain wall time
     horizon_ms: int | None = None  # replay: fire timers due up to here at end of input
+    simulate_gateways: bool = False  # feed simulated receipts back per send (no gateway)
     recovery_dir: Path | None = None  # Bytewax recovery: state + offsets snapshotted per epoch
     recovery_partitions: int = 4  # created on first start when the directory is empty
     epoch_seconds: float = 10.0  # snapshot interval; also the longest a row waits in a buffer

@@ -13,6 +13,7 @@ from __future__ import annotations
 from bytewax.dataflow import Dataflow
 
 from cdp_triggers.clock import WatermarkClock
+from cdp_triggers.gateway_sim import simulate
 from cdp_triggers.settings import Settings
 from config.loader import load_config
 from flows.pipeline import Outputs, build_flow
@@ -29,14 +30,18 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
     backend = open_backend(s.clickhouse_url)
     ensure_schema(backend, s.clickhouse_database)
     clock = WatermarkClock(idle_ms=s.live_idle_ms)
-    runtime = EngineRuntime(Engine(config), lambda: RedisProfileStore(s.redis_url).get,
-                            mode=s.clock, clock=clock, horizon_ms=s.horizon_ms)
+    def profiles() -> RedisProfileStore:
+        return RedisProfileStore(s.redis_url, s.redis_key_prefix)
+
+    runtime = EngineRuntime(Engine(config), lambda: profiles().get, mode=s.clock, clock=clock,
+                            horizon_ms=s.horizon_ms,
+                            loopback=simulate if s.simulate_gateways else None)
     source = kafka_source(s.brokers, s.input_topics, s.kafka_tail, s.kafka_batch_size)
     outputs = Outputs(clickhouse=lambda: open_backend(s.clickhouse_url),
                       clickhouse_database=s.clickhouse_database,
                       clickhouse_batch_rows=s.clickhouse_batch_rows,
                       clickhouse_batch_seconds=s.clickhouse_batch_seconds,
-                      profile_store=lambda: RedisProfileStore(s.redis_url),
+                      profile_store=profiles,
                       kafka_brokers=s.brokers, sends_topic=s.sends_topic,
                       dead_letter_topic=s.dead_letter_topic)
     return build_flow(source, runtime, outputs)

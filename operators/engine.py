@@ -341,12 +341,12 @@ class Engine:
 
     def _ineligible(self, state: CustomerState, profile: Profile | None, trig: Trigger,
                     channel: str, t: int) -> str:
+        if channel in state.invalid:  # first: the store may or may not have dropped it yet
+            return CONTACT_INVALID
         if profile is None:
             return NO_PROFILE
         if not profile.has_contact(channel):
             return NO_CONTACT
-        if channel in state.invalid:
-            return CONTACT_INVALID
         override = state.consents.get(f"{channel}:{trig.kind}")
         if override and override[1] <= t:
             granted = override[0]
