@@ -16,7 +16,7 @@ import heapq
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -87,7 +87,7 @@ def simulate(send: Send, seed: int = 7) -> list[Event]:
 def serve(brokers: str, sends_topic: str, outcomes_topic: str, seed: int = 7,
           time_scale: float = 1.0, idle_exit_s: float | None = None) -> int:
     """Consume sends, produce receipts when due (wall clock; ``time_scale`` > 1 compresses
-    the delays for demos). Receipts keep their simulated event time. Returns receipts made."""
+    the delays for demos, event times alike). Returns the number of receipts produced."""
     from confluent_kafka import Consumer, Producer
 
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": "gateway-sim",
@@ -105,9 +105,10 @@ def serve(brokers: str, sends_topic: str, outcomes_topic: str, seed: int = 7,
                 last_seen = now
                 send = Send(**orjson.loads(msg.value()))
                 for e in simulate(send, seed):
-                    wait_s = max(0.0, (e.ts - send.ts) / 1000 / time_scale)
-                    n += 1
-                    heapq.heappush(due, (now + wait_s, n, e))
+                    delay_ms = max(0, e.ts - send.ts) / time_scale
+                    n += 1  # event time compressed like the wall time, so both agree
+                    e = replace(e, ts=send.ts + int(delay_ms))
+                    heapq.heappush(due, (now + delay_ms / 1000, n, e))
             while due and due[0][0] <= now:
                 _, _, e = heapq.heappop(due)
                 producer.produce(outcomes_topic, key=e.customer_id.encode(), value=e.to_json())
