@@ -61,7 +61,7 @@ def run_demo(config: ConfigSet, clickhouse_url: str, database: str,
     # so cascades (push → email → sms) run without a server
     runtime = EngineRuntime(Engine(config), lambda: store.get, mode="replay",
                             horizon_ms=gen.end_ms,
-                            loopback=simulate)
+                            loopback=simulate, copy_snapshots=False)  # no recovery here
     source = IteratorSource(gen.events, name="synthetic", progress=Progress("read", out=say))
     flow = build_flow(source, runtime, Outputs(clickhouse=lambda: open_backend(clickhouse_url),
                                                clickhouse_database=database,

@@ -35,7 +35,8 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
 
     runtime = EngineRuntime(Engine(config), lambda: profiles().get, mode=s.clock, clock=clock,
                             horizon_ms=s.horizon_ms,
-                            loopback=simulate if s.simulate_gateways else None)
+                            loopback=simulate if s.simulate_gateways else None,
+                            copy_snapshots=s.recovery_dir is not None)
     source = kafka_source(s.brokers, s.input_topics, s.kafka_tail, s.kafka_batch_size)
     outputs = Outputs(clickhouse=lambda: open_backend(s.clickhouse_url),
                       clickhouse_database=s.clickhouse_database,

@@ -43,6 +43,9 @@ class EngineRuntime:
     clock: Clock = field(default_factory=WallClock)
     horizon_ms: int | None = None
     loopback: Callable[[Send], list[Event]] | None = None  # simulated gateway (demo, tests)
+    # Bytewax asks for snapshots at every epoch even without recovery; only a run WITH
+    # recovery needs them to be independent copies (they are serialised later).
+    copy_snapshots: bool = True
     _profiles: ProfileLookup | None = None
 
     @property
@@ -141,6 +144,8 @@ class CustomerLogic(StatefulBatchLogic[Event, Output, CustomerState]):
     def _advance(self, until: int) -> list[Output]:
         """Fire timers and feed loopback receipts in time order, up to ``until``: a receipt
         due before a cascade's timeout must reach the engine before the timeout fires."""
+        if self.rt.loopback is None:
+            return []  # no receipts to interleave: handle() fires due timers in order itself
         st, eng, out = self.state, self.rt.engine, []
         while True:
             wake = eng.next_wakeup(st)
@@ -155,7 +160,9 @@ class CustomerLogic(StatefulBatchLogic[Event, Output, CustomerState]):
                 return out
 
     def snapshot(self) -> CustomerState:
-        return self.state.snapshot() if self.state is not None else CustomerState("")
+        if self.state is None:
+            return CustomerState("")
+        return self.state.snapshot() if self.rt.copy_snapshots else self.state
 
     def _keep_or_discard(self) -> bool:
         return self.DISCARD if self.state is None or self.state.is_empty() else self.RETAIN
