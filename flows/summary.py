@@ -45,7 +45,7 @@ def demo_summary(backend: ClickHouseBackend, db: str, r: DemoResult, say=print) 
         ("  cancelled", f"{life.get('cancelled', 0):,}"),
         ("  completed", f"{life.get('completed', 0):,}"),
         ("messages sent", f"{sends:,}"),
-        *((f"    {t}", f"{n:,}") for t, n in by_trigger),
+        *((f"  {t}", f"{n:,}") for t, n in by_trigger),
         ("  by channel", ", ".join(f"{c} {n:,}" for c, n in by_channel)),
         ("  cascaded to a next channel", f"{cascaded:,} step(s)"),
         ("  suppressed", f"{status.get('suppressed', 0):,}"),
