@@ -57,6 +57,17 @@ def _trigger_semantics_config() -> ConfigSet:
     return load_config(trigger_semantics_dir())
 
 
+def config_issues(root: Path) -> list[str]:
+    """The messages `load_config` refuses ``root`` with (it must refuse it)."""
+    import pytest
+
+    from config.loader import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(root)
+    return [str(i) for i in e.value.issues]
+
+
 def engine(shipped_policy: bool = False) -> Engine:
     """The engine on the shipped triggers (with the shipped policy only when asked)."""
     return Engine(load_config() if shipped_policy else _trigger_semantics_config())

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import orjson
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 
 from config.loader import DEFAULT_CONFIG_DIR
@@ -42,6 +43,15 @@ class IdleSource(DynamicSource[RawEvent]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _IdleThenEnd:
         return _IdleThenEnd(self.items if worker_index == 0 else [], self.idle_s, self.until)
+
+
+def kafka_key(raw: bytes) -> bytes | None:
+    """The Kafka message key producers use: the payload's customer_id (None if unreadable)."""
+    try:
+        cid = orjson.loads(raw).get("customer_id")
+    except Exception:
+        return None
+    return cid.encode() if isinstance(cid, str) else None
 
 
 def short_wait_config(tmp_path: Path, inactivity: str = "1s", grace: str = "0s") -> Path:

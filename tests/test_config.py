@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cdp_triggers.cli import main
-from config.loader import DEFAULT_CONFIG_DIR, ConfigError, load_config
+from config.loader import DEFAULT_CONFIG_DIR, load_config
+from tests.engine_helpers import config_issues
 
 GOOD = """\
 id: abandoned_cart
@@ -34,10 +35,7 @@ def write(tmp_path: Path, text: str, name: str = "abandoned_cart.yaml") -> Path:
     return tmp_path
 
 
-def issues(tmp_path: Path) -> list[str]:
-    with pytest.raises(ConfigError) as e:
-        load_config(tmp_path)
-    return [str(i) for i in e.value.issues]
+issues = config_issues  # shared helper
 
 
 def test_shipped_config_is_valid_and_versioned():

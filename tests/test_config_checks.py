@@ -11,7 +11,8 @@ import pytest
 
 from cdp_triggers.cli import json_schemas, main
 from config.checks import check_config
-from config.loader import DEFAULT_CONFIG_DIR, ConfigError, load_config
+from config.loader import DEFAULT_CONFIG_DIR, load_config
+from tests.engine_helpers import config_issues
 
 TEMPLATES = """\
 templates:
@@ -47,10 +48,7 @@ def setup(tmp_path: Path, trigger: str = TRIGGER, templates: str | None = TEMPLA
     return tmp_path
 
 
-def issues(root: Path) -> list[str]:
-    with pytest.raises(ConfigError) as e:
-        load_config(root)
-    return [str(i) for i in e.value.issues]
+issues = config_issues  # shared helper
 
 
 def test_shipped_config_passes_every_check():

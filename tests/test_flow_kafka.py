@@ -18,6 +18,7 @@ from flows.live import build_live_flow
 from sinks.clickhouse import open_backend
 from state.profiles import DictProfileStore, RedisProfileStore
 from tests.engine_helpers import engine, replay, trigger_semantics_dir
+from tests.flow_helpers import kafka_key
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +38,6 @@ def _settings(kafka, redis_server, chdb_url, topics, **over) -> Settings:
                     clickhouse_database=f"it_{run}", kafka_tail=False, **over)
 
 
-def _key(raw: bytes) -> bytes | None:
-    try:
-        cid = orjson.loads(raw).get("customer_id")
-    except Exception:
-        return None
-    return cid.encode() if isinstance(cid, str) else None
-
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_kafka_to_bytewax_to_clickhouse_and_sends_topic(kafka, redis_server, chdb_url, workers):
@@ -56,7 +50,7 @@ def test_kafka_to_bytewax_to_clickhouse_and_sends_topic(kafka, redis_server, chd
     topic = f"clickstream_{uuid.uuid4().hex[:8]}"
     s = _settings(kafka, redis_server, chdb_url, [topic], clock="replay", horizon_ms=gen.end_ms)
     kafka.create_topics([topic, s.sends_topic, s.dead_letter_topic], partitions=4)
-    produce(kafka.bootstrap, topic, [(_key(r), r) for r in raws])
+    produce(kafka.bootstrap, topic, [(kafka_key(r), r) for r in raws])
 
     flow = build_live_flow(s)
     if workers == 1:
@@ -164,7 +158,7 @@ def test_cli_run_with_two_workers_and_recovery(kafka, redis_server, tmp_path):
     run = uuid.uuid4().hex[:8]
     topic, sends = f"cli_in_{run}", f"cli_sends_{run}"
     kafka.create_topics([topic, sends, f"cli_dead_{run}"], partitions=4)
-    produce(kafka.bootstrap, topic, [(_key(r), r) for r in raws])
+    produce(kafka.bootstrap, topic, [(kafka_key(r), r) for r in raws])
     env = {**os.environ, "CDP_KAFKA_BROKERS": kafka.bootstrap, "CDP_INPUT_TOPICS": f'["{topic}"]',
            "CDP_SENDS_TOPIC": sends, "CDP_DEAD_LETTER_TOPIC": f"cli_dead_{run}",
            "CDP_REDIS_URL": redis_server.url, "CDP_CLICKHOUSE_URL": f"chdb://{tmp_path}/ch",

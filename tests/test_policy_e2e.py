@@ -19,19 +19,13 @@ from flows.demo import run_demo
 from flows.live import build_live_flow
 from sinks.clickhouse import open_backend
 from state.profiles import RedisProfileStore
+from tests.flow_helpers import kafka_key
 
 pytestmark = pytest.mark.integration
 
 REASONS_SQL = ("SELECT status, reason, count() FROM {db}.decisions GROUP BY status, reason "
                "ORDER BY status, reason")
 
-
-def _key(raw: bytes) -> bytes | None:
-    try:
-        cid = orjson.loads(raw).get("customer_id")
-    except Exception:
-        return None
-    return cid.encode() if isinstance(cid, str) else None
 
 
 def test_policy_reasons_in_clickhouse_match_the_embedded_run(kafka, redis_server, chdb_url):
@@ -57,7 +51,7 @@ def test_policy_reasons_in_clickhouse_match_the_embedded_run(kafka, redis_server
                  horizon_ms=gen.end_ms, simulate_gateways=True,
                  redis_key_prefix=store.prefix)
     kafka.create_topics([topic, s.sends_topic, s.dead_letter_topic], partitions=4)
-    produce(kafka.bootstrap, topic, [(_key(r), r) for r in gen.events()])
+    produce(kafka.bootstrap, topic, [(kafka_key(r), r) for r in gen.events()])
     cluster_main(build_live_flow(s), addresses=[], proc_id=0, worker_count_per_proc=2)
 
     db = open_backend(chdb_url)
