@@ -105,7 +105,56 @@ def bench_flow(customers: int, days: float, workers: int) -> dict:
             "decisions": rows[0], "sends": rows[1], "rss_mb": _rss_mb()}
 
 
-PARTS = {"parse": bench_parse, "engine": bench_engine, "flow": bench_flow}
+def bench_kafka(customers: int, days: float, processes: int) -> dict:
+    """The live flow module over a real broker (Tansu, 4 partitions), ``processes`` Bytewax
+    processes × 1 worker, replay clock, each process with its own chdb. Wall time from
+    start to all processes done (includes ~2 s of start-up per run)."""
+    import os
+    import socket
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from services import RedisServer, TansuBroker, produce
+
+    from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
+    from state.profiles import RedisProfileStore
+    from tests.flow_helpers import kafka_key
+
+    gen = SyntheticRetail(SyntheticConfig(customers=customers, days=days, price_change_rate=0,
+                                          stockout_rate=0))
+    raws = list(gen.events())
+    with TansuBroker() as kafka, RedisServer() as redis:
+        RedisProfileStore(redis.url).put_many(gen.profiles())
+        kafka.create_topics(["in", "sends", "dead"], partitions=4)
+        produce(kafka.bootstrap, "in", [(kafka_key(r), r) for r in raws])
+        ports = []
+        for _ in range(processes):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                ports.append(sock.getsockname()[1])
+        addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
+        tmp = tempfile.mkdtemp(prefix="bench-kafka-")
+        env = {**os.environ, "CDP_KAFKA_BROKERS": kafka.bootstrap, "CDP_INPUT_TOPICS": '["in"]',
+               "CDP_SENDS_TOPIC": "sends", "CDP_DEAD_LETTER_TOPIC": "dead",
+               "CDP_KAFKA_TAIL": "false", "CDP_CLOCK": "replay",
+               "CDP_HORIZON_MS": str(gen.end_ms), "CDP_REDIS_URL": redis.url}
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen(
+            [sys.executable, "-m", "cdp_triggers.cli", "run", "-w", "1", "-i", str(i),
+             "-a", addresses], cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=open(f"{tmp}/stderr{i}.log", "wb"),  # noqa: SIM115 - closed at exit
+            env={**env, "CDP_CLICKHOUSE_URL": f"chdb://{tmp}/ch{i}"})
+            for i in range(processes)]
+        for i, p in enumerate(procs):
+            p.wait(timeout=1800)
+            if p.returncode:
+                raise RuntimeError(Path(f"{tmp}/stderr{i}.log").read_text()[-2000:])
+        dt = time.perf_counter() - t0
+    return {"events": len(raws), "processes": processes, "seconds": dt,
+            "events_per_s": len(raws) / dt}
+
+
+PARTS = {"parse": bench_parse, "engine": bench_engine, "flow": bench_flow,
+         "kafka": bench_kafka}
 
 
 def _child(part: str, args: list[str]) -> dict:
@@ -127,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = {"customers": a.customers, "days": a.days}
         if a.part == "flow":
             kwargs["workers"] = a.workers
+        if a.part == "kafka":
+            kwargs["processes"] = a.workers
         print(json.dumps(PARTS[a.part](**kwargs)))
         return 0
     results = {
@@ -134,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         "engine": _child("engine", size),
         "flow_1w": _child("flow", [*size, "--workers", "1"]),
         "flow_2w": _child("flow", [*size, "--workers", "2"]),
+        "kafka_1p": _child("kafka", [*size, "--workers", "1"]),
+        "kafka_2p": _child("kafka", [*size, "--workers", "2"]),
     }
     for name, r in results.items():
         print(name, json.dumps(r), flush=True)
@@ -160,6 +213,8 @@ throughput: scale out with processes (`-i/-a`) and Kafka partitions.
 {_row("engine", "pure engine, replay clock, in-memory profiles", e)}
 {_row("flow, 1 worker", "generator → Bytewax → engine → chdb (all tables)", f1)}
 {_row("flow, 2 workers", "same, `cluster_main` with 2 workers in one process", f2)}
+{_row("Kafka, 1 process", "Tansu (4 partitions) → `run` → chdb + sends", r["kafka_1p"])}
+{_row("Kafka, 2 processes", "same, `run -i 0/1 -a …`, one worker each", r["kafka_2p"])}
 
 - Flow output: {f1['decisions']:,} decisions, {f1['sends']:,} sends on 1 worker;
   {f2['decisions']:,} / {f2['sends']:,} on 2. {_same(f1, f2)}
