@@ -374,7 +374,7 @@ class Engine:
             cancel = next((c for c in trig.cancel_on if matches(c, ev, state, ev.ts)), None)
             if cancel is not None and (not cancel.same_key or key_of(trig.key, ev) == inst.key):
                 self._cancel(state, slot, inst, trig, ev, now, out)
-            elif trig.wait.inactivity is not None and inst.step == 0 and (
+            elif trig.wait.inactivity is not None and inst.step == 0 and not inst.entered and (
                 ev.type in trig.wait.reset_on or matches(trig.start, ev, state, ev.ts)
             ):
                 k = key_of(trig.key, ev)

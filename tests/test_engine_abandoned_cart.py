@@ -185,3 +185,9 @@ def test_an_order_read_before_its_earlier_cart_event_still_cancels():
     assert sends(out) == [] and [d.status for d in decisions(out)] == [CANCELLED]
     out = run([order(-10), cart(0)], T0 + 2 * DAY)  # an older order does not
     assert len(firsts(out)) == 2
+
+
+def test_cart_activity_after_the_reminder_went_does_not_restart_the_wait():
+    out = run([cart(0), cart(65, "p2")], T0 + 2 * DAY)  # the push went at 60m
+    assert [(s.channel, s.ts) for s in sends(out) if s.step == 0][:2] == [
+        ("push", T0 + HOUR), ("email", T0 + HOUR + 15 * MINUTE)]
