@@ -218,6 +218,12 @@ throughput: scale out with processes (`-i/-a`) and Kafka partitions.
 
 - Flow output: {f1['decisions']:,} decisions, {f1['sends']:,} sends on 1 worker;
   {f2['decisions']:,} / {f2['sends']:,} on 2. {_same(f1, f2)}
+- Kafka: on this 2-core machine the broker, Redis and the Bytewax processes share two cores,
+  and Bytewax routes about half of the events from the process that reads their partition
+  to the process that owns the customer key, so a second process adds no throughput
+  here ({r['kafka_1p']['events_per_s']:,.0f} vs {r['kafka_2p']['events_per_s']:,.0f}
+  events/s, start-up of ~2 s included). That two processes decide exactly like one is
+  tested (`tests/test_multiprocess.py`); measure scaling on hosts with cores to spare.
 - Keyed state: {e['customers_with_state']:,} customers hold state after the run; a
   customer's pickled state is {e['state_bytes_mean']:,.0f} bytes on average,
   {e['state_bytes_max']:,} at most (bounded: dedup ids pruned by window and count,
