@@ -2,15 +2,15 @@
 
 Two clock modes, same engine code:
 
-* ``live``: ``now`` is the injected clock (wall time in production); keys without new
-  events are woken by Bytewax ``notify_at`` at their next deadline (+ grace).
+* ``live``: ``now`` is the injected clock (in production the wall time held back to the
+  input's low watermark, ``cdp_triggers.clock.WatermarkClock``); keys without new events
+  are woken by Bytewax ``notify_at`` at their next deadline (+ grace).
 * ``replay``: ``now`` is the events' own time per key (never going back); at end of input
   every key fires what is due up to ``horizon_ms``. Deterministic for the same input.
 """
 
 from __future__ import annotations
 
-import logging
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,8 +25,6 @@ from cdp_triggers.records import Output, Send
 from operators.engine import Engine, ProfileLookup
 from operators.interest import DEFAULT_WINDOW, ProductState, on_product_event, product_of
 from state.customer import CustomerState
-
-log = logging.getLogger(__name__)
 
 RETRY_MS = 250  # a deadline the held-back clock has not reached yet is retried this often
 

@@ -74,7 +74,8 @@ def _s(v: bytes | str) -> str:
 
 
 class RedisProfileStore:
-    """Profiles in Redis. Thread-unsafe by design: one store per Bytewax worker."""
+    """Profiles in Redis. One per process: redis-py's connection pool is thread-safe and
+    every call builds its own pipeline, so the worker threads of a process share it."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = KEY_PREFIX) -> None:
         import redis
