@@ -121,6 +121,10 @@ class Engine:
         self._once = frozenset(t.id for t in config.triggers if t.reentry.once)
         self._exit_types = frozenset(typ for t in config.triggers for c in t.cancel_on
                                      for typ in c.types)
+        # event types that can cancel or reset a running instance of each trigger
+        self._touching = {t.id: frozenset([*(typ for c in t.cancel_on for typ in c.types),
+                                           *t.wait.reset_on, *t.start.types])
+                          for t in config.triggers}
         self._templates = {(t.id, v.id): v.templates for t in config.triggers
                            for v in t.variants if v.templates}
         self._max_sent_window = max_cap_window(policy)
@@ -369,7 +373,7 @@ class Engine:
             self._outcome(state, ev, out)
         for slot, inst in list(state.instances.items()):
             trig = self._by_id.get(inst.trigger_id)
-            if trig is None or ev.ts < inst.started_at:
+            if trig is None or ev.type not in self._touching[trig.id] or ev.ts < inst.started_at:
                 continue
             cancel = next((c for c in trig.cancel_on if matches(c, ev, state, ev.ts)), None)
             if cancel is not None and (not cancel.same_key or key_of(trig.key, ev) == inst.key):
