@@ -47,7 +47,7 @@ from cdp_triggers.records import (
 )
 from cdp_triggers.records import HOLDOUT as HOLDOUT_REASON
 from config.loader import ConfigSet
-from config.schema import CapRule, Step, Trigger
+from config.schema import Step, Trigger
 from operators.conditions import (
     MISSING,
     Scope,
@@ -253,15 +253,15 @@ class Engine:
             capped = cap_check(self.config.policy.caps, state.sent_log, t, trig.id, channel,
                                trig.kind)
             if capped is not None:
-                rule_id, free_at = capped
+                rule, free_at = capped
                 if trig.on_cap == "defer" and free_at < 2**62:
                     out.append(self._decision(state, trig, inst, step, channel, DEFERRED,
-                                              CAPPED, t, now, rule_id))
+                                              CAPPED, t, now, rule.id))
                     inst.due = free_at
                     return
                 out.append(self._decision(state, trig, inst, step, channel, SUPPRESSED, CAPPED,
-                                          t, now, rule_id))
-                if self._rule(rule_id).scope == "channel":
+                                          t, now, rule.id))
+                if rule.scope == "channel":
                     inst.channel_idx += 1
                     continue
                 break
@@ -325,13 +325,11 @@ class Engine:
         tz = zone(profile.timezone if profile else default, default)
         return quiet_until(qh, tz, t)
 
-    def _rule(self, rule_id: str) -> CapRule:
-        return next(r for r in self.config.policy.caps if r.id == rule_id)
 
     def _end(self, state: CustomerState, slot: str, inst: Instance, action: str, reason: str,
-             t: int, now: int, out: list[Output]) -> None:
+             t: int, now: int, out: list[Output], event_id: str = "") -> None:
         del state.instances[slot]
-        out.append(self._life(state, inst, action, reason, "", t, now))
+        out.append(self._life(state, inst, action, reason, event_id, t, now))
 
     def _reentry_block(self, state: CustomerState, trig: Trigger, inst: Instance, t: int) -> str:
         if inst.step != 0 or inst.entered or trig.id not in state.last_entry:
@@ -368,7 +366,7 @@ class Engine:
             return
         state.seen[ev.event_id] = ev.ts
         state.high_water = max(state.high_water, ev.ts)
-        self._facts(state, ev, out)
+        self._facts(state, ev, now, out)
         if ev.type in OUTCOME_TYPES:
             self._outcome(state, ev, out)
         for slot, inst in list(state.instances.items()):
@@ -439,10 +437,9 @@ class Engine:
         step = trig.steps[inst.step]
         out.append(self._decision(state, trig, inst, step, step.channels[0], CANCELLED,
                                   f"{CANCEL_EVENT}:{ev.type}", ev.ts, now))
-        del state.instances[slot]
-        out.append(self._life(state, inst, "cancelled", ev.type, ev.event_id, ev.ts, now))
+        self._end(state, slot, inst, "cancelled", ev.type, ev.ts, now, out, ev.event_id)
 
-    def _facts(self, state: CustomerState, ev: Event, out: list[Output]) -> None:
+    def _facts(self, state: CustomerState, ev: Event, now: int, out: list[Output]) -> None:
         """Customer facts the triggers read: cart lines, consents, orders, conversions."""
         p = ev.props
         if ev.type == "added_to_cart":
@@ -470,9 +467,8 @@ class Engine:
                                       touch.variant, touch.channel, touch.ts, ev.ts))
                 for slot, inst in list(state.instances.items()):  # a conversion ends a cascade
                     if inst.instance_id == touch.instance_id and inst.awaiting:
-                        del state.instances[slot]
-                        out.append(self._life(state, inst, "completed", CONVERTED, ev.event_id,
-                                              ev.ts, ev.ts))
+                        self._end(state, slot, inst, "completed", CONVERTED, ev.ts, now, out,
+                                  ev.event_id)
 
     def _outcome(self, state: CustomerState, ev: Event, out: list[Output]) -> None:
         """A receipt: recorded; it may end a cascade wait (success) or skip it (failure);

@@ -100,10 +100,10 @@ def _same_bucket(rule: CapRule, s: Sent, trigger_id: str, channel: str) -> bool:
 
 
 def cap_check(rules: Iterable[CapRule], log: list[Sent], t: int, trigger_id: str,
-              channel: str, kind: str) -> tuple[str, int] | None:
-    """None if a message may go at ``t``; else (the strictest rule's id, when the first
-    slot frees up under every rule that caps it)."""
-    capped: list[tuple[int, str]] = []
+              channel: str, kind: str) -> tuple[CapRule, int] | None:
+    """None if a message may go at ``t``; else (the strictest rule, when the first slot
+    frees up under every rule that caps it)."""
+    capped: list[tuple[int, str, CapRule]] = []
     for rule in rules:
         if not _applies(rule, trigger_id, channel, kind):
             continue
@@ -112,11 +112,11 @@ def cap_check(rules: Iterable[CapRule], log: list[Sent], t: int, trigger_id: str
                                                                         channel))
         if len(times) >= rule.max:
             free_at = times[len(times) - rule.max] + rule.window if rule.max else 2**62
-            capped.append((free_at, rule.id))
+            capped.append((free_at, rule.id, rule))
     if not capped:
         return None
-    free_at, rule_id = max(capped)
-    return rule_id, free_at
+    free_at, _, rule = max(capped, key=lambda c: c[:2])
+    return rule, free_at
 
 
 def max_cap_window(policy: Policy) -> int:
