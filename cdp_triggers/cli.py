@@ -90,9 +90,8 @@ def cmd_run(a: argparse.Namespace, s: Settings) -> int:
 def cmd_replay(a: argparse.Namespace, s: Settings) -> int:
     from bytewax.testing import run_main
 
-    from cdp_triggers.events import parse_event
     from flows.pipeline import Outputs, build_flow
-    from flows.sources import JsonlSource
+    from flows.sources import JsonlSource, latest_event_ts
     from operators.engine import Engine
     from operators.keyed import EngineRuntime
     from sinks.clickhouse import ensure_schema, open_backend
@@ -101,13 +100,7 @@ def cmd_replay(a: argparse.Namespace, s: Settings) -> int:
     config = _config(s)
     horizon = a.horizon_ms
     if horizon is None:  # default: the latest valid event time in the files
-        horizon = 0
-        for path in a.files:
-            with open(path, "rb") as f:
-                for line in f:
-                    e = parse_event(line)
-                    if hasattr(e, "ts"):
-                        horizon = max(horizon, e.ts)
+        horizon = latest_event_ts(a.files)[0]
     store = RedisProfileStore(s.redis_url)
     if not store.ping():
         print(f"profiles: Redis NOT reachable at {s.redis_url}: every message will be "
@@ -138,12 +131,12 @@ def cmd_preview(a: argparse.Namespace, s: Settings) -> int:
     from flows.preview import (
         assume_reachable,
         diff,
-        latest_event_ts,
         print_diff,
         print_summary,
         run_preview,
         summarize,
     )
+    from flows.sources import latest_event_ts
     from state.profiles import CHANNELS, RedisProfileStore
 
     base = _config(s.model_copy(update={"config_dir": a.config or s.config_dir}))

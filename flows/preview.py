@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from cdp_triggers.events import Event, parse_event
 from cdp_triggers.records import CANCELLED, CONDITION_NOT_MET, SENT, Conversion, Decision, Lifecycle
 from config.loader import ConfigSet
 from config.schema import Trigger
@@ -28,23 +27,6 @@ def assume_reachable(customer_id: str) -> Profile:
     """Profile lookup for previews without Redis: every customer has every contact and
     consent (``consent_changed`` events in the file still apply)."""
     return Profile(customer_id, contacts=frozenset(CHANNELS), consents=_ALL_CONSENTS)
-
-
-def latest_event_ts(paths: Iterable[str | Path]) -> tuple[int, int, int]:
-    """(latest valid event time, valid events, rejected lines) of JSONL files."""
-    latest = valid = bad = 0
-    for path in paths:
-        with open(path, "rb") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                e = parse_event(line.rstrip(b"\r\n"), f"{Path(path).name}:{n}")
-                if isinstance(e, Event):
-                    valid += 1
-                    latest = max(latest, e.ts)
-                else:
-                    bad += 1
-    return latest, valid, bad
 
 
 def run_preview(config: ConfigSet, paths: list[str | Path], profiles: ProfileLookup,

@@ -7,12 +7,14 @@ dead letters, so a rejected record can always be found again at its origin.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from cdp_triggers.events import Event, parse_event
 
 
 class RawEvent(NamedTuple):
@@ -75,6 +77,23 @@ class JsonlSource(FixedPartitionedSource[RawEvent, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _LinesPartition:
         return _LinesPartition(self.paths[for_part], resume_state, self.batch)
+
+
+def latest_event_ts(paths: Iterable[str | Path]) -> tuple[int, int, int]:
+    """(latest valid event time, valid events, rejected lines) of JSONL files."""
+    latest = valid = bad = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                e = parse_event(line.rstrip(b"\r\n"), f"{Path(path).name}:{n}")
+                if isinstance(e, Event):
+                    valid += 1
+                    latest = max(latest, e.ts)
+                else:
+                    bad += 1
+    return latest, valid, bad
 
 
 class _IterPartition(StatefulSourcePartition[RawEvent, int]):

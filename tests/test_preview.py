@@ -17,10 +17,10 @@ from config.loader import DEFAULT_CONFIG_DIR, load_config
 from flows.preview import (
     assume_reachable,
     diff,
-    latest_event_ts,
     run_preview,
     summarize,
 )
+from flows.sources import latest_event_ts
 from operators.engine import Engine
 from state.customer import CustomerState
 
