@@ -1,4 +1,5 @@
-"""What the engine emits: the records every sink writes.
+"""What the engine reads and emits: the customer profile it is given, and the records every
+sink writes.
 
 Each record carries a deterministic id, so that a replay or an at-least-once recovery
 writes the same ids again and idempotent sinks (ClickHouse ReplacingMergeTree views, the
@@ -8,8 +9,12 @@ logical (event-time) moment the record is about, ``decided_at`` the engine's ``n
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+CHANNELS = ("push", "email", "sms")
+CATEGORIES = ("marketing", "transactional")
 
 # Decision statuses
 SENT = "sent"
@@ -33,6 +38,51 @@ HOLDOUT = "holdout"  # would have sent: the customer is in the global holdout
 CONTACT_INVALID = "contact_invalid"  # the channel's contact hard-bounced
 CONDITION_NOT_MET = "condition_not_met"  # a step's `when` was false at send time: skipped
 EXPIRED = "expired"  # the instance outlived its trigger's expire_after
+
+
+class ProfileUnavailable(Exception):
+    """The profile store did not answer: callers must not guess consent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A customer's profile as the engine reads it: zone, locale, which channels have a
+    contact (flags only, never addresses) and consents per ``channel:category``."""
+
+    customer_id: str
+    timezone: str = "UTC"
+    locale: str = "en"
+    contacts: frozenset[str] = field(default_factory=frozenset)
+    consents: Mapping[str, bool] = field(default_factory=dict)
+
+    def has_contact(self, channel: str) -> bool:
+        return channel in self.contacts
+
+    def consent(self, channel: str, category: str) -> bool | None:
+        """True/False when the customer said so, None when unknown."""
+        return self.consents.get(f"{channel}:{category}")
+
+    def to_redis(self) -> dict[str, str]:
+        fields = {
+            "tz": self.timezone,
+            "locale": self.locale,
+            "contacts": ",".join(sorted(self.contacts)),
+        }
+        for k, v in self.consents.items():
+            fields[f"consent:{k}"] = "1" if v else "0"
+        return fields
+
+    @classmethod
+    def from_redis(cls, customer_id: str, h: Mapping[bytes | str, bytes | str]) -> Profile:
+        d = {_s(k): _s(v) for k, v in h.items()}
+        invalid = {k[8:] for k, v in d.items() if k.startswith("invalid:") and v == "1"}
+        contacts = frozenset(c for c in d.get("contacts", "").split(",") if c and c not in invalid)
+        consents = {k[8:]: v == "1" for k, v in d.items() if k.startswith("consent:")}
+        return cls(customer_id, d.get("tz") or "UTC", d.get("locale") or "en", contacts, consents)
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,8 @@ from cdp_triggers.records import (
     Lifecycle,
     Outcome,
     Output,
+    Profile,
+    ProfileUnavailable,
     ProfileUpdate,
     Send,
 )
@@ -70,7 +72,6 @@ from operators.policy import (
     zone,
 )
 from state.customer import CustomerState, Instance, Touch
-from state.profiles import Profile, ProfileUnavailable
 
 ProfileLookup = Callable[[str], Profile | None]
 _UNAVAILABLE = object()  # the profile store did not answer and no fallback applies

@@ -19,58 +19,18 @@ caller decides what to do (the embedded demo falls back to generated profiles, l
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+
+# defined in the ground layer (the engine reads them); re-exported here for the store's users
+from cdp_triggers.records import CATEGORIES as CATEGORIES
+from cdp_triggers.records import CHANNELS as CHANNELS
+from cdp_triggers.records import Profile as Profile
+from cdp_triggers.records import ProfileUnavailable as ProfileUnavailable
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "cdp:profile:"
-CHANNELS = ("push", "email", "sms")
-CATEGORIES = ("marketing", "transactional")
-
 ProfileLookup = Callable[[str], "Profile | None"]
-
-
-class ProfileUnavailable(Exception):
-    """The profile store did not answer: callers must not guess consent."""
-
-
-@dataclass(frozen=True, slots=True)
-class Profile:
-    customer_id: str
-    timezone: str = "UTC"
-    locale: str = "en"
-    contacts: frozenset[str] = field(default_factory=frozenset)
-    consents: Mapping[str, bool] = field(default_factory=dict)
-
-    def has_contact(self, channel: str) -> bool:
-        return channel in self.contacts
-
-    def consent(self, channel: str, category: str) -> bool | None:
-        """True/False when the customer said so, None when unknown."""
-        return self.consents.get(f"{channel}:{category}")
-
-    def to_redis(self) -> dict[str, str]:
-        fields = {
-            "tz": self.timezone,
-            "locale": self.locale,
-            "contacts": ",".join(sorted(self.contacts)),
-        }
-        for k, v in self.consents.items():
-            fields[f"consent:{k}"] = "1" if v else "0"
-        return fields
-
-    @classmethod
-    def from_redis(cls, customer_id: str, h: Mapping[bytes | str, bytes | str]) -> Profile:
-        d = {_s(k): _s(v) for k, v in h.items()}
-        invalid = {k[8:] for k, v in d.items() if k.startswith("invalid:") and v == "1"}
-        contacts = frozenset(c for c in d.get("contacts", "").split(",") if c and c not in invalid)
-        consents = {k[8:]: v == "1" for k, v in d.items() if k.startswith("consent:")}
-        return cls(customer_id, d.get("tz") or "UTC", d.get("locale") or "en", contacts, consents)
-
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 class RedisProfileStore:
