@@ -4,10 +4,14 @@ Raw bytes from Kafka, a JSONL file or the generator go through :func:`parse_even
 returns either an :class:`Event` (validated, time as epoch ms UTC) or a :class:`Rejected`
 (a dead-letter record with a reason code and a human-readable detail). It never raises on
 bad input: the flow must not crash on what producers send.
+
+It also refuses, here and not later, every value a sink or a state snapshot could not hold
+(the limits below): a poison pill that passed would kill the flow on every restart.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -20,6 +24,15 @@ MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_TS_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 DEFAULT_MAX_FUTURE_MS = 24 * 3600 * 1000  # live mode: at most a day ahead of the clock
 RAW_KEEP_BYTES = 4096  # how much of a rejected payload the dead-letter row keeps
+DETAIL_KEEP_CHARS = 1024  # how much of a processing error's message the dead-letter row keeps
+
+# Limits on what an accepted event may carry (documented in docs/reliability-limits.md).
+MAX_MONEY = 1e12  # total, price: finite, 0..1e12 (ClickHouse revenue is Decimal(18, 4))
+MAX_QUANTITY = 100_000  # quantity: an integer 1..100000 (cart sums stay far below 2^64)
+MAX_DEPTH = 8  # props nesting, objects and lists; props itself is level 1 (snapshots pickle)
+MAX_LIST_ITEMS = 1000  # items in any one list inside props
+MAX_STRING_CHARS = 4096  # characters in any string (or key) inside props
+MAX_PROPS_KEYS = 2048  # keys over all objects inside props, props included
 
 # Reason codes of dead letters (stable: analysts group by them).
 INVALID_JSON = "invalid_json"
@@ -31,6 +44,10 @@ INVALID_TIMESTAMP = "invalid_timestamp"
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 INVALID_PROPS = "invalid_props"
 DUPLICATE = "duplicate_event_id"
+VALUE_OUT_OF_RANGE = "value_out_of_range"  # a number outside its limit, NaN or Infinity
+TOO_DEEP = "too_deep"  # props nested deeper than MAX_DEPTH
+TOO_LARGE = "too_large"  # a list, string or the key count of props over its limit
+PROCESSING_ERROR = "processing_error"  # the engine raised on this event (see processing_error)
 
 OUTCOME_TYPES = frozenset(
     {
@@ -94,14 +111,18 @@ class _Envelope(BaseModel):
 
 
 class _Props(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+
+Money = Annotated[float, Field(ge=0, le=MAX_MONEY)]
+Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
 
 
 class _ProductProps(_Props):
     product_id: Id
     cart_id: Id | None = None
-    price: float | None = Field(default=None, ge=0)
-    quantity: int | None = Field(default=None, ge=1)
+    price: Money | None = None
+    quantity: Quantity | None = None
 
 
 class _CheckoutProps(_Props):
@@ -110,13 +131,13 @@ class _CheckoutProps(_Props):
 
 class _OrderItem(_Props):
     product_id: Id
-    quantity: int = Field(default=1, ge=1)
-    price: float | None = Field(default=None, ge=0)
+    quantity: Quantity = 1
+    price: Money | None = None
 
 
 class _OrderPlacedProps(_Props):
     order_id: Id
-    total: float = Field(ge=0)
+    total: Money
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
     items: list[_OrderItem] = Field(default_factory=list)
 
@@ -138,7 +159,7 @@ class _OutcomeProps(_Props):
 
 class _ProductUpdatedProps(_Props):
     product_id: Id
-    price: float | None = Field(default=None, ge=0)
+    price: Money | None = None
     in_stock: bool | None = None
 
 
@@ -160,11 +181,17 @@ PROPS_MODELS: dict[str, type[_Props]] = {
 KNOWN_TYPES = frozenset(PROPS_MODELS)
 
 
+_RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal",
+                           "finite_number"})
+
+
 def _describe(err: ValidationError, prefix: str = "") -> tuple[str, str]:
-    """Pydantic error → (reason code, 'field: message; …')."""
+    """Pydantic error → (reason code, 'field: message; …'). Only range errors: out of range."""
     parts = []
-    reason = INVALID_FIELD
-    for e in err.errors():
+    errors = err.errors()
+    reason = (VALUE_OUT_OF_RANGE if all(e["type"] in _RANGE_ERRORS for e in errors)
+              else INVALID_FIELD)
+    for e in errors:
         if e["type"] == "missing":
             reason = MISSING_FIELD
         if not prefix and e["loc"][0] == "ts":  # the int | str union: one plain message
@@ -174,6 +201,62 @@ def _describe(err: ValidationError, prefix: str = "") -> tuple[str, str]:
         if msg not in parts:
             parts.append(msg)
     return reason, "; ".join(parts)
+
+
+def _at(path: str, key: object) -> str:
+    return f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"
+
+
+def check_limits(props: dict[str, Any]) -> tuple[str, str] | None:
+    """One iterative walk of ``props`` (no recursion): (reason, detail) for the first value
+    over a limit (depth, list length, string length, key count, a non-finite number), or
+    None. Only containers are pushed; the path is spelled only for the one reported."""
+    keys = len(props)
+    stack: list[tuple[dict[str, Any] | list[Any], int, str]] = [(props, 1, "props")]
+    while stack:
+        node, depth, path = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in items:
+            if isinstance(k, str) and len(k) > MAX_STRING_CHARS:
+                return TOO_LARGE, f"{path}: a key of {len(k)} characters, limit {MAX_STRING_CHARS}"
+            if isinstance(v, str):
+                if len(v) > MAX_STRING_CHARS:
+                    return TOO_LARGE, (f"{_at(path, k)}: a string of {len(v)} characters, "
+                                       f"limit {MAX_STRING_CHARS}")
+            elif isinstance(v, float):
+                if not math.isfinite(v):
+                    return VALUE_OUT_OF_RANGE, f"{_at(path, k)}: {v} is not a finite number"
+            elif isinstance(v, dict | list):
+                if depth >= MAX_DEPTH:
+                    return TOO_DEEP, f"{_at(path, k)}: nested deeper than {MAX_DEPTH} levels"
+                if isinstance(v, list) and len(v) > MAX_LIST_ITEMS:
+                    return TOO_LARGE, (f"{_at(path, k)}: a list of {len(v)} items, "
+                                       f"limit {MAX_LIST_ITEMS}")
+                if isinstance(v, dict):
+                    keys += len(v)
+                    if keys > MAX_PROPS_KEYS:
+                        return TOO_LARGE, f"props: more than {MAX_PROPS_KEYS} keys in all"
+                stack.append((v, depth + 1, _at(path, k)))
+    return None
+
+
+def processing_error(event: Event, exc: BaseException) -> Rejected:
+    """The dead-letter record for an event the engine raised on: the flow goes on without it.
+
+    ``detail`` is the exception's type and message, ``raw`` the event's wire form, both
+    truncated; source, customer, event id and type are kept. Never raises itself.
+    """
+    try:
+        message = f"{type(exc).__name__}: {exc}"
+    except Exception:  # a __str__ that raises: the type alone
+        message = type(exc).__name__
+    try:
+        raw = event.to_json()
+    except Exception:  # props the wire form cannot hold: their repr, for the analyst
+        raw = repr(event.props).encode("utf-8", "replace")
+    return Rejected(PROCESSING_ERROR, message[:DETAIL_KEEP_CHARS], raw[:RAW_KEEP_BYTES],
+                    event.source, event.customer_id[:256], event.event_id[:256],
+                    event.type[:256])
 
 
 def parse_ts(value: int | str) -> int:
@@ -231,11 +314,15 @@ def parse_event(raw: bytes | str, source: str = "", now_ms: int | None = None,
         return reject(TIMESTAMP_OUT_OF_RANGE,
                       f"ts {env.ts!r} is more than {max_future_ms // 3_600_000} h in the future",
                       obj)
+    over = check_limits(env.props)
+    if over is not None:
+        return reject(over[0], f"{env.type}: {over[1]}", obj)
     model = PROPS_MODELS.get(env.type)
     if model is not None:
         try:
             model.model_validate(env.props)
         except ValidationError as e:
-            _, detail = _describe(e, "props.")
-            return reject(INVALID_PROPS, f"{env.type}: {detail}", obj)
+            reason, detail = _describe(e, "props.")
+            reason = VALUE_OUT_OF_RANGE if reason == VALUE_OUT_OF_RANGE else INVALID_PROPS
+            return reject(reason, f"{env.type}: {detail}", obj)
     return Event(env.event_id, env.type, env.customer_id, ts, env.props, source)

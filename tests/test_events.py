@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import pickle
+
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -134,4 +137,155 @@ def test_fuzz_event_shaped_json_is_either_valid_or_dead_lettered(obj):
         assert r.customer_id.strip() and E.MIN_TS_MS <= r.ts < E.MAX_TS_MS
     else:
         assert r.reason in {E.INVALID_JSON, E.NOT_AN_OBJECT, E.MISSING_FIELD, E.INVALID_FIELD,
-                            E.INVALID_TIMESTAMP, E.TIMESTAMP_OUT_OF_RANGE, E.INVALID_PROPS}
+                            E.INVALID_TIMESTAMP, E.TIMESTAMP_OUT_OF_RANGE, E.INVALID_PROPS,
+                            E.VALUE_OUT_OF_RANGE}
+
+
+# ---- poison pills: values a sink or a snapshot cannot hold ---------------------------------
+
+def order_raw(total=20.0, **item) -> bytes:
+    items = [{"product_id": "p1", **item}] if item else []
+    return raw(type="order_placed", props={"order_id": "o1", "total": total, "currency": "EUR",
+                                           "items": items})
+
+
+def nested(depth: int, leaf=1) -> bytes:
+    """props nested ``depth`` levels (props itself is level 1), written by hand: orjson's
+    encoder would refuse the deep ones."""
+    inner = b'{"a":' * depth + orjson.dumps(leaf) + b"}" * depth
+    return (b'{"event_id":"e1","type":"segment_entered","customer_id":"c1",'
+            b'"ts":1795428000000,"props":' + inner + b"}")
+
+
+@pytest.mark.parametrize(("payload", "reason", "fragment"), [
+    # the conversions insert: revenue Decimal(18, 4) overflowed and killed the flow
+    (order_raw(total=1e15), E.VALUE_OUT_OF_RANGE, "props.total"),
+    (order_raw(total=-0.01), E.VALUE_OUT_OF_RANGE, "props.total"),
+    (order_raw(price=1e13), E.VALUE_OUT_OF_RANGE, "props.items.0.price"),
+    (order_raw(quantity=0), E.VALUE_OUT_OF_RANGE, "props.items.0.quantity"),
+    (order_raw(quantity=2**63), E.VALUE_OUT_OF_RANGE, "props.items.0.quantity"),
+    # cart_total became null: price × quantity overflowed to infinity
+    (raw(props={"product_id": "p1", "price": 1e308}), E.VALUE_OUT_OF_RANGE, "props.price"),
+    (raw(props={"product_id": "p1", "quantity": 100_001}), E.VALUE_OUT_OF_RANGE,
+     "props.quantity"),
+    (raw(type="product_updated", props={"product_id": "p1", "price": 1e300}),
+     E.VALUE_OUT_OF_RANGE, "props.price"),
+    (nested(600), E.TOO_DEEP, "nested deeper than 8"),  # pickling the snapshot recursed
+    (nested(9), E.TOO_DEEP, "props.a.a.a.a.a.a.a.a"),
+    (raw(type="x", props={"l": [[0] * 1001]}), E.TOO_LARGE, "props.l[0]: a list of 1001"),
+    (raw(type="x", props={"s": "x" * 4097}), E.TOO_LARGE, "props.s: a string of 4097"),
+    (raw(type="x", props={"k" * 4097: 1}), E.TOO_LARGE, "a key of 4097"),
+    (raw(type="x", props={f"k{i}": {f"j{j}": 0 for j in range(40)} for i in range(60)}),
+     E.TOO_LARGE, "more than 2048 keys"),
+    (b'{"event_id":"e1","type":"x","customer_id":"c1","ts":1795428000000,"props":{"a":1e400}}',
+     E.INVALID_JSON, "infinity"),  # NaN and Infinity are not JSON: never reach the engine
+])
+def test_values_a_sink_or_snapshot_cannot_hold_are_dead_lettered(payload, reason, fragment):
+    r = parse_event(payload, "orders:0:7")
+    assert isinstance(r, Rejected), r
+    assert r.reason == reason and fragment in r.detail, r.detail
+    assert r.source == "orders:0:7"
+
+
+@pytest.mark.parametrize("payload", [
+    order_raw(total=1e12, price=1e12, quantity=100_000), order_raw(total=0.0, quantity=1),
+    nested(8), raw(type="x", props={"l": list(range(1000)), "s": "x" * 4096}),
+])
+def test_values_at_the_limits_are_accepted(payload):
+    e = parse_event(payload)
+    assert isinstance(e, Event), e
+    assert pickle.loads(pickle.dumps(e)) == e
+
+
+def test_limits_apply_to_custom_event_types_too():
+    ok = parse_event(raw(type="segment_entered", props={"total": 1e300}))  # not a money field
+    assert isinstance(ok, Event)
+    r = parse_event(raw(type="segment_entered", props={"tags": ["t"] * 1001}))
+    assert isinstance(r, Rejected) and r.reason == E.TOO_LARGE
+
+
+def test_processing_error_keeps_what_identifies_the_event():
+    e = Event("e9", "added_to_cart", "c7", 1795428000000, {"product_id": "p", "x": "y" * 9000},
+              "clickstream:1:42")
+    r = E.processing_error(e, KeyError("price" * 500))
+    assert r.reason == E.PROCESSING_ERROR == "processing_error"
+    assert r.detail.startswith("KeyError: ") and len(r.detail) == E.DETAIL_KEEP_CHARS
+    assert r.raw == e.to_json()[: E.RAW_KEEP_BYTES]
+    assert (r.source, r.customer_id, r.event_id, r.event_type) == (
+        "clickstream:1:42", "c7", "e9", "added_to_cart")
+
+
+def test_processing_error_never_raises_on_odd_exceptions_or_props():
+    class Odd(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    e = Event("e1", "x", "c1", 1795428000000, {"v": {1, 2}})  # a set: not JSON
+    r = E.processing_error(e, Odd())
+    assert r.detail == "Odd" and r.raw.startswith(b"{'v'")
+
+
+def _numbers(value, path=""):
+    """Every number inside a parsed JSON value, with its path."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _numbers(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _numbers(v, f"{path}[{i}]")
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield path, value
+
+
+def _depth(value) -> int:
+    if isinstance(value, dict | list):
+        kids = value.values() if isinstance(value, dict) else value
+        return 1 + max((_depth(v) for v in kids), default=0)
+    return 0
+
+
+extreme_numbers = (st.floats(allow_nan=False, allow_infinity=False)
+                   | st.integers(-(2**63), 2**64 - 1)
+                   | st.sampled_from([0, 1, 1e12, 1e12 + 1, 1e15, 1e308, 100_000, 100_001, -1]))
+item = st.fixed_dictionaries({"product_id": st.just("p1")},
+                             optional={"price": extreme_numbers, "quantity": extreme_numbers})
+priced = st.tuples(st.sampled_from(["product_viewed", "added_to_cart", "product_updated"]),
+                   item) | st.tuples(st.just("order_placed"), st.fixed_dictionaries(
+                       {"order_id": st.just("o1"), "total": extreme_numbers,
+                        "currency": st.just("EUR"), "items": st.lists(item, max_size=3)}))
+deep_json = st.integers(1, 40).flatmap(
+    lambda n: st.sampled_from(["dict", "list"]).map(lambda kind: _nest(n, kind)))
+
+
+def _nest(n: int, kind: str):
+    v: object = 1
+    for _ in range(n):
+        v = {"a": v} if kind == "dict" else [v]
+    return v
+
+
+@settings(max_examples=500, deadline=None)
+@given(priced | st.tuples(
+    st.sampled_from(sorted(E.KNOWN_TYPES | {"segment_entered"})),
+    deep_json.filter(lambda v: isinstance(v, dict)) | st.dictionaries(
+        st.text(max_size=5), json_values | deep_json | st.text(min_size=4090, max_size=4100)
+        | st.lists(st.integers(0, 9), min_size=995, max_size=1005), max_size=3)))
+def test_property_accepted_events_pickle_and_fit_the_limits(case):
+    type_, props = case
+    r = parse_event(raw(type=type_, props=props), "prop")
+    assert isinstance(r, Event | Rejected)
+    if isinstance(r, Rejected):
+        assert r.reason and r.detail
+        return
+    assert pickle.loads(pickle.dumps(r, pickle.HIGHEST_PROTOCOL)) == r
+    assert _depth(r.props) <= E.MAX_DEPTH
+    model = E.PROPS_MODELS.get(type_)
+    fields = set(model.model_fields) if model else set()
+    for path, x in _numbers(r.props):
+        assert math.isfinite(x), path
+        name = path.rsplit(".", 1)[-1]
+        if (path.startswith(".items[") and type_ == "order_placed") or path[1:] in fields:
+            if name in ("total", "price"):  # what conversions and cart totals sum
+                assert 0 <= x <= E.MAX_MONEY, path
+            if name == "quantity":
+                assert isinstance(x, int) and 1 <= x <= E.MAX_QUANTITY, path
