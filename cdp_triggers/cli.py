@@ -7,8 +7,13 @@ import logging
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from cdp_triggers.logs import mask_url
 from cdp_triggers.settings import Settings
+
+if TYPE_CHECKING:
+    from flows.preview import Diff, Summary
 
 
 def _config(settings: Settings):
@@ -50,16 +55,18 @@ def cmd_demo(a: argparse.Namespace, s: Settings) -> int:
     from sinks.clickhouse import open_backend
 
     config = _config(s)
-    url = a.clickhouse_url or s.clickhouse_url
+    if a.clickhouse_url:
+        s = s.model_copy(update={"clickhouse_url": a.clickhouse_url})
+    url = s.clickhouse_url
     backend = open_backend(url)
     if not a.keep:
         backend.command(f"DROP DATABASE IF EXISTS {s.clickhouse_database}")
     syn = SyntheticConfig(customers=a.customers, days=a.days, seed=a.seed)
     print(f"cdp-triggers demo: {syn.customers:,} customers × {syn.days:g} days of synthetic "
-          f"retail traffic (seed {syn.seed}) → engine (replay clock) → ClickHouse at {url}")
+          f"retail traffic (seed {syn.seed}) → engine (replay clock) → ClickHouse at "
+          f"{mask_url(url)}")
     print(f"config {config.version}: triggers {', '.join(t.id for t in config.triggers)}")
-    result = run_demo(config, url, s.clickhouse_database, syn,
-                      None if a.no_redis else s.redis_url)
+    result = run_demo(config, s, syn, use_redis=not a.no_redis)
     ok = demo_summary(backend, s.clickhouse_database, result)
     print(f'\nexplore: cdp-triggers sql "SELECT count() FROM sends"'
           f"  (database {s.clickhouse_database})")
@@ -68,19 +75,16 @@ def cmd_demo(a: argparse.Namespace, s: Settings) -> int:
 
 def cmd_run(a: argparse.Namespace, s: Settings) -> int:
     from bytewax._bytewax import cli_main
-    from bytewax.recovery import RecoveryConfig, init_db_dir
 
-    from flows.live import build_live_flow
+    from flows.app import RunError, build_run, prepare_recovery
 
     _config(s)
-    flow = build_live_flow(s)
-    recovery = None
-    if s.recovery_dir:
-        if not any(s.recovery_dir.glob("part-*.sqlite3")):
-            s.recovery_dir.mkdir(parents=True, exist_ok=True)
-            init_db_dir(s.recovery_dir, s.recovery_partitions)
-            print(f"recovery: initialised {s.recovery_partitions} partitions in {s.recovery_dir}")
-        recovery = RecoveryConfig(s.recovery_dir)
+    try:
+        recovery = prepare_recovery(s)
+        flow = build_run(s, "kafka").flow
+    except RunError as e:
+        print(f"cdp-triggers run: {e}", file=sys.stderr)
+        return 2
     cli_main(flow, workers_per_process=a.workers, process_id=a.process_id,
              addresses=a.addresses.split(";") if a.addresses else None,
              epoch_interval=timedelta(seconds=s.epoch_seconds), recovery_config=recovery)
@@ -90,30 +94,23 @@ def cmd_run(a: argparse.Namespace, s: Settings) -> int:
 def cmd_replay(a: argparse.Namespace, s: Settings) -> int:
     from bytewax.testing import run_main
 
-    from flows.pipeline import Outputs, build_flow
-    from flows.sources import JsonlSource, latest_event_ts
-    from operators.engine import Engine
-    from operators.keyed import EngineRuntime
-    from sinks.clickhouse import ensure_schema, open_backend
-    from state.profiles import DictProfileStore, RedisProfileStore
+    from flows.app import build_run
+    from flows.sources import latest_event_ts
 
     config = _config(s)
     horizon = a.horizon_ms
     if horizon is None:  # default: the latest valid event time in the files
         horizon = latest_event_ts(a.files)[0]
-    store = RedisProfileStore(s.redis_url)
-    if not store.ping():
-        print(f"profiles: Redis NOT reachable at {s.redis_url}: every message will be "
-              "suppressed as no_profile", file=sys.stderr)
-        store = DictProfileStore()
-    url = a.clickhouse_url or s.clickhouse_url
-    ensure_schema(open_backend(url), s.clickhouse_database)
-    runtime = EngineRuntime(Engine(config), lambda: store.get, mode="replay", horizon_ms=horizon)
-    flow = build_flow(JsonlSource(a.files), runtime,
-                      Outputs(clickhouse=lambda: open_backend(url),
-                              clickhouse_database=s.clickhouse_database))
-    run_main(flow)
-    print(f"replayed {len(a.files)} file(s) up to horizon {horizon} into {url}")
+    if a.clickhouse_url:
+        s = s.model_copy(update={"clickhouse_url": a.clickhouse_url})
+    s = s.model_copy(update={"clock": "replay", "horizon_ms": horizon, "recovery_dir": None})
+    run = build_run(s, "files", files=a.files, config=config, profiles="empty",
+                    outputs="clickhouse")
+    for note in run.notes:
+        print(note, file=sys.stderr if run.profiles_from == "none" else sys.stdout)
+    run_main(run.flow)
+    print(f"replayed {len(a.files)} file(s) up to horizon {horizon} into "
+          f"{mask_url(s.clickhouse_url)}")
     return 0
 
 
@@ -128,16 +125,8 @@ def cmd_validate(a: argparse.Namespace, s: Settings) -> int:
 def cmd_preview(a: argparse.Namespace, s: Settings) -> int:
     from cdp_triggers.clock import to_datetime
     from config.loader import _display
-    from flows.preview import (
-        assume_reachable,
-        diff,
-        print_diff,
-        print_summary,
-        run_preview,
-        summarize,
-    )
+    from flows.preview import diff, run_preview, summarize
     from flows.sources import latest_event_ts
-    from state.profiles import CHANNELS, RedisProfileStore
 
     base = _config(s.model_copy(update={"config_dir": a.config or s.config_dir}))
     other = _config(s.model_copy(update={"config_dir": a.against})) if a.against else None
@@ -150,16 +139,10 @@ def cmd_preview(a: argparse.Namespace, s: Settings) -> int:
     names = ", ".join(Path(p).name for p in a.events)
     print(f"preview on {names}: {valid:,} events, {bad:,} rejected; replay clock up to "
           f"{to_datetime(horizon):%Y-%m-%d %H:%M:%S} UTC")
-    store = None if a.no_redis else RedisProfileStore(s.redis_url)
-    if store is not None and store.ping():
-        profiles = store.get
-        print(f"profiles: Redis at {s.redis_url} (customers without a profile there are "
-              "suppressed as no_profile; --no-redis assumes everyone reachable)")
-    else:
-        profiles = assume_reachable
-        why = "--no-redis" if store is None else f"Redis not answering at {s.redis_url}"
-        print(f"profiles: ASSUMED reachable: every customer has {', '.join(CHANNELS)} "
-              f"contacts and consent ({why}); consent_changed events still apply")
+    fallback = "assume" if a.no_redis else "reachable"
+    if a.no_redis:
+        print("profiles: ASSUMED reachable (--no-redis): every customer has every contact "
+              "and consent; consent_changed events still apply")
     summaries = {}
     for label, cfg, where in (("base", base, a.config or s.config_dir),
                               ("other", other, a.against)):
@@ -167,7 +150,9 @@ def cmd_preview(a: argparse.Namespace, s: Settings) -> int:
             continue
         print(f"{label}: config {cfg.version} ({_display(where)}): "
               f"{len(cfg.triggers)} trigger(s)")
-        records = run_preview(cfg, a.events, profiles, horizon)
+        records, notes = run_preview(cfg, a.events, s, horizon, fallback)
+        for note in notes if label == "base" else ():
+            print(note)
         summaries[label] = summarize(records, a.examples, cfg.triggers)
     print()
     if other is None:
@@ -333,6 +318,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_generate)
     return ap
+
+
+# ---- preview printing (flows.preview returns data, the CLI prints) -----------------------
+
+
+def print_summary(s: Summary, out=None) -> None:
+    """Per trigger: lifecycle counts; per step: sent, suppressed, skipped; examples."""
+    out = out or sys.stdout
+    life = ("started", "cancelled", "completed", "expired")
+    print_table(["trigger", *life, "conversions", "revenue"],
+                [(tid, *(t.lifecycle[a] for a in life), t.conversions, f"{t.revenue:.2f}")
+                 for tid, t in s.triggers.items()], out)
+    print(file=out)
+    rows, reasons = [], []
+    for tid, t in s.triggers.items():
+        for i, st in sorted(t.steps.items()):
+            sent = ", ".join(f"{ch} {n}" for ch, n in st.sent.most_common())
+            rows.append((tid, i, st.template, sum(st.sent.values()), sent,
+                         sum(st.suppressed.values()), st.skipped, st.cancelled))
+            reasons += [(tid, i, reason, n) for reason, n in st.suppressed.most_common()]
+    print_table(["trigger", "step", "template", "sent", "by channel", "suppressed",
+                 "skipped (when)", "cancelled"], rows, out)
+    if reasons:
+        print(file=out)
+        print_table(["trigger", "step", "suppressed because", "decisions"], reasons, out)
+    print("\nexamples", file=out)
+    for tid, t in s.triggers.items():
+        if t.examples:
+            print(f"  {tid}", file=out)
+            width = max(len(c) for c in t.examples)
+            for cid, story in t.examples.items():
+                print(f"    {cid.ljust(width)}  {story}", file=out)
+
+
+def print_diff(d: Diff, out=None) -> None:
+    """The rows of every trigger with a changed count; unchanged triggers are named."""
+    out = out or sys.stdout
+    changed = {r.trigger for r in d.rows if r.delta}
+    print_table(["trigger", "step", "metric", "base", "other", "delta"],
+                [(r.trigger, r.step, r.metric, r.base, r.other,
+                  f"{r.delta:+d}" if r.delta else "0") for r in d.rows if r.trigger in changed],
+                out)
+    same = sorted({r.trigger for r in d.rows} - changed)
+    for label, ids in (("unchanged", same), ("only in base", d.only_base),
+                       ("only in other", d.only_other)):
+        if ids:
+            print(f"{label}: {', '.join(ids)}", file=out)
+    n = sum(1 for r in d.rows if r.delta)
+    print(f"{n} of {len(d.rows)} counts differ", file=out)
 
 
 def main(argv: list[str] | None = None) -> int:

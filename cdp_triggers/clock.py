@@ -64,30 +64,52 @@ def iso(ms: int) -> str:
 
 
 class WatermarkClock:
-    """Live runs: wall-clock time, held back to the event time the input has reached.
+    """Live runs: wall-clock time, held back to the event time the input has released.
 
     While the flow catches up on a backlog, wall time runs hours ahead of the events being
     read; firing timers by wall time alone would send reminders before the cancelling
-    events (already in the backlog) are read. So ``now`` is the wall time, but at most the
-    low watermark of the input: the smallest, over the input partitions this process reads,
-    of the newest event time seen in each. A partition quiet for ``idle_ms`` of wall time
-    stops holding the clock back (so timers of quiet keys still fire); with no active
-    partition the clock is plain wall time. One per process: the parse step observes, the
-    engine reads; a process only sees its own share of partitions.
+    events (already in the backlog) are read. So ``now`` is the wall time, but at most:
+
+    * the watermark each input shard read in this process *publishes* (the event time
+      before which it has released everything; a live shard with nothing unread publishes
+      the wall time, so an idle or sparse partition never holds the clock back);
+    * for partitions read in another process (multi-process runs), the newest event time
+      *observed* from each, for as long as it sent something in the last ``idle_ms``.
+
+    One per process, shared by its workers: sources publish, the engine reads.
     """
 
     def __init__(self, wall: Clock | None = None, idle_ms: int = 5 * SECOND) -> None:
         self.wall = wall or WallClock()
         self.idle_ms = idle_ms
-        self._newest: dict[str, int] = {}  # partition → newest event time seen
-        self._seen_at: dict[str, int] = {}  # partition → wall time of its last event
+        self._published: dict[str, int] = {}  # shard read here → its watermark
+        self._local: set[str] = set()  # partitions read here (observations skip them)
+        self._newest: dict[str, int] = {}  # remote partition → newest event time seen
+        self._seen_at: dict[str, int] = {}  # remote partition → wall time of its last event
+
+    def claim(self, shard: str, partitions: list[str]) -> None:
+        """A source in this process reads ``partitions`` as ``shard``."""
+        self._local.update(partitions)
+
+    def publish(self, shard: str, watermark: int | None) -> None:
+        """A local shard's watermark; None when it has ended (it holds nothing back)."""
+        if watermark is None:
+            self._published.pop(shard, None)
+        else:
+            self._published[shard] = watermark
 
     def observe(self, event_ts: int, partition: str = "") -> None:
+        """An event the engine got from ``partition``; only partitions read elsewhere count."""
+        if partition in self._local or partition.startswith("derived:"):
+            return
         self._seen_at[partition] = self.wall.now_ms()
         if event_ts > self._newest.get(partition, -1):
             self._newest[partition] = event_ts
 
     def now_ms(self) -> int:
         w = self.wall.now_ms()
-        active = [ts for p, ts in self._newest.items() if w - self._seen_at[p] < self.idle_ms]
-        return min(w, min(active)) if active else w
+        low = min(self._published.values(), default=w)
+        for p, ts in self._newest.items():
+            if ts < low and w - self._seen_at[p] < self.idle_ms:
+                low = ts
+        return min(w, low)

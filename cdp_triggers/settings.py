@@ -8,7 +8,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from config.loader import DEFAULT_CONFIG_DIR
+# The packaged config/ directory, found without importing the config layer (settings are
+# ground: they import nothing above them).
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 
 class Settings(BaseSettings):
@@ -16,11 +18,13 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CDP_", env_file=".env", extra="ignore")
 
-    config_dir: Path = DEFAULT_CONFIG_DIR
+    config_dir: Path = PACKAGED_CONFIG_DIR
     kafka_brokers: str = "127.0.0.1:9092"
     input_topics: list[str] = Field(
         default_factory=lambda: ["clickstream", "orders", "outcomes", "consents",
                                  "product_updates"])
+    # keyed by product, not customer: every input shard reads all of their partitions
+    catalogue_topics: list[str] = Field(default_factory=lambda: ["product_updates"])
     sends_topic: str = "sends"
     dead_letter_topic: str = "dead_letters"
     kafka_tail: bool = True  # False: stop at the end of the topics (tests, backfills)
@@ -32,7 +36,12 @@ class Settings(BaseSettings):
     clickhouse_batch_rows: int = 20_000
     clickhouse_batch_seconds: float = 2.0
     clock: Literal["live", "replay"] = "live"
-    live_idle_ms: int = 5000  # live: input quiet this long → timers follow plain wall time
+    live_idle_ms: int = 5000  # live, multi-process: a partition read by another process
+    # holds this process's clock back only while it sent something in the last live_idle_ms
+    max_out_of_orderness_ms: int = 2000  # how far one input partition may go back in time
+    align_max_buffer: int = 200_000  # events held for alignment per shard (then pause reads)
+    idle_ttl_ms: int | None = 60_000  # a customer idle this long (wall) is compacted/evicted
+    allow_reprocess: bool = False  # no recovery dir but sends already dispatched: start anyway
     horizon_ms: int | None = None  # replay: fire timers due up to here at end of input
     simulate_gateways: bool = False  # feed simulated receipts back per send (no gateway)
     recovery_dir: Path | None = None  # Bytewax recovery: state + offsets snapshotted per epoch

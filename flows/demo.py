@@ -14,15 +14,11 @@ from dataclasses import dataclass
 
 from bytewax.testing import run_main
 
-from cdp_triggers.gateway_sim import simulate
+from cdp_triggers.settings import Settings
 from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
 from config.loader import ConfigSet
-from flows.pipeline import Outputs, build_flow
-from flows.sources import IteratorSource, Progress
-from operators.engine import Engine
-from operators.keyed import EngineRuntime
-from sinks.clickhouse import ensure_schema, open_backend
-from state.profiles import DictProfileStore, RedisProfileStore
+from flows.app import build_run
+from flows.sources import Progress
 
 
 @dataclass
@@ -34,39 +30,23 @@ class DemoResult:
     profiles_from: str
 
 
-def pick_profile_store(gen: SyntheticRetail, redis_url: str | None, say=print):
-    """Redis if it answers (seeded with the demo's customers), else the generated profiles."""
-    profiles = gen.profiles()
-    if redis_url:
-        store = RedisProfileStore(redis_url)
-        if store.ping():
-            store.put_many(profiles)
-            say(f"profiles: seeded {len(profiles):,} customers into Redis at {redis_url}")
-            return store, "redis"
-        say(f"profiles: Redis is NOT reachable at {redis_url}; falling back to the "
-            f"{len(profiles):,} profiles generated with the events (in memory)")
-    else:
-        say("profiles: no Redis configured; using the profiles generated with the events")
-    return DictProfileStore(profiles), "generated"
-
-
-def run_demo(config: ConfigSet, clickhouse_url: str, database: str,
-             synthetic: SyntheticConfig, redis_url: str | None, say=print) -> DemoResult:
+def run_demo(config: ConfigSet, settings: Settings, synthetic: SyntheticConfig,
+             use_redis: bool = True, say=print) -> DemoResult:
+    """Generator → engine (replay clock, simulated gateways) → ClickHouse, built by the one
+    run builder; profiles from Redis when it answers, else the generated ones (said)."""
     gen = SyntheticRetail(synthetic)
-    store, origin = pick_profile_store(gen, redis_url, say)
-    schema = open_backend(clickhouse_url)
-    ensure_schema(schema, database)
-    schema.close()
-    # gateways are simulated per send and their receipts fed back to the customer's state,
-    # so cascades (push → email → sms) run without a server
-    runtime = EngineRuntime(Engine(config), lambda: store.get, mode="replay",
-                            horizon_ms=gen.end_ms,
-                            loopback=simulate, copy_snapshots=False)  # no recovery here
-    source = IteratorSource(gen.events, name="synthetic", progress=Progress("read", out=say))
-    flow = build_flow(source, runtime, Outputs(clickhouse=lambda: open_backend(clickhouse_url),
-                                               clickhouse_database=database,
-                                               profile_store=lambda: store))
+    s = settings.model_copy(update={"clock": "replay", "horizon_ms": gen.end_ms,
+                                    "recovery_dir": None})
+    run = build_run(s, "generator", generator=gen.events, progress=Progress("read", out=say),
+                    config=config, profiles="generated" if use_redis else "memory",
+                    generated=gen.profiles(), outputs="clickhouse", loopback=True)
+    for note in run.notes:
+        say(note)
+    if not use_redis:
+        say("profiles: Redis not asked (--no-redis); using the profiles generated with the "
+            "events")
     t0 = time.perf_counter()
-    run_main(flow)
+    run_main(run.flow)
     st = gen.stats
-    return DemoResult(st.read, st.bad, st.duplicates, time.perf_counter() - t0, origin)
+    return DemoResult(st.read, st.bad, st.duplicates, time.perf_counter() - t0,
+                      "redis" if run.profiles_from == "redis" else "generated")

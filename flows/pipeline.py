@@ -1,7 +1,7 @@
 """The one dataflow shape every run uses (demo, replay, live; embedded or real stack).
 
-input → parse (strict) ─bad→ dead letters
-              └─ key by customer_id → engine (stateful_batch) → records
+input (event-time aligned shards, catalogue fan-out) → parse (strict) ─bad→ dead letters
+              └─ key by customer_id → engine (stateful_batch) → records ─error→ dead letters
 records → ClickHouse (all); Send → sends topic; Rejected → dead-letter topic
 """
 
@@ -18,8 +18,7 @@ from bytewax.inputs import Source
 from cdp_triggers.events import Event, Rejected, parse_event
 from cdp_triggers.records import ProfileUpdate, Send
 from flows.sources import RawEvent, from_kafka
-from operators.interest import PRODUCT_TYPES, product_of
-from operators.keyed import EngineRuntime, product_builder
+from operators.keyed import EngineRuntime
 from sinks.clickhouse import ClickHouseBackend
 from sinks.clickhouse_sink import ClickHouseSink, route
 from sinks.kafka_out import dead_letter_message, send_message
@@ -53,34 +52,31 @@ def engine_streams(flow: Dataflow, source: Source,
                    runtime: EngineRuntime) -> tuple[Stream, Stream]:
     """input → parse → key by customer → engine; returns (engine records, rejected).
 
-    Live runs also refuse events stamped too far ahead of the wall clock, and tell the
-    runtime's clock how far the input's event time has got.
+    Aligned sources (``flows.sources``) emit parsed events in event-time order with the
+    catalogue fan-out done; raw items (tests' plain sources) are parsed here, unaligned.
+    Every event reaching the engine has its customer's events before it in ``(ts,
+    event_id)`` order, so the keyed step decides the same whatever the read order.
     """
     raw = op.input("input", flow, source)
     live = runtime.mode == "live"
 
-    def parse(r: RawEvent | KafkaSourceMessage) -> Event | Rejected:
+    def parse(r: Event | Rejected | RawEvent | KafkaSourceMessage) -> Event | Rejected:
+        if isinstance(r, Event | Rejected):
+            return r
         if isinstance(r, KafkaSourceMessage):
             r = from_kafka(r)
-        e = parse_event(r.data, r.where, runtime.wall.now_ms() if live else None)
-        if live and isinstance(e, Event):
-            runtime.observe(e)
-        return e
+        return parse_event(r.data, r.where, runtime.wall.now_ms() if live else None)
 
     parsed = op.map("parse", raw, parse)
     valid = op.branch("valid", parsed, lambda x: isinstance(x, Event))
-    # product fan-out: views/carts/catalogue updates keyed by product → derived customer events
-    product_events = op.filter("product_events", valid.trues,
-                               lambda e: e.type in PRODUCT_TYPES and "product_id" in e.props)
-    derived = op.map("derived_unkey", op.stateful_batch(
-        "products", op.key_on("by_product", product_events, product_of), product_builder()),
-        lambda kv: kv[1])
     customer_events = op.filter("customer_events", valid.trues,
                                 lambda e: e.type != "product_updated")
-    keyed = op.key_on("by_customer", op.merge("with_derived", customer_events, derived),
-                      lambda e: e.customer_id)
+    keyed = op.key_on("by_customer", customer_events, lambda e: e.customer_id)
     decided = op.stateful_batch("engine", keyed, runtime.builder)
-    return op.map("unkey", decided, lambda kv: kv[1]), valid.falses
+    records = op.map("unkey", decided, lambda kv: kv[1])
+    # an event the engine could not process comes back as a dead letter (processing_error)
+    failed = op.branch("processing_errors", records, lambda r: isinstance(r, Rejected))
+    return failed.falses, op.merge("rejected", valid.falses, failed.trues)
 
 
 def attach_outputs(records: Stream, rejected: Stream, outputs: Outputs) -> None:

@@ -7,48 +7,31 @@ ClickHouse. :func:`summarize` and :func:`diff` are pure; printing is separate.
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 from cdp_triggers.records import CANCELLED, CONDITION_NOT_MET, SENT, Conversion, Decision, Lifecycle
+from cdp_triggers.settings import Settings
 from config.loader import ConfigSet
 from config.schema import Trigger
-from operators.engine import ProfileLookup
-from state.profiles import CATEGORIES, CHANNELS, Profile
-
-_ALL_CONSENTS = {f"{ch}:{cat}": True for ch in CHANNELS for cat in CATEGORIES}
+from flows.app import Fallback, build_run
 
 
-def assume_reachable(customer_id: str) -> Profile:
-    """Profile lookup for previews without Redis: every customer has every contact and
-    consent (``consent_changed`` events in the file still apply)."""
-    return Profile(customer_id, contacts=frozenset(CHANNELS), consents=_ALL_CONSENTS)
+def run_preview(config: ConfigSet, paths: list[str | Path], settings: Settings,
+                horizon_ms: int, profiles: Fallback = "reachable") -> tuple[list, list[str]]:
+    """Replay ``paths`` through the production dataflow (the one run builder, replay clock,
+    records kept in memory); return (the engine's records, notes on where profiles came
+    from)."""
+    from bytewax.testing import run_main
 
-
-def run_preview(config: ConfigSet, paths: list[str | Path], profiles: ProfileLookup,
-                horizon_ms: int) -> list:
-    """Replay ``paths`` through the production dataflow; return the engine's records."""
-    from bytewax.dataflow import Dataflow
-    from bytewax.operators import output
-    from bytewax.testing import TestingSink, run_main
-
-    from flows.pipeline import engine_streams
-    from flows.sources import JsonlSource
-    from operators.engine import Engine
-    from operators.keyed import EngineRuntime
-
-    runtime = EngineRuntime(Engine(config), lambda: profiles, mode="replay",
-                            horizon_ms=horizon_ms)
-    flow = Dataflow("cdp_preview")
-    records, _rejected = engine_streams(flow, JsonlSource(paths), runtime)
-    out: list = []
-    output("capture", records, TestingSink(out))
-    run_main(flow)
-    return out
+    s = settings.model_copy(update={"clock": "replay", "horizon_ms": horizon_ms,
+                                    "recovery_dir": None})
+    run = build_run(s, "files", files=list(paths), config=config, profiles=profiles,
+                    outputs="memory")
+    run_main(run.flow)
+    return run.captured or [], run.notes
 
 
 # ---- summary (pure) ---------------------------------------------------------------------
@@ -206,56 +189,3 @@ def diff(a: Summary, b: Summary) -> Diff:
                  for step, metric in keys if ma.get((step, metric)) or mb.get((step, metric))]
     return Diff(rows, sorted(a.triggers.keys() - b.triggers.keys()),
                 sorted(b.triggers.keys() - a.triggers.keys()))
-
-
-# ---- printing ---------------------------------------------------------------------------
-
-
-def print_summary(s: Summary, out: TextIO | None = None) -> None:
-    """Per trigger: lifecycle counts; per step: sent, suppressed, skipped; examples."""
-    from cdp_triggers.cli import print_table
-
-    out = out or sys.stdout
-    life = ("started", "cancelled", "completed", "expired")
-    print_table(["trigger", *life, "conversions", "revenue"],
-                [(tid, *(t.lifecycle[a] for a in life), t.conversions, f"{t.revenue:.2f}")
-                 for tid, t in s.triggers.items()], out)
-    print(file=out)
-    rows, reasons = [], []
-    for tid, t in s.triggers.items():
-        for i, st in sorted(t.steps.items()):
-            sent = ", ".join(f"{ch} {n}" for ch, n in st.sent.most_common())
-            rows.append((tid, i, st.template, sum(st.sent.values()), sent,
-                         sum(st.suppressed.values()), st.skipped, st.cancelled))
-            reasons += [(tid, i, reason, n) for reason, n in st.suppressed.most_common()]
-    print_table(["trigger", "step", "template", "sent", "by channel", "suppressed",
-                 "skipped (when)", "cancelled"], rows, out)
-    if reasons:
-        print(file=out)
-        print_table(["trigger", "step", "suppressed because", "decisions"], reasons, out)
-    print("\nexamples", file=out)
-    for tid, t in s.triggers.items():
-        if t.examples:
-            print(f"  {tid}", file=out)
-            width = max(len(c) for c in t.examples)
-            for cid, story in t.examples.items():
-                print(f"    {cid.ljust(width)}  {story}", file=out)
-
-
-def print_diff(d: Diff, out: TextIO | None = None) -> None:
-    """The rows of every trigger with a changed count; unchanged triggers are named."""
-    from cdp_triggers.cli import print_table
-
-    out = out or sys.stdout
-    changed = {r.trigger for r in d.rows if r.delta}
-    print_table(["trigger", "step", "metric", "base", "other", "delta"],
-                [(r.trigger, r.step, r.metric, r.base, r.other,
-                  f"{r.delta:+d}" if r.delta else "0") for r in d.rows if r.trigger in changed],
-                out)
-    same = sorted({r.trigger for r in d.rows} - changed)
-    for label, ids in (("unchanged", same), ("only in base", d.only_base),
-                       ("only in other", d.only_other)):
-        if ids:
-            print(f"{label}: {', '.join(ids)}", file=out)
-    n = sum(1 for r in d.rows if r.delta)
-    print(f"{n} of {len(d.rows)} counts differ", file=out)

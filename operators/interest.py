@@ -25,10 +25,17 @@ DEFAULT_WINDOW = 14 * DAY
 
 @dataclass(slots=True)
 class ProductState:
+    """One product as one shard sees it. Catalogue facts (price, stock) come only from
+    ``product_updated`` records, in event time; interest is per customer. So a customer's
+    derived events do not depend on which other customers share the shard."""
+
     product_id: str
-    price: float | None = None
+    price: float | None = None  # catalogue price (None until the catalogue says one)
     in_stock: bool | None = None
     interested: dict[str, int] = field(default_factory=dict)  # customer → last interest ts
+    seen_price: dict[str, float] = field(default_factory=dict)  # customer → price they saw
+    updated_at: int = -(2**62)  # event time of the catalogue record applied last
+    stale: int = 0  # catalogue records older than updated_at: ignored (counted)
     pruned_at: int = 0  # event time of the last sweep of `interested`
 
 
@@ -40,22 +47,28 @@ def on_product_event(state: ProductState, ev: Event, window: int = DEFAULT_WINDO
     """Update the product's state; return the per-customer events a change causes."""
     p = ev.props
     if ev.type in INTEREST_TYPES:
-        if ev.ts > state.interested.get(ev.customer_id, 0):
+        if ev.ts >= state.interested.get(ev.customer_id, 0):
             state.interested[ev.customer_id] = ev.ts
-        if state.price is None and isinstance(p.get("price"), int | float):
-            state.price = float(p["price"])  # a first price until the catalogue says one
+            if isinstance(p.get("price"), int | float):
+                state.seen_price[ev.customer_id] = float(p["price"])
         _forget_before(state, ev.ts - window)
         return []
     if ev.type != "product_updated":
         return []
+    if ev.ts < state.updated_at:  # a stale record read late never makes a false drop
+        state.stale += 1
+        return []
+    state.updated_at = ev.ts
     out: list[Event] = []
     new_price = p.get("price")
     new_stock = p.get("in_stock")
     fans = sorted(c for c, ts in state.interested.items() if ev.ts - window <= ts <= ev.ts)
-    if new_price is not None and state.price is not None and new_price < state.price:
-        out += [_derived(ev, PRICE_DROPPED, c, {"product_id": state.product_id,
-                                               "price": new_price, "old_price": state.price})
-                for c in fans]
+    if new_price is not None:
+        for c in fans:  # the catalogue's previous price, else the price the customer saw
+            old = state.price if state.price is not None else state.seen_price.get(c)
+            if old is not None and new_price < old:
+                out.append(_derived(ev, PRICE_DROPPED, c, {
+                    "product_id": state.product_id, "price": new_price, "old_price": old}))
     if new_stock is True and state.in_stock is False:
         out += [_derived(ev, BACK_IN_STOCK, c, {"product_id": state.product_id}) for c in fans]
     if new_price is not None:
@@ -78,3 +91,4 @@ def _forget_before(state: ProductState, horizon: int, every: int = DAY) -> None:
         return
     state.pruned_at = horizon
     state.interested = {c: ts for c, ts in state.interested.items() if ts >= horizon}
+    state.seen_price = {c: v for c, v in state.seen_price.items() if c in state.interested}

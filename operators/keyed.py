@@ -11,6 +11,7 @@ Two clock modes, same engine code:
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,11 +21,12 @@ from typing import Literal
 from bytewax.operators import StatefulBatchLogic
 
 from cdp_triggers.clock import Clock, WallClock, to_datetime
-from cdp_triggers.events import Event
+from cdp_triggers.events import Event, Rejected, processing_error
 from cdp_triggers.records import Output, Send
 from operators.engine import Engine, ProfileLookup
-from operators.interest import DEFAULT_WINDOW, ProductState, on_product_event, product_of
 from state.customer import CustomerState
+
+log = logging.getLogger(__name__)
 
 RETRY_MS = 250  # a deadline the held-back clock has not reached yet is retried this often
 
@@ -44,6 +46,9 @@ class EngineRuntime:
     # Bytewax asks for snapshots at every epoch even without recovery; only a run WITH
     # recovery needs them to be independent copies (they are serialised later).
     copy_snapshots: bool = True
+    # a customer idle this long (wall time) is compacted: pruned at a time no later event
+    # can precede, then pickled (or discarded when nothing remains). Decision-neutral.
+    idle_ttl_ms: int | None = 60_000
     _profiles: ProfileLookup | None = None
 
     @property
@@ -63,72 +68,145 @@ class EngineRuntime:
             self._profiles = self.profiles_factory()
         return self._profiles
 
-    def builder(self, resume: CustomerState | None) -> CustomerLogic:
-        return CustomerLogic(self, resume if resume is not None and resume.customer_id else None)
+    def builder(self, resume: CustomerState | bytes | None) -> CustomerLogic:
+        if isinstance(resume, CustomerState) and not resume.customer_id:
+            resume = None  # an empty snapshot (older versions wrote these)
+        return CustomerLogic(self, resume)
 
 
-class CustomerLogic(StatefulBatchLogic[Event, Output, CustomerState]):
-    """One customer's engine state inside Bytewax."""
+class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState | bytes]):
+    """One customer's engine state inside Bytewax.
 
-    def __init__(self, rt: EngineRuntime, state: CustomerState | None) -> None:
+    Idle customers are kept *dormant*: their state pruned at a time no later event of theirs
+    can precede (their own newest event time, or the input's watermark when their events
+    are read in this process) and pickled; a customer with nothing left is discarded.
+    """
+
+    __slots__ = ("active_at", "dormant", "rt", "state")
+
+    def __init__(self, rt: EngineRuntime, state: CustomerState | bytes | None) -> None:
         self.rt = rt
-        self.state = state
+        self.state: CustomerState | None = None
+        self.dormant: bytes | None = None
+        if isinstance(state, bytes):
+            self.dormant = state
+        else:
+            self.state = state
+        self.active_at = rt.wall.now_ms()
 
-    def on_batch(self, values: list[Event]) -> tuple[list[Output], bool]:
-        """Events in event-time order; before an event at T only timers (and loopback
-        receipts) due by T fire (live: and by the clock), so a batch read from a backlog
-        replays like replay mode."""
-        rt = self.rt
+    def _wake(self, customer_id: str) -> CustomerState:
         if self.state is None:
-            self.state = CustomerState(values[0].customer_id)
-        st, out = self.state, []
+            if self.dormant is not None:
+                self.state, self.dormant = pickle.loads(self.dormant), None
+            else:
+                self.state = CustomerState(customer_id)
+        self.active_at = self.rt.wall.now_ms()
+        return self.state
+
+    def on_batch(self, values: list[Event]) -> tuple[list[Output | Rejected], bool]:
+        """Events in ``(ts, event_id)`` order; before an event at T only timers (and loopback
+        receipts) due by T fire, so a batch read from a backlog replays like replay mode.
+        Live: an event is applied at its own time (never beyond the wall clock; the aligned
+        source released it, so nothing earlier is unread), timers then by the held clock.
+        An event the engine raises on becomes a ``processing_error`` dead letter."""
+        rt = self.rt
+        st = self._wake(values[0].customer_id)
+        out: list[Output | Rejected] = []
         live = rt.mode == "live"
-        clock_now = rt.clock.now_ms() if live else 0
-        for e in sorted(values, key=lambda v: v.ts):
+        wall = rt.wall.now_ms() if live else 0
+        for e in sorted(values, key=_order):
             now = max(st.high_water, e.ts)
             if live:
-                now = min(now, clock_now)
-            out += self._advance(now)
-            out += self._handle(e, now)
+                now = min(now, wall)
+                rt.observe(e)
+            try:
+                out += self._advance(now)
+                out += self._handle(e, now)
+            except Exception as exc:  # one bad event never stops the flow
+                out.append(self._failed(e, exc))
         if live:
-            out += self._advance(clock_now)
-            out += self._handle(None, clock_now)
+            out += self._timers(rt.clock.now_ms())
         return out, self._keep_or_discard()
 
-    def on_notify(self) -> tuple[list[Output], bool]:
-        if self.state is None or self.rt.mode != "live":
-            return [], self.RETAIN
-        now = self.rt.clock.now_ms()
-        out = self._advance(now) + self._handle(None, now)
-        return out, self._keep_or_discard()
-
-    def on_eof(self) -> tuple[list[Output], bool]:
-        """Input ended (a finite run): replay fires what is due up to the horizon; live
-        fires what is due by the wall clock (no more input can hold it back)."""
+    def on_notify(self) -> tuple[list[Output | Rejected], bool]:
         if self.state is None:
             return [], self.RETAIN
+        out: list[Output | Rejected] = []
+        if self.rt.mode == "live":
+            out = self._timers(self.rt.clock.now_ms())
+        if self._idle():
+            return out, self._hibernate()
+        return out, self._keep_or_discard()
+
+    def on_eof(self) -> tuple[list[Output | Rejected], bool]:
+        """Input ended (a finite run): replay fires what is due up to the horizon; live
+        fires what is due by the wall clock (no more input can hold it back)."""
         if self.rt.mode == "live":
             until = self.rt.wall.now_ms()
         elif self.rt.horizon_ms is not None:
             until = self.rt.horizon_ms
         else:
             return [], self.RETAIN
-        out = self._advance(until) + self._handle(None, until)
+        if self.state is None and self.dormant is None:
+            return [], self.RETAIN
+        st = self.state if self.state is not None else self._wake("")
+        out = self._timers(until)
+        if self.dormant is None and st is not None and self._idle():
+            return out, self._hibernate()
         return out, self._keep_or_discard()
 
     def notify_at(self) -> datetime | None:
-        """The next deadline (or loopback receipt). One already past by the wall clock (the
-        live clock is held back by the input's event time) is retried shortly, not spun on."""
-        if self.state is None or self.rt.mode != "live":
+        """The next deadline (or loopback receipt), else when the customer counts as idle.
+        A deadline already past by the wall clock (the live clock is held back by the
+        input's event time) is retried shortly, not spun on."""
+        if self.state is None:
             return None
-        at = self.rt.engine.next_wakeup(self.state)
-        if self.state.pending:
-            first = self.state.pending[0].ts
-            at = first if at is None else min(at, first)
-        if at is None:
-            return None
+        at = None
+        if self.rt.mode == "live":
+            at = self.rt.engine.next_wakeup(self.state)
+            if self.state.pending:
+                first = self.state.pending[0].ts
+                at = first if at is None else min(at, first)
         wall = self.rt.wall.now_ms()
-        return to_datetime(at if at > wall else wall + RETRY_MS)
+        if at is not None:
+            return to_datetime(at if at > wall else wall + RETRY_MS)
+        ttl = self.rt.idle_ttl_ms
+        if ttl is None or self.state.instances or self.state.pending:
+            return None
+        return to_datetime(max(self.active_at + ttl, wall + RETRY_MS))
+
+    def _timers(self, now: int) -> list[Output | Rejected]:
+        try:
+            return self._advance(now) + self._handle(None, now)
+        except Exception as exc:
+            return [self._failed(None, exc)]
+
+    def _failed(self, event: Event | None, exc: Exception) -> Rejected:
+        st = self.state
+        cid = st.customer_id if st else ""
+        log.error("engine raised on %s of customer %s: %r",
+                  event.event_id if event else "a timer", cid, exc)
+        if event is None:  # a timer: no event to dead-letter, so a synthetic one names it
+            event = Event(f"timer:{cid}:{st.high_water if st else 0}", "timer", cid,
+                          st.high_water if st else 0, {}, "timer")
+        return processing_error(event, exc)
+
+    def _idle(self) -> bool:
+        ttl = self.rt.idle_ttl_ms
+        st = self.state
+        return (ttl is not None and st is not None and not st.instances and not st.pending
+                and self.rt.wall.now_ms() - self.active_at >= ttl)
+
+    def _hibernate(self) -> bool:
+        """Prune at a safe time; discard what is empty, pickle the rest (decision-neutral:
+        every later event of this customer is at or after ``high_water``)."""
+        st = self.state
+        self.rt.engine.prune(st, st.high_water)
+        if st.is_empty():
+            self.state = None
+            return self.DISCARD
+        self.dormant, self.state = pickle.dumps(st, pickle.HIGHEST_PROTOCOL), None
+        return self.RETAIN
 
     def _handle(self, event: Event | None, now: int) -> list[Output]:
         out = self.rt.engine.handle(self.state, event, now, self.rt.profiles())
@@ -157,33 +235,16 @@ class CustomerLogic(StatefulBatchLogic[Event, Output, CustomerState]):
             else:
                 return out
 
-    def snapshot(self) -> CustomerState:
+    def snapshot(self) -> CustomerState | bytes:
         if self.state is None:
-            return CustomerState("")
+            return self.dormant if self.dormant is not None else CustomerState("")
         return self.state.snapshot() if self.rt.copy_snapshots else self.state
 
     def _keep_or_discard(self) -> bool:
-        return self.DISCARD if self.state is None or self.state.is_empty() else self.RETAIN
-
-
-class ProductLogic(StatefulBatchLogic[Event, Event, ProductState]):
-    """One product's interested customers inside Bytewax; emits derived customer events."""
-
-    def __init__(self, state: ProductState | None, window: int) -> None:
-        self.state = state
-        self.window = window
-
-    def on_batch(self, values: list[Event]) -> tuple[list[Event], bool]:
         if self.state is None:
-            self.state = ProductState(product_of(values[0]))
-        out: list[Event] = []
-        for e in sorted(values, key=lambda v: v.ts):
-            out += on_product_event(self.state, e, self.window)
-        return out, self.RETAIN
-
-    def snapshot(self) -> ProductState:
-        return pickle.loads(pickle.dumps(self.state, pickle.HIGHEST_PROTOCOL))
+            return self.RETAIN if self.dormant is not None else self.DISCARD
+        return self.DISCARD if self.state.is_empty() else self.RETAIN
 
 
-def product_builder(window: int = DEFAULT_WINDOW) -> Callable[[ProductState | None], ProductLogic]:
-    return lambda resume: ProductLogic(resume, window)
+def _order(e: Event) -> tuple[int, str]:
+    return e.ts, e.event_id

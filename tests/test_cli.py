@@ -14,7 +14,7 @@ def test_demo_prints_a_balanced_summary_and_sql_sees_the_sends(chdb_url, capsys)
                  "--clickhouse-url", chdb_url]) == 0
     out = capsys.readouterr().out
     assert "counts balance: read" in out
-    assert "profiles: no Redis configured" in out
+    assert "profiles: Redis not asked (--no-redis)" in out
     sent = int(out.split("messages sent")[1].split()[0].replace(",", ""))
     assert sent > 0
     assert main(["sql", "SELECT count() AS n FROM sends", "--clickhouse-url", chdb_url]) == 0

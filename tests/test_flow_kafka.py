@@ -212,6 +212,7 @@ def test_catalogue_end_to_end_on_the_real_broker_with_two_workers(kafka, redis_s
              ev("product_updated", "catalogue", 180, product_id="p5", in_stock=True)]
     topics = {t: f"{t}_{run}" for t in ("clickstream", "orders", "product_updates")}
     s = _settings(kafka, redis_server, chdb_url, list(topics.values()), clock="replay",
+                  catalogue_topics=[topics["product_updates"]],
                   recovery_dir=tmp_path)  # snapshots are copies when recovery is on
     kafka.create_topics([*topics.values(), s.sends_topic, s.dead_letter_topic], partitions=4)
 

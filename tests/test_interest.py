@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.testing import TestingSink, TestingSource, cluster_main
+from bytewax.testing import TestingSink, cluster_main
 
 from cdp_triggers.clock import DAY
 from cdp_triggers.events import Event
 from cdp_triggers.records import Send
 from flows.pipeline import engine_streams
-from flows.sources import RawEvent
+from flows.sources import list_source
 from operators.interest import ProductState, on_product_event
 from operators.keyed import EngineRuntime
 from state.profiles import DictProfileStore
@@ -67,7 +67,8 @@ def test_interest_window_forgets_old_customers():
 
 
 def test_fan_out_across_two_bytewax_workers_reaches_the_customer_step():
-    """Views keyed by customer, updates keyed by product: the product step re-keys."""
+    """The aligned source fans catalogue updates out to customers in event-time order;
+    the customer step on two workers gets them."""
     customers = [f"c{i}" for i in range(12)]
     events = [update(0, "p1", price=50.0, in_stock=False), update(0, "p2", price=9.0)]
     events += [view(5 + i, c, "p1" if i % 3 else "p2") for i, c in enumerate(customers)]
@@ -76,8 +77,7 @@ def test_fan_out_across_two_bytewax_workers_reaches_the_customer_step():
     store = DictProfileStore([reachable(c) for c in customers])
     runtime = EngineRuntime(engine(), lambda: store.get, mode="replay", horizon_ms=T0 + DAY)
     flow = Dataflow("fanout")
-    records, _ = engine_streams(flow, TestingSource(
-        [RawEvent(e.to_json(), f"t:{i}") for i, e in enumerate(events)]), runtime)
+    records, _ = engine_streams(flow, list_source(events), runtime)
     got: list = []
     op.output("out", op.filter("only_sends", records, lambda r: isinstance(r, Send)),
               TestingSink(got))
@@ -86,3 +86,23 @@ def test_fan_out_across_two_bytewax_workers_reaches_the_customer_step():
     assert {s.customer_id for s in got if s.trigger_id == "price_drop"} == p1_fans
     assert {s.customer_id for s in got if s.trigger_id == "back_in_stock"} == p1_fans
     assert all(s.variables["product_id"] == "p1" for s in got)
+
+
+def test_without_a_catalogue_price_the_price_the_customer_saw_is_the_reference():
+    st = ProductState("p1")
+    on_product_event(st, view(0, "c1"))  # saw 20.0
+    on_product_event(st, ev("product_viewed", 1, "c2", product_id="p1", price=12.0))
+    out = on_product_event(st, update(10, price=15.0))
+    assert [(e.customer_id, e.props["old_price"]) for e in out] == [("c1", 20.0)]
+    out = on_product_event(st, update(20, price=14.0))  # now the catalogue price counts
+    assert [(e.customer_id, e.props["old_price"]) for e in out] == [("c1", 15.0),
+                                                                   ("c2", 15.0)]
+
+
+def test_a_stale_catalogue_record_read_late_makes_no_false_drop():
+    st = ProductState("p1")
+    on_product_event(st, view(0, "c1"))
+    on_product_event(st, update(10, price=20.0))
+    on_product_event(st, update(30, price=25.0))
+    assert on_product_event(st, update(20, price=21.0)) == []  # older than the 25.0 record
+    assert st.price == 25.0 and st.stale == 1

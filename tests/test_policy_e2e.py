@@ -39,7 +39,8 @@ def test_policy_reasons_in_clickhouse_match_the_embedded_run(kafka, redis_server
 
     # 1. the embedded run (generator → Bytewax → chdb): the reference
     from config.loader import load_config
-    run_demo(load_config(), chdb_url, "e2e_ref", syn, None, say=lambda *_, **__: None)
+    run_demo(load_config(), Settings(clickhouse_url=chdb_url, clickhouse_database="e2e_ref"),
+             syn, use_redis=False, say=lambda *_, **__: None)
 
     # 2. the same traffic through Kafka, 2 workers, Redis profiles, shipped config
     run = uuid.uuid4().hex[:8]

@@ -14,12 +14,9 @@ from cdp_triggers.events import Event, parse_event
 from cdp_triggers.records import CONDITION_NOT_MET, Conversion, Decision, Lifecycle, Send
 from cdp_triggers.synthetic import SyntheticConfig, write_jsonl
 from config.loader import DEFAULT_CONFIG_DIR, load_config
-from flows.preview import (
-    assume_reachable,
-    diff,
-    run_preview,
-    summarize,
-)
+from cdp_triggers.settings import Settings
+from flows.app import assume_reachable
+from flows.preview import diff, run_preview, summarize
 from flows.sources import latest_event_ts
 from operators.engine import Engine
 from state.customer import CustomerState
@@ -43,11 +40,13 @@ def customer_events(events, tmp_path_factory) -> Path:
 
 
 def direct_replay(config, path: Path, horizon: int) -> list:
-    """The pure engine, no dataflow: each customer's events in order, then the horizon."""
+    """The pure engine, no dataflow: each customer's events in (ts, event_id) order, then
+    the horizon."""
     eng, states, out = Engine(config), {}, []
-    for line in path.read_bytes().splitlines():
-        e = parse_event(line) if line.strip() else None
-        if isinstance(e, Event):
+    events = [parse_event(line) for line in path.read_bytes().splitlines() if line.strip()]
+    for e in sorted((e for e in events if isinstance(e, Event)),
+                    key=lambda e: (e.ts, e.event_id)):
+        if True:
             st = states.setdefault(e.customer_id, CustomerState(e.customer_id))
             out += eng.handle(st, e, max(st.high_water, e.ts), assume_reachable)
     for st in states.values():
@@ -84,7 +83,7 @@ def test_preview_counts_equal_a_direct_engine_replay(customer_events, monkeypatc
     horizon, valid, bad = latest_event_ts([events])
     assert f"{valid:,} events, {bad:,} rejected" in out and bad > 0
     ids = [t.id for t in config.triggers]
-    records = run_preview(config, [events], assume_reachable, horizon)
+    records, _ = run_preview(config, [events], Settings(), horizon, "assume")
     via_flow = summarize(records, triggers=config.triggers)
     direct = summarize(direct_replay(config, events, horizon), triggers=config.triggers)
     assert counts(via_flow) == counts(direct)

@@ -6,7 +6,8 @@ import pytest
 from services import free_port
 
 from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
-from flows.demo import pick_profile_store
+from cdp_triggers.settings import Settings
+from flows.app import open_profiles
 from state.profiles import DictProfileStore, Profile, ProfileUnavailable, RedisProfileStore
 
 pytestmark = pytest.mark.integration
@@ -36,18 +37,18 @@ def test_unreachable_redis_raises_profile_unavailable_not_none():
 
 def test_demo_seeds_redis_when_it_answers(redis_server):
     gen = SyntheticRetail(SyntheticConfig(customers=50, days=1))
-    said: list[str] = []
-    store, origin = pick_profile_store(gen, redis_server.url, said.append)
+    store, origin, said = open_profiles(Settings(redis_url=redis_server.url), "generated",
+                                        gen.profiles())
     assert origin == "redis" and isinstance(store, RedisProfileStore)
     assert store.get("c000007") == gen.profiles()[6]
-    assert "seeded 50 customers into Redis" in said[0]
+    assert "seeded 50 customers into Redis" in said
 
 
 def test_demo_says_so_when_redis_is_absent():
     gen = SyntheticRetail(SyntheticConfig(customers=50, days=1))
-    said: list[str] = []
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    store, origin = pick_profile_store(gen, url, said.append)
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    store, origin, said = open_profiles(Settings(redis_url=url), "generated", gen.profiles())
     assert origin == "generated" and isinstance(store, DictProfileStore)
-    assert f"Redis is NOT reachable at {url}" in said[0]
+    assert "Redis is NOT reachable at redis://:***@127.0.0.1" in said
+    assert "hunter2" not in said  # no secret in what is printed
     assert store.get("c000001") == gen.profiles()[0]
