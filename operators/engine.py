@@ -234,38 +234,37 @@ class Engine:
             channel = step.channels[inst.channel_idx]
             profile = self._profile(state, lazy, trig)
             if profile is _UNAVAILABLE:
-                retry = t + self.config.policy.profile_retry
-                out.append(self._decision(state, trig, inst, step, channel, DEFERRED,
-                                          PROFILE_UNAVAILABLE, t, now))
-                inst.due = retry
+                self._hold(state, trig, inst, step, channel, PROFILE_UNAVAILABLE,
+                           self._retry_at(trig, t, now), t, now, out)
                 return
             reason = self._ineligible(state, profile, trig, channel, t)
             if reason:
+                inst.held = ""
                 out.append(self._decision(state, trig, inst, step, channel, SUPPRESSED,
                                           reason, t, now))
                 inst.channel_idx += 1
                 continue
             hold = self._quiet(profile, trig, channel, t)
             if hold is not None:
-                out.append(self._decision(state, trig, inst, step, channel, DEFERRED,
-                                          QUIET_HOURS_DEFERRED, t, now))
-                inst.due = hold
+                self._hold(state, trig, inst, step, channel, QUIET_HOURS_DEFERRED, hold, t, now,
+                           out)
                 return
             capped = cap_check(self.config.policy.caps, state.sent_log, t, trig.id, channel,
                                trig.kind)
             if capped is not None:
                 rule, free_at = capped
                 if trig.on_cap == "defer" and free_at < 2**62:
-                    out.append(self._decision(state, trig, inst, step, channel, DEFERRED,
-                                              CAPPED, t, now, rule.id))
-                    inst.due = free_at
+                    self._hold(state, trig, inst, step, channel, CAPPED, free_at, t, now, out,
+                               rule.id)
                     return
+                inst.held = ""
                 out.append(self._decision(state, trig, inst, step, channel, SUPPRESSED, CAPPED,
                                           t, now, rule.id))
                 if rule.scope == "channel":
                     inst.channel_idx += 1
                     continue
                 break
+            inst.held = ""
             self._deliver(state, inst, trig, step, channel, t, now, out)
             wait = step.cascade.get(channel)  # type: ignore[call-overload]
             if wait is not None and not inst.arm and inst.channel_idx + 1 < len(step.channels):
@@ -274,6 +273,27 @@ class Engine:
                 return
             break
         self._next_step(state, slot, inst, trig, t, now, out)
+
+    def _hold(self, state: CustomerState, trig: Trigger, inst: Instance, step: Step,
+              channel: str, reason: str, until: int, t: int, now: int, out: list[Output],
+              detail: str = "") -> None:
+        """Defer the instance to ``until``. The ``deferred`` row is written when the hold
+        begins; a retry that finds the very same hold (step, channel, reason, rule) again is
+        silent, so an outage writes one row per message, not one per retry."""
+        mark = f"{inst.step}\x1f{channel}\x1f{reason}\x1f{detail}"
+        if inst.held != mark:
+            inst.held = mark
+            out.append(self._decision(state, trig, inst, step, channel, DEFERRED, reason, t,
+                                      now, detail))
+        inst.due = until
+
+    def _retry_at(self, trig: Trigger, t: int, now: int) -> int:
+        """The first retry (every ``profile_retry`` from ``t``) that fires after ``now``:
+        within one call the store's answer is cached, so earlier retries would find it down
+        again (same decisions, without looping once per retry over a long outage)."""
+        every = max(1, self.config.policy.profile_retry)
+        grace = self._grace.get(trig.id, self.config.policy.late_event_grace)
+        return t + every * max(1, (now - grace - t) // every + 1)
 
     def _deliver(self, state: CustomerState, inst: Instance, trig: Trigger, step: Step,
                  channel: str, t: int, now: int, out: list[Output]) -> None:
@@ -301,6 +321,7 @@ class Engine:
         inst.step += 1
         inst.channel_idx = 0
         inst.awaiting = ""
+        inst.held = ""
         if inst.step < len(trig.steps):
             inst.step_base += trig.steps[inst.step].delay
             inst.due = max(inst.step_base, t)  # a cascade or hold that ran long: at once

@@ -7,12 +7,33 @@ restore gives back exactly what the engine had. The engine owns all changes to i
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 
+class _Upgradable:
+    """A field a snapshot written before it existed left unset reads as its default, so a
+    restart after an upgrade restores old snapshots. Costs nothing on the normal path:
+    Python calls ``__getattr__`` only when the slot is empty."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        for f in fields(self):  # type: ignore[arg-type]
+            if f.name == name:
+                if f.default is not MISSING:
+                    value = f.default
+                elif f.default_factory is not MISSING:
+                    value = f.default_factory()
+                else:
+                    break
+                object.__setattr__(self, name, value)
+                return value
+        raise AttributeError(name)
+
+
 @dataclass(slots=True)
-class Instance:
+class Instance(_Upgradable):
     """One live run of a trigger for this customer (customer × trigger × key)."""
 
     trigger_id: str
@@ -31,6 +52,7 @@ class Instance:
     awaiting: str = ""  # send_id whose receipt the cascade waits for (due = its timeout)
     step_base: int = 0  # when the current step was first due: the next step counts from it
     entered: bool = False  # its first message went (re-entry cooldown counts from then)
+    held: str = ""  # the hold its last deferred row was written for: a retry in it is silent
 
 
 @dataclass(slots=True)
@@ -48,7 +70,7 @@ class Touch:
 
 
 @dataclass(slots=True)
-class CustomerState:
+class CustomerState(_Upgradable):
     customer_id: str
     instances: dict[str, Instance] = field(default_factory=dict)  # by "trigger\x1fkey"
     last_entry: dict[str, int] = field(default_factory=dict)  # trigger → ts of its last first send

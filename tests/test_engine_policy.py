@@ -392,3 +392,84 @@ def test_store_down_defers_marketing_and_uses_last_known_profile_for_transaction
         ("m", DEFERRED, PROFILE_UNAVAILABLE), ("t", SENT, "")]
     out = eng.handle(st, None, T0 + 6 * MINUTE, store.get)  # store back: retried, sent
     assert [(d.trigger_id, d.status) for d in decisions(out)] == [("m", SENT)]
+
+
+def test_a_long_store_outage_writes_one_deferred_row_per_message(tmp_path):
+    t = {"m": trig("m", "x_m", "[email, push]")}
+    eng = engine_from(tmp_path, t, "late_event_grace: 0s\nprofile_retry: 5m\n")
+    st, store = CustomerState("c1"), DictProfileStore([reachable()])
+    back_at = T0 + 10 * HOUR
+    calls = []
+
+    def flaky(cid):  # down for ten hours of event time, then back
+        calls.append(cid)
+        if clock[0] < back_at:
+            raise ProfileUnavailable("connection refused")
+        return store.get(cid)
+
+    clock = [T0]
+    out = eng.handle(st, e("x_m", 0), T0, flaky)
+    while (w := eng.next_wakeup(st)) is not None and w <= T0 + DAY:  # live: notify_at
+        clock[0] = w
+        out += eng.handle(st, None, w, flaky)
+    assert [(d.status, d.reason, d.channel) for d in decisions(out)] == [
+        (DEFERRED, PROFILE_UNAVAILABLE, "email"), (SENT, "", "email")]
+    assert decisions(out)[-1].ts == back_at  # retried every 5m, silently: 120 retries
+    assert len(calls) == 121
+    # a new outage is a new hold: one row again, for the message it holds
+    clock[0] = T0 + 2 * DAY
+    out = eng.handle(st, e("x_m", 2 * 24 * 60 + 1), T0 + 2 * DAY + MINUTE,
+                     lambda cid: (_ for _ in ()).throw(ProfileUnavailable("down")))
+    assert [(d.status, d.reason) for d in decisions(out)] == [(DEFERRED, PROFILE_UNAVAILABLE)]
+
+
+def test_a_backlog_over_an_outage_defers_once_and_does_not_loop_per_retry(tmp_path):
+    eng = engine_from(tmp_path, {"m": trig("m", "x_m")},
+                      "late_event_grace: 0s\nprofile_retry: 5m\n")
+    st = CustomerState("c1")
+
+    def down(_cid):
+        raise ProfileUnavailable("connection refused")
+
+    out = eng.handle(st, e("x_m", 0), T0, down)
+    out += eng.handle(st, None, T0 + 30 * DAY, down)  # one call, a month of retries due
+    assert [(d.status, d.reason) for d in decisions(out)] == [(DEFERRED, PROFILE_UNAVAILABLE)]
+    assert eng.next_wakeup(st) == T0 + 30 * DAY + 5 * MINUTE  # the next retry on the grid
+    out = eng.handle(st, None, T0 + 30 * DAY + 5 * MINUTE, DictProfileStore([reachable()]).get)
+    assert [(d.status, d.ts) for d in decisions(out)] == [(SENT, T0 + 30 * DAY + 5 * MINUTE)]
+
+
+def test_a_cap_deferral_that_finds_the_same_cap_again_is_silent(tmp_path):
+    policy = "late_event_grace: 0s\ncaps:\n  - {id: one, scope: global, max: 1, window: 24h}\n"
+    t = {"f": trig("f", "x_f"),
+         "a": trig("a", "x_a", priority=90, extra="wait: {delay: 24h}"),
+         "b": trig("b", "x_b", priority=10, extra="on_cap: defer")}
+    out = replay(engine_from(tmp_path, t, policy), [e("x_f", 0), e("x_a", 0), e("x_b", 1)],
+                 T0 + 3 * DAY)
+    # b waits for the slot f holds; at 24h a (higher priority, due then too) takes it, so b
+    # is capped by the same rule again: no second row, it just waits for the next slot
+    assert [(d.trigger_id, d.status, d.reason, d.ts) for d in decisions(out)] == [
+        ("f", SENT, "", T0), ("b", DEFERRED, CAPPED, T0 + MINUTE),
+        ("a", SENT, "", T0 + DAY), ("b", SENT, "", T0 + 2 * DAY)]
+
+
+def test_quiet_hours_then_store_down_writes_one_row_per_hold(tmp_path):
+    eng = engine_from(tmp_path, {"a": trig("a", "x_a", "[sms]")},
+                      QUIET + "profile_retry: 5m\n")
+    t = at_utc("2026-06-10T20:30:00+00:00")  # 22:30 in Berlin: held until 08:00
+    morning = at_utc("2026-06-11T06:00:00+00:00")
+    st, store = CustomerState("c1"), DictProfileStore([berlin()])
+
+    def until_noon(cid):
+        if now[0] < morning + 4 * HOUR:
+            raise ProfileUnavailable("down")
+        return store.get(cid)
+
+    now = [t]
+    out = eng.handle(st, Event("q1", "x_a", "c1", t, {}), t, store.get)
+    while (w := eng.next_wakeup(st)) is not None:
+        now[0] = w
+        out += eng.handle(st, None, w, until_noon)
+    assert [(d.status, d.reason, d.ts) for d in decisions(out)] == [
+        (DEFERRED, QUIET_HOURS_DEFERRED, t), (DEFERRED, PROFILE_UNAVAILABLE, morning),
+        (SENT, "", morning + 4 * HOUR)]
