@@ -38,6 +38,7 @@ HOLDOUT = "holdout"  # would have sent: the customer is in the global holdout
 CONTACT_INVALID = "contact_invalid"  # the channel's contact hard-bounced
 CONDITION_NOT_MET = "condition_not_met"  # a step's `when` was false at send time: skipped
 EXPIRED = "expired"  # the instance outlived its trigger's expire_after
+INSTANCE_LIMIT = "instance_limit"  # not started: the customer × trigger has too many live ones
 
 
 class ProfileUnavailable(Exception):
@@ -128,7 +129,8 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Lifecycle:
-    """A trigger instance changed: ``started``, ``cancelled``, ``completed`` or ``expired``."""
+    """A trigger instance changed: ``started``, ``cancelled``, ``completed`` or ``expired``;
+    or ``not_started`` (reason ``instance_limit``, once per instance key, no instance id)."""
 
     lifecycle_id: str
     customer_id: str

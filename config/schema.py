@@ -230,3 +230,17 @@ class Policy(_Strict):
     default_timezone: str = "UTC"
     dedup_window: Duration = Field(default=parse_duration("3d"))
     dedup_max_ids: int = Field(default=512, ge=1)
+
+    # Bounded work per customer: one customer's flood must not slow every other key.
+    max_instances_per_trigger: int = Field(default=50, ge=1, description=(
+        "live instances per customer × trigger; a start beyond it is not started (one "
+        "lifecycle row 'not_started: instance_limit' per instance key)"))
+    max_cart_lines: int = Field(default=500, ge=1, description=(
+        "distinct products in a customer's cart facts; further products are ignored for "
+        "cart.items, cart.total and customer.cart_items/cart_total"))
+    max_count_slots: int = Field(default=256, ge=1, description=(
+        "per-key counters of count-started triggers (start.count) per customer; beyond it "
+        "the least recently counted key is forgotten"))
+    max_exits: int = Field(default=16, ge=1, description=(
+        "recent exit (cancel_on) events remembered per customer, to cancel an instance "
+        "whose start event is read after its exit"))

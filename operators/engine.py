@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cdp_triggers.events import OUTCOME_TYPES, Event
+from cdp_triggers.events import MAX_QUANTITY, OUTCOME_TYPES, Event
 from cdp_triggers.ids import stable_id
 from cdp_triggers.records import (
     CANCEL_EVENT,
@@ -26,6 +26,7 @@ from cdp_triggers.records import (
     CONTROL_GROUP,
     DEFERRED,
     EXPIRED,
+    INSTANCE_LIMIT,
     NO_CONSENT,
     NO_CONTACT,
     NO_PROFILE,
@@ -78,6 +79,8 @@ _UNAVAILABLE = object()  # the profile store did not answer and no fallback appl
 CONVERTED = "converted"
 EXIT_MEMORY = 24 * 3_600_000  # how far back an exit read early still cancels a late start
 PRUNE_EVERY = 3_600_000  # sweep a customer's bounded state at most hourly (event time)
+MAX_REFUSED = 256  # instance keys remembered as refused (instance_limit) per customer
+NOT_STARTED = "not_started"  # lifecycle action of a start refused by a per-customer limit
 
 
 class _Lazy:
@@ -167,6 +170,8 @@ class Engine:
         if len(state.counts) > 32:  # each slot is windowed when used; sweep only the idle
             state.counts = {k: v for k, v in state.counts.items()
                             if v and v[-1] + self._max_count_window >= now}
+        if state.refused:  # a key refused a day ago may be recorded again
+            state.refused = {k: v for k, v in state.refused.items() if v + EXIT_MEMORY >= now}
 
     # ---- timers -----------------------------------------------------------------------
 
@@ -387,34 +392,42 @@ class Engine:
             out.append(Duplicate(ev.event_id, ev.customer_id, ev.type, ev.source, ev.ts))
             return
         state.seen[ev.event_id] = ev.ts
+        policy = self.config.policy
+        if len(state.seen) > policy.dedup_max_ids:  # O(1): the oldest id goes
+            del state.seen[next(iter(state.seen))]
         state.high_water = max(state.high_water, ev.ts)
         self._facts(state, ev, now, out)
         if ev.type in OUTCOME_TYPES:
             self._outcome(state, ev, out)
+        # what the event means for a trigger is the same for each of its instances: once
+        per_trigger: dict[str, tuple[Any, bool, str | None]] = {}
         for slot, inst in list(state.instances.items()):
             trig = self._by_id.get(inst.trigger_id)
             if trig is None or ev.type not in self._touching[trig.id] or ev.ts < inst.started_at:
                 continue
-            cancel = next((c for c in trig.cancel_on if matches(c, ev, state, ev.ts)), None)
-            if cancel is not None and (not cancel.same_key or key_of(trig.key, ev) == inst.key):
+            meaning = per_trigger.get(trig.id)
+            if meaning is None:
+                meaning = per_trigger[trig.id] = (
+                    next((c for c in trig.cancel_on if matches(c, ev, state, ev.ts)), None),
+                    trig.wait.inactivity is not None and (
+                        ev.type in trig.wait.reset_on or matches(trig.start, ev, state, ev.ts)),
+                    key_of(trig.key, ev))
+            cancel, resets, k = meaning
+            if cancel is not None and (not cancel.same_key or k == inst.key):
                 self._cancel(state, slot, inst, trig, ev, now, out)
-            elif trig.wait.inactivity is not None and inst.step == 0 and not inst.entered and (
-                ev.type in trig.wait.reset_on or matches(trig.start, ev, state, ev.ts)
-            ):
-                k = key_of(trig.key, ev)
-                if k is None or k == inst.key:
-                    inst.activity_at = max(inst.activity_at, ev.ts)
-                    inst.due = inst.activity_at + trig.wait.inactivity + trig.steps[0].delay
-                    inst.step_base = inst.due
-                    inst.context, inst.event_type = dict(ev.props), ev.type
+            elif resets and inst.step == 0 and not inst.entered and (k is None or k == inst.key):
+                inst.activity_at = max(inst.activity_at, ev.ts)
+                inst.due = inst.activity_at + trig.wait.inactivity + trig.steps[0].delay
+                inst.step_base = inst.due
+                inst.context, inst.event_type = dict(ev.props), ev.type
         for trig in self._starts.get(ev.type, ()):
             if matches(trig.start, ev, state, ev.ts):
                 self._maybe_start(state, trig, ev, now, out)
         if ev.type in self._exit_types:  # kept a while: it may cancel an instance whose
             state.exits.append(ev)       # start event is read after it (out-of-order input)
-            state.exits = [x for x in state.exits if x.ts >= ev.ts - EXIT_MEMORY][-16:]
-        if (len(state.seen) > self.config.policy.dedup_max_ids
-                or state.high_water - state.pruned_at >= PRUNE_EVERY):
+            state.exits = [x for x in state.exits
+                           if x.ts >= ev.ts - EXIT_MEMORY][-policy.max_exits:]
+        if state.high_water - state.pruned_at >= PRUNE_EVERY:
             state.pruned_at = state.high_water
             self.prune(state, max(now, state.high_water))
 
@@ -425,14 +438,21 @@ class Engine:
         slot = f"{trig.id}\x1f{k}"
         if slot in state.instances:
             return  # a live instance: the event was applied to it as activity
+        policy = self.config.policy
         count = trig.start.count
         if count is not None:
-            recent = [ts for ts in state.counts.get(slot, ()) if ts > ev.ts - count.within]
+            recent = [ts for ts in state.counts.pop(slot, ()) if ts > ev.ts - count.within]
             recent.append(ev.ts)
             if len(recent) < count.at_least:
-                state.counts[slot] = recent
+                state.counts[slot] = recent  # (re)inserted last: the oldest slot goes first
+                if len(state.counts) > policy.max_count_slots:
+                    del state.counts[next(iter(state.counts))]
                 return
-            state.counts.pop(slot, None)
+        if sum(i.trigger_id == trig.id for i in state.instances.values()) >= (
+                policy.max_instances_per_trigger):
+            self._refuse(state, trig, slot, k, ev, now, out)
+            return
+        state.refused.pop(slot, None)
         due = ev.ts + trig.wait.ms + trig.steps[0].delay
         variant = assign_variant(trig, state.customer_id)
         arm = ""
@@ -454,6 +474,20 @@ class Engine:
                 self._cancel(state, slot, inst, trig, x, now, out)
                 break
 
+    def _refuse(self, state: CustomerState, trig: Trigger, slot: str, key: str, ev: Event,
+                now: int, out: list[Output]) -> None:
+        """A start over ``max_instances_per_trigger``: not started, recorded once per key
+        (its id is the key's, so a replay or a forgotten key writes the same row again)."""
+        if slot in state.refused:
+            state.refused[slot] = max(state.refused[slot], ev.ts)
+            return
+        state.refused[slot] = ev.ts
+        if len(state.refused) > MAX_REFUSED:
+            del state.refused[next(iter(state.refused))]
+        out.append(Lifecycle(stable_id(state.customer_id, trig.id, key, INSTANCE_LIMIT),
+                             state.customer_id, trig.id, "", key, NOT_STARTED, INSTANCE_LIMIT,
+                             ev.event_id, ev.ts, now))
+
     def _cancel(self, state: CustomerState, slot: str, inst: Instance, trig: Trigger,
                 ev: Event, now: int, out: list[Output]) -> None:
         step = trig.steps[inst.step]
@@ -466,8 +500,12 @@ class Engine:
         p = ev.props
         if ev.type == "added_to_cart":
             pid = str(p["product_id"])
-            line = state.cart.setdefault(pid, {"quantity": 0, "price": p.get("price")})
-            line["quantity"] += int(p.get("quantity") or 1)
+            line = state.cart.get(pid)
+            if line is None and len(state.cart) < self.config.policy.max_cart_lines:
+                line = state.cart[pid] = {"quantity": 0, "price": p.get("price")}
+            if line is not None:  # else: a product past max_cart_lines, ignored
+                line["quantity"] = min(line["quantity"] + int(p.get("quantity") or 1),
+                                       MAX_QUANTITY)
         elif ev.type == "removed_from_cart":
             state.cart.pop(str(p["product_id"]), None)
         elif ev.type == "consent_changed":

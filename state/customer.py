@@ -89,6 +89,7 @@ class CustomerState(_Upgradable):
     pending: list[Any] = field(default_factory=list)  # loopback gateway receipts (demo/tests)
     high_water: int = 0  # highest event time seen: replay mode's `now` never goes back
     pruned_at: int = 0  # event time of the last sweep of the bounded parts
+    refused: dict[str, int] = field(default_factory=dict)  # slot → ts: not started (limit)
 
     def snapshot(self) -> CustomerState:
         """An independent copy for Bytewax recovery (the live object keeps changing).
