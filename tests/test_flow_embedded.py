@@ -9,18 +9,18 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from cdp_triggers.clock import WallClock, WatermarkClock
+from cdp_triggers.clock import DAY, HOUR, WallClock, WatermarkClock
 from cdp_triggers.events import Event, Rejected, parse_event
 from cdp_triggers.records import Decision, Send
 from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
-from config.loader import load_config
+from config.loader import ConfigSet, load_config
 from flows.pipeline import Outputs, build_flow, engine_streams
 from flows.sources import IteratorSource, RawEvent
 from operators.engine import Engine
 from operators.keyed import EngineRuntime
 from sinks.clickhouse import ensure_schema, open_backend
 from state.profiles import DictProfileStore
-from tests.engine_helpers import T0, cart, order, reachable, replay
+from tests.engine_helpers import T0, cart, firsts, live, order, reachable, replay
 from tests.flow_helpers import IdleSource, short_wait_config
 
 
@@ -59,8 +59,30 @@ def test_replay_through_bytewax_equals_the_pure_engine_on_1_and_2_workers():
     assert sum(isinstance(r, Rejected) for r in one) == gen.stats.bad
 
 
+def _timers_only_config(tmp_path) -> ConfigSet:
+    """Short cart waits under a neutral policy. Live mode runs on the machine's clock, so the
+    policy must not depend on it: the shipped quiet hours (21:00-08:00 Berlin) held the push
+    at night and failed the live test then. The policy has its own tests."""
+    root = short_wait_config(tmp_path, inactivity="1s")
+    (root / "policy.yaml").write_text("late_event_grace: 0s\n")
+    return load_config(root)
+
+
+def test_the_live_test_decides_the_same_whatever_the_hour(tmp_path):
+    cfg = _timers_only_config(tmp_path)
+    store = DictProfileStore([reachable("c1"), reachable("c2")])
+    for hour in range(24):  # what the live test below does, run at every hour of a day
+        start = T0 - T0 % DAY + hour * HOUR
+        events = [cart(0, customer="c1"), cart(0, customer="c2"), order(0, customer="c2")]
+        events = [Event(e.event_id, e.type, e.customer_id, start + e.ts - T0, e.props)
+                  for e in events]
+        out = live(Engine(cfg), events, start + 2 * DAY, lag_ms=100, profiles=store)
+        assert [(s.customer_id, s.channel, s.step, s.ts) for s in firsts(out)] == [
+            ("c1", "push", 0, start + 1000), ("c1", "email", 1, start + 1000 + DAY)], hour
+
+
 def test_live_mode_fires_timers_by_notify_at_while_input_is_idle(tmp_path):
-    cfg = load_config(short_wait_config(tmp_path, inactivity="1s"))
+    cfg = _timers_only_config(tmp_path)
     now = WallClock().now_ms()
     events = [cart(0, customer="c1"), cart(0, customer="c2"), order(0, customer="c2")]
     events = [Event(e.event_id, e.type, e.customer_id, now + e.ts - T0, e.props) for e in events]
