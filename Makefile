@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv services demo test lint bench clean
+.PHONY: venv services demo test lint bench chaos clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,10 @@ test: venv services
 
 bench: venv
 	$(BIN)/python -m bench.run
+
+# The chaos suite at 5× the CI size (more customers, more kill -9 rounds); CI runs it at 1×.
+chaos: venv services
+	CDP_CHAOS_SCALE=5 $(BIN)/pytest -q -s -m chaos
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis *.egg-info

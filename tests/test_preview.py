@@ -12,9 +12,9 @@ import pytest
 from cdp_triggers.cli import main
 from cdp_triggers.events import Event, parse_event
 from cdp_triggers.records import CONDITION_NOT_MET, Conversion, Decision, Lifecycle, Send
+from cdp_triggers.settings import Settings
 from cdp_triggers.synthetic import SyntheticConfig, write_jsonl
 from config.loader import DEFAULT_CONFIG_DIR, load_config
-from cdp_triggers.settings import Settings
 from flows.app import assume_reachable
 from flows.preview import diff, run_preview, summarize
 from flows.sources import latest_event_ts

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from services import free_port
 
-from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
 from cdp_triggers.settings import Settings
+from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
 from flows.app import open_profiles
 from state.profiles import DictProfileStore, Profile, ProfileUnavailable, RedisProfileStore
 

@@ -1,0 +1,152 @@
+"""Chaos suite: same input, same sends — whatever the read order, the worker count, crashes,
+restarts and poison events. Every assertion compares id sets (sends, decisions,
+conversions), never only counts. Small here (CI); `make chaos` runs it bigger.
+
+Sizes scale with CDP_CHAOS_SCALE (1 in CI)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+import uuid
+
+import pytest
+from bytewax.testing import cluster_main, run_main
+from chaos_helpers import (
+    TOPICS,
+    Traffic,
+    cdp_run,
+    outcome,
+    settings,
+    topic_names,
+    topic_send_ids,
+)
+
+from flows.app import build_run
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+SCALE = float(os.environ.get("CDP_CHAOS_SCALE", "1"))
+
+
+@pytest.fixture(scope="module")
+def traffic(tmp_path_factory, redis_server):
+    return Traffic(tmp_path_factory.mktemp("chaos"), redis_server.url,
+                   customers=int(1200 * SCALE), days=2)
+
+
+def file_replay(traffic: Traffic, kafka, redis_server, chdb_url) -> dict[str, set]:
+    """The reference: `cdp-triggers replay` of the same events from a JSONL file."""
+    run = uuid.uuid4().hex[:8]
+    s = settings(kafka, redis_server.url, chdb_url, run, traffic)
+    run_main(build_run(s, "files", files=[traffic.file], outputs="clickhouse").flow)
+    return outcome(chdb_url, s.clickhouse_database)
+
+
+@pytest.fixture(scope="module")
+def reference(traffic, kafka, redis_server, chdb_url):
+    ref = file_replay(traffic, kafka, redis_server, chdb_url)
+    assert len(ref["sends"]) > 50 and ref["conversions"]
+    return ref
+
+
+@pytest.mark.parametrize("workers, order", [
+    (1, TOPICS),
+    (2, tuple(reversed(TOPICS))),  # the small catalogue topic written (and read) first
+    (2, ("consents", "product_updates", "outcomes", "clickstream", "orders")),
+])
+def test_kafka_backfill_decides_exactly_like_the_file_replay(traffic, reference, kafka,
+                                                             redis_server, chdb_url, workers,
+                                                             order):
+    run = uuid.uuid4().hex[:8]
+    s = settings(kafka, redis_server.url, chdb_url, run, traffic)
+    kafka.create_topics([*topic_names(run).values(), s.sends_topic, s.dead_letter_topic],
+                        partitions=4)
+    traffic.produce(kafka, topic_names(run), order)
+    flow = build_run(s, "kafka").flow
+    if workers == 1:
+        run_main(flow)
+    else:
+        cluster_main(flow, addresses=[], proc_id=0, worker_count_per_proc=workers)
+    got = outcome(chdb_url, s.clickhouse_database)
+    assert got["sends"] == reference["sends"]
+    assert got["decisions"] == reference["decisions"]
+    assert got["conversions"] == reference["conversions"]
+    on_topic = topic_send_ids(kafka, s.sends_topic)
+    assert set(on_topic) == reference["sends"] and len(on_topic) == len(set(on_topic))
+
+
+def _run_to_end(s, timeout: float = 240.0) -> str:
+    p = cdp_run(s)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except Exception:
+        p.kill()
+        raise
+    text = out.decode(errors="replace")
+    assert p.returncode == 0, text[-3000:]
+    return text
+
+
+def test_kill_9_at_random_moments_then_restart_gives_the_clean_run(traffic, reference, kafka,
+                                                                   redis_server, tmp_path):
+    """`cdp-triggers run` processes killed with SIGKILL at random moments (the first before
+    any snapshot), then restarted from the recovery directory until done: the same send
+    ids, decisions and conversions as the clean replay, and no send command on the topic
+    without its ClickHouse row."""
+    run = uuid.uuid4().hex[:8]
+    chdb_dir = f"chdb://{tmp_path / 'chdb'}"  # its own engine: the processes are separate
+    s = settings(kafka, redis_server.url, chdb_dir, run, traffic,
+                 recovery_dir=tmp_path / "recovery", epoch_seconds=0.3)
+    kafka.create_topics([*topic_names(run).values(), s.sends_topic, s.dead_letter_topic],
+                        partitions=4)
+    traffic.produce(kafka, topic_names(run), TOPICS)
+    rng = random.Random(int(os.environ.get("CDP_CHAOS_SEED", "7")))
+    kills, hit = max(3, int(3 * SCALE)), 0
+    for i in range(kills):
+        p = cdp_run(s)
+        time.sleep(0.8 if i == 0 else rng.uniform(1.0, 3.0 + SCALE))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            hit += 1
+        p.wait(30)
+        # mid-run, every command on the topic has its row already
+        on_topic = set(topic_send_ids(kafka, s.sends_topic))
+        assert on_topic <= outcome(chdb_dir, s.clickhouse_database)["sends"]
+    _run_to_end(s)
+    got = outcome(chdb_dir, s.clickhouse_database)
+    assert got == reference
+    on_topic = topic_send_ids(kafka, s.sends_topic)
+    assert set(on_topic) == reference["sends"]
+    dupes = len(on_topic) - len(set(on_topic))
+    print(f"\nkill -9 ×{hit} mid-run: {len(reference['sends'])} sends, lost 0, extra 0, "
+          f"duplicates on the topic {dupes}")
+    assert hit >= 2  # the kills really interrupted runs
+    assert dupes <= kills  # at most the last unconfirmed batch of each crash
+
+
+def test_restart_without_recovery_is_refused_then_reprocessing_sends_nothing_twice(
+        traffic, reference, kafka, redis_server, tmp_path):
+    run = uuid.uuid4().hex[:8]
+    chdb_dir = f"chdb://{tmp_path / 'chdb'}"
+    s = settings(kafka, redis_server.url, chdb_dir, run, traffic)
+    kafka.create_topics([*topic_names(run).values(), s.sends_topic, s.dead_letter_topic],
+                        partitions=4)
+    traffic.produce(kafka, topic_names(run), TOPICS)
+    t0 = time.monotonic()
+    _run_to_end(s)
+    print(f"\nclean `cdp-triggers run` of {len(traffic.raws):,} events: "
+          f"{time.monotonic() - t0:.1f} s")
+    first = topic_send_ids(kafka, s.sends_topic)
+    assert set(first) == reference["sends"]
+
+    p = cdp_run(s)  # the same again, no recovery directory: refused, loudly
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 2
+    assert b"already has" in out and b"CDP_RECOVERY_DIR" in out
+
+    _run_to_end(s.model_copy(update={"allow_reprocess": True}))
+    again = topic_send_ids(kafka, s.sends_topic)
+    assert again == first or sorted(again) == sorted(first)  # the outbox sent nothing again
+    assert outcome(chdb_dir, s.clickhouse_database) == reference
