@@ -8,26 +8,32 @@ records → ClickHouse (all); Send → sends topic; Rejected → dead-letter top
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSink, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 
 from cdp_triggers.events import Event, Rejected, parse_event
-from cdp_triggers.records import ProfileUpdate, Send
+from cdp_triggers.logs import DEFAULT_RETRY, RetryPolicy
+from cdp_triggers.records import ProfileUpdate
 from flows.sources import RawEvent, from_kafka
 from operators.keyed import EngineRuntime
 from sinks.clickhouse import ClickHouseBackend
-from sinks.clickhouse_sink import ClickHouseSink, route
-from sinks.kafka_out import dead_letter_message, send_message
+from sinks.effects import EffectsSink
 from sinks.profile_updates import ProfileUpdateSink, ProfileWriter
 
 
 @dataclass
 class Outputs:
-    """Where records go. Any part may be None (e.g. no Kafka in the embedded demo)."""
+    """Where records go. Any part may be None (e.g. no Kafka in the embedded demo).
+
+    ``clickhouse_shards``: partitions of the effects sink (records sharded by customer);
+    ``kafka_config``: extra producer settings; ``retry``: how outages of ClickHouse, Kafka
+    and the profile store are waited out (default: backoff up to 30 s, without limit).
+    """
 
     clickhouse: Callable[[], ClickHouseBackend] | None = None
     clickhouse_database: str = "cdp"
@@ -38,6 +44,8 @@ class Outputs:
     kafka_brokers: list[str] | None = None
     sends_topic: str = "sends"
     dead_letter_topic: str = "dead_letters"
+    kafka_config: dict[str, Any] = field(default_factory=dict)
+    retry: RetryPolicy = DEFAULT_RETRY
 
 
 def build_flow(source: Source, runtime: EngineRuntime, outputs: Outputs,
@@ -80,24 +88,19 @@ def engine_streams(flow: Dataflow, source: Source,
 
 
 def attach_outputs(records: Stream, rejected: Stream, outputs: Outputs) -> None:
-    """Fan records out: profile updates to the store, everything else to ClickHouse, sends
-    and dead letters to Kafka."""
+    """Fan records out: profile updates to the store; everything else, dead letters
+    included, to the one effects sink, which writes ClickHouse rows first and only then
+    produces send commands and dead letters to Kafka (see :mod:`sinks.effects`)."""
     updates = op.branch("profile_updates", records, lambda r: isinstance(r, ProfileUpdate))
-    records = updates.falses
     if outputs.profile_store is not None:
-        op.output("profile_store", updates.trues, ProfileUpdateSink(outputs.profile_store))
-    if outputs.clickhouse is not None:
-        shards = outputs.clickhouse_shards
-        to_ch = op.map("route", op.merge("all_records", records, rejected),
-                       lambda r: route(r, shards))
-        op.output("clickhouse", to_ch, ClickHouseSink(
-            outputs.clickhouse, outputs.clickhouse_database,
-            max_rows=outputs.clickhouse_batch_rows, max_seconds=outputs.clickhouse_batch_seconds,
-            parts=shards))
-    if outputs.kafka_brokers:
-        sends = op.filter_map("sends", records,
-                              lambda r: send_message(r) if isinstance(r, Send) else None)
-        op.output("sends_topic", sends, KafkaSink(outputs.kafka_brokers, outputs.sends_topic))
-        dead = op.map("dead_letters", rejected, dead_letter_message)
-        op.output("dead_letter_topic", dead,
-                  KafkaSink(outputs.kafka_brokers, outputs.dead_letter_topic))
+        op.output("profile_store", updates.trues,
+                  ProfileUpdateSink(outputs.profile_store, outputs.retry))
+    if outputs.clickhouse is None and not outputs.kafka_brokers:
+        return
+    sink = EffectsSink(outputs.clickhouse, outputs.clickhouse_database,
+                       outputs.kafka_brokers, outputs.sends_topic, outputs.dead_letter_topic,
+                       outputs.kafka_config, max_rows=outputs.clickhouse_batch_rows,
+                       max_seconds=outputs.clickhouse_batch_seconds,
+                       parts=outputs.clickhouse_shards, policy=outputs.retry)
+    effects = op.merge("all_records", updates.falses, rejected)
+    op.output("effects", op.map("route", effects, sink.route), sink)

@@ -12,18 +12,43 @@ each :class:`ChdbBackend` opens its own connection (a connection runs one stream
 at a time, so threads must not share one), and a process-wide guard counts them and
 raises a clear error when a second directory is asked for. Separate data sets in one
 process = separate databases in the same directory.
+
+Outages: :func:`is_outage` tells an outage (connection refused, timeout, a server that is
+overloaded or read-only…: retry) from a programming or configuration error (unknown table,
+syntax, bad data, authentication: raise at once). :func:`ensure_schema` waits outages out;
+a :class:`ServerBackend` connects lazily with explicit connect / send-receive timeouts, so
+opening one never blocks and a server that accepts and never answers fails in bounded time.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import threading
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlparse
 
 import orjson
 
-from sinks.clickhouse_schema import ddl_statements
+from cdp_triggers.logs import DEFAULT_RETRY, RetryPolicy, mask_url, shared_state_log, wait_out
+from cdp_triggers.logs import is_outage as default_is_outage
+from sinks.clickhouse_schema import DISPATCHED, ddl_statements
+
+log = logging.getLogger(__name__)
+
+#: Default client timeouts for a server (seconds); override with ``?connect_timeout=…`` /
+#: ``?send_receive_timeout=…`` in the URL.
+CONNECT_TIMEOUT = 10
+SEND_RECEIVE_TIMEOUT = 60
+
+# ClickHouse error codes that retrying cannot fix: a wrong statement, table, column or
+# value (a bug) or wrong credentials (configuration). Everything else is an outage.
+PERMANENT_CODES = frozenset({
+    6, 16, 26, 27, 36, 38, 41, 43, 44, 46, 47, 48, 53, 57, 60, 62, 69, 70, 72, 81, 117,
+    192, 194, 497, 516,
+})
+_CODE = re.compile(r"(?:Code:|error code)\s*(\d+)")
 
 # Per-query output settings that make JSONCompact decode to plain Python numbers.
 JSON_OUTPUT_SETTINGS = {
@@ -34,7 +59,10 @@ JSON_OUTPUT_SETTINGS = {
 
 
 class ClickHouseBackend(Protocol):
-    """What the sink and the tests need from ClickHouse."""
+    """What the sink and the tests need from ClickHouse. ``name`` is for log lines (no
+    secrets)."""
+
+    name: str
 
     def command(self, sql: str) -> None: ...
 
@@ -45,6 +73,32 @@ class ClickHouseBackend(Protocol):
     def insert_json_rows(self, table: str, rows: list[dict[str, Any]]) -> None: ...
 
     def close(self) -> None: ...
+
+
+class _DriverNoise(logging.Filter):
+    """Drops clickhouse-connect's "Unexpected Http Driver Exception" warning: the same error
+    reaches the caller as OperationalError, and the sink reports it once per outage."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Unexpected Http Driver Exception"
+
+
+def _quiet_driver() -> None:
+    logger = logging.getLogger("clickhouse_connect.driver._backend.http_sync")
+    if not any(isinstance(f, _DriverNoise) for f in logger.filters):
+        logger.addFilter(_DriverNoise())
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when retrying may help: connection, timeout and server-side load errors.
+
+    False for Python programming errors (TypeError, ValueError, KeyError…) and for
+    ClickHouse errors whose code says the statement, table, data or credentials are wrong.
+    """
+    if not default_is_outage(exc):
+        return False
+    code = _CODE.search(str(exc))
+    return not (code and int(code.group(1)) in PERMANENT_CODES)
 
 
 def json_lines(rows: list[dict[str, Any]]) -> bytes:
@@ -105,6 +159,7 @@ class ChdbBackend:
 
     def __init__(self, path: str) -> None:
         self.path = os.path.realpath(path)  # chdb compares engine paths literally
+        self.name = f"ClickHouse chdb://{self.path}"
         self._session: Any = _Engine.open(self.path)
 
     def command(self, sql: str) -> None:
@@ -134,20 +189,32 @@ class ServerBackend:
     ``url``: ``http(s)://user:password@host:port/?setting=…`` or ``clickhouse(s)://…``
     (``clickhouse://`` is plain HTTP, ``clickhouses://`` is HTTPS). A path in the URL is
     ignored: statements name their database. Or pass a ready ``client``.
+
+    The client is made on first use (making it talks to the server), so a server that is
+    down fails that call, which the caller may retry, instead of the constructor.
     """
 
     def __init__(self, url: str = "", client: Any = None) -> None:
-        if client is None:
+        self.url = url
+        self.name = f"ClickHouse {mask_url(url)}" if url else "ClickHouse server"
+        self._client = client
+        self._lock = threading.Lock()
+
+    def _c(self) -> Any:
+        if self._client is None:
             import clickhouse_connect
 
-            client = clickhouse_connect.get_client(**server_params(url))
-        self._client = client
+            _quiet_driver()
+            with self._lock:
+                if self._client is None:
+                    self._client = clickhouse_connect.get_client(**server_params(self.url))
+        return self._client
 
     def command(self, sql: str) -> None:
-        self._client.command(sql)
+        self._c().command(sql)
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        raw = self._client.raw_query(sql, fmt="JSONCompact", settings=JSON_OUTPUT_SETTINGS)
+        raw = self._c().raw_query(sql, fmt="JSONCompact", settings=JSON_OUTPUT_SETTINGS)
         return _decode_compact(raw)
 
     def query_rows(self, sql: str) -> list[tuple[Any, ...]]:
@@ -155,20 +222,30 @@ class ServerBackend:
 
     def insert_json_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         if rows:
-            self._client.raw_insert(table, insert_block=json_lines(rows), fmt="JSONEachRow")
+            self._c().raw_insert(table, insert_block=json_lines(rows), fmt="JSONEachRow")
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
 
 
 def server_params(url: str) -> dict[str, Any]:
-    """clickhouse-connect ``get_client`` keyword arguments for a server URL."""
+    """clickhouse-connect ``get_client`` keyword arguments for a server URL.
+
+    ``connect_timeout`` / ``send_receive_timeout`` query parameters set the client's
+    timeouts (defaults :data:`CONNECT_TIMEOUT`, :data:`SEND_RECEIVE_TIMEOUT`); other query
+    parameters are ClickHouse settings.
+    """
     u = urlparse(url)
     secure = u.scheme in ("https", "clickhouses")
+    settings = dict(parse_qsl(u.query))
     params: dict[str, Any] = {
         "host": u.hostname or "localhost",
         "interface": "https" if secure else "http",
         "secure": secure,
+        "connect_timeout": int(settings.pop("connect_timeout", CONNECT_TIMEOUT)),
+        "send_receive_timeout": int(settings.pop("send_receive_timeout", SEND_RECEIVE_TIMEOUT)),
+        "query_retries": 0,  # retries (with backoff and logs) are the caller's
     }
     if u.port:
         params["port"] = u.port
@@ -176,7 +253,6 @@ def server_params(url: str) -> dict[str, Any]:
         params["username"] = unquote(u.username)
     if u.password:
         params["password"] = unquote(u.password)
-    settings = dict(parse_qsl(u.query))
     if settings:
         params["settings"] = settings
     return params
@@ -199,7 +275,35 @@ def open_backend(url: str) -> ClickHouseBackend:
     raise ValueError(f"unknown ClickHouse URL scheme {scheme!r} in {url!r}")
 
 
-def ensure_schema(backend: ClickHouseBackend, database: str) -> None:
-    """Create the database, tables and views if missing (idempotent)."""
+def backend_name(backend: ClickHouseBackend) -> str:
+    """How log lines name a backend (credentials masked)."""
+    return mask_url(getattr(backend, "name", "ClickHouse"))
+
+
+def ensure_schema(backend: ClickHouseBackend, database: str,
+                  policy: RetryPolicy = DEFAULT_RETRY) -> None:
+    """Create the database, tables and views if missing (idempotent).
+
+    Waits a ClickHouse outage out (backoff, one log line per state change, see
+    :func:`cdp_triggers.logs.wait_out`) instead of failing start-up; errors that retrying
+    cannot fix are raised at once.
+    """
+    state = shared_state_log(log, backend_name(backend), policy.repeat_s)
     for sql in ddl_statements(database):
-        backend.command(sql)
+        wait_out(lambda sql=sql: backend.command(sql), state, is_outage, policy,
+                 detail=lambda _: f"schema of {database} applied")
+
+
+def has_dispatched(backend: ClickHouseBackend, database: str) -> int:
+    """How many send commands the sink has already produced to the sends topic from this
+    database (0 when it has no outbox yet): a run that starts from the beginning of its
+    input without recovery state would replay them."""
+    if not database.isidentifier():
+        raise ValueError(f"database name must be a plain identifier, got {database!r}")
+    exists = backend.query_rows(
+        f"SELECT count() FROM system.tables WHERE database = '{database}' "
+        f"AND name = '{DISPATCHED}'")[0][0]
+    if not exists:
+        return 0
+    return int(backend.query_rows(
+        f"SELECT uniqExact(send_id) FROM {database}.{DISPATCHED}")[0][0])

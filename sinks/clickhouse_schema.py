@@ -13,6 +13,10 @@ every decision/send id), so a re-written row always replaces its twin. Partition
 re-written with another ``ts`` is counted once by the views.
 
 No raw e-mail or phone numbers are stored: a send's ``variables`` is template data (JSON).
+
+``raw_dispatched`` (view ``dispatched``) is the sends topic's outbox: one row per send
+command the sink has produced and seen delivered, written after the delivery reports. A
+replay skips the send ids found there, so it re-writes rows (idempotent) but not commands.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ LIFECYCLE = "raw_lifecycle"
 CONVERSIONS = "raw_conversions"
 OUTCOMES = "raw_outcomes"
 REJECTED = "raw_rejected_events"
-RAW_TABLES = (DECISIONS, SENDS, LIFECYCLE, CONVERSIONS, OUTCOMES, REJECTED)
+DISPATCHED = "raw_dispatched"
+RAW_TABLES = (DECISIONS, SENDS, LIFECYCLE, CONVERSIONS, OUTCOMES, REJECTED, DISPATCHED)
 
 DEDUP_VIEWS = {
     DECISIONS: "decisions",
@@ -42,6 +47,7 @@ DEDUP_VIEWS = {
     CONVERSIONS: "conversions",
     OUTCOMES: "outcomes",
     REJECTED: "rejected_events",
+    DISPATCHED: "dispatched",
 }
 ANALYST_VIEWS = ("trigger_funnel_daily", "suppression_reasons", "channel_summary",
                  "cascade_efficiency", "open_hour_heatmap", "variant_lift")
@@ -110,6 +116,11 @@ _TABLES: dict[str, tuple[list[str], str, str]] = {
         ],
         "",
         "(reason, rejected_id)",
+    ),
+    DISPATCHED: (
+        ["send_id String", f"dispatched_at {TIME}", _INSERTED],
+        "",
+        "send_id",
     ),
 }
 
@@ -338,6 +349,11 @@ def record_id(record: Record) -> str:
         case Rejected():
             return rejected_id(record)
     raise TypeError(f"no ClickHouse table for {type(record).__name__}")
+
+
+def dispatched_row(send_id: str, at_ms: int) -> dict[str, Any]:
+    """An outbox row: ``send_id`` was produced to the sends topic and delivered at ``at_ms``."""
+    return {"send_id": send_id, "dispatched_at": iso(at_ms)}
 
 
 def _now_ms() -> int:

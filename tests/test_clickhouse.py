@@ -22,6 +22,7 @@ from bytewax.testing import TestingSource, cluster_main, run_main
 
 from cdp_triggers.clock import iso
 from cdp_triggers.events import DUPLICATE, Rejected, parse_event
+from cdp_triggers.logs import RetryPolicy
 from cdp_triggers.records import Conversion, Decision, Duplicate, Lifecycle, Send
 from sinks.clickhouse import (
     ChdbBackend,
@@ -38,7 +39,8 @@ from sinks.clickhouse_schema import (
     rejected_id,
     rows_for,
 )
-from sinks.clickhouse_sink import ClickHousePartition, ClickHouseSink, route
+from sinks.clickhouse_sink import ClickHouseWriter
+from sinks.effects import EffectsPartition, EffectsSink, route
 
 T0 = 1_780_000_000_000  # 2026-05-28T20:26:40Z
 DAY = iso(T0)[:10]
@@ -216,7 +218,7 @@ class CountingBackend:
         self.inner.close()
 
 
-def sink_flow(sink: ClickHouseSink, records: list[Any], crash_at: Any = None) -> Dataflow:
+def sink_flow(sink: EffectsSink, records: list[Any], crash_at: Any = None) -> Dataflow:
     crashed = []
 
     def maybe_crash(item: tuple[str, Any]) -> tuple[str, Any]:
@@ -231,8 +233,8 @@ def sink_flow(sink: ClickHouseSink, records: list[Any], crash_at: Any = None) ->
     return flow
 
 
-def run_sink(chdb_dir: str, db: str, records: list[Any], **kw: Any) -> ClickHouseSink:
-    sink = ClickHouseSink(lambda: CountingBackend(ChdbBackend(chdb_dir)), db, **kw)
+def run_sink(chdb_dir: str, db: str, records: list[Any], **kw: Any) -> EffectsSink:
+    sink = EffectsSink(lambda: CountingBackend(ChdbBackend(chdb_dir)), db, **kw)
     run_main(sink_flow(sink, records))
     return sink
 
@@ -269,7 +271,7 @@ def test_sink_writes_everything(chdb_dir: str, backend: ChdbBackend, db: str,
 
 def test_sink_multi_worker(chdb_dir: str, backend: ChdbBackend, db: str) -> None:
     """Three worker threads, each partition with its own chdb connection."""
-    sink = ClickHouseSink(lambda: ChdbBackend(chdb_dir), db, max_rows=20, parts=3)
+    sink = EffectsSink(lambda: ChdbBackend(chdb_dir), db, max_rows=20, parts=3)
     cluster_main(sink_flow(sink, many_records(60)), [], 0, worker_count_per_proc=3)
     for view in ("decisions", "sends", "lifecycle", "conversions", "rejected_events"):
         assert count(backend, f"SELECT count() FROM {db}.{view}") == 60, view
@@ -281,7 +283,7 @@ def test_sink_crash_and_resume(chdb_dir: str, backend: ChdbBackend, db: str,
     the rest, and the views hold each id once."""
     init_db_dir(tmp_path, 1)
     records = many_records(100)
-    sink = ClickHouseSink(lambda: ChdbBackend(chdb_dir), db, max_rows=1000, parts=2)
+    sink = EffectsSink(lambda: ChdbBackend(chdb_dir), db, max_rows=1000, parts=2)
     flow = sink_flow(sink, records, crash_at=records[300])
     with pytest.raises(BytewaxRuntimeError):
         run_main(flow, epoch_interval=timedelta(0), recovery_config=RecoveryConfig(tmp_path))
@@ -291,15 +293,17 @@ def test_sink_crash_and_resume(chdb_dir: str, backend: ChdbBackend, db: str,
         assert count(backend, f"SELECT count() FROM {db}.{view}") == 100, view
 
 
-def test_route_is_stable_and_matches_parts() -> None:
-    sink = ClickHouseSink(lambda: None, "db", parts=4)  # type: ignore[arg-type, return-value]
+def test_route_is_stable_and_by_customer() -> None:
+    sink = EffectsSink(lambda: None, "db", parts=4)  # type: ignore[arg-type, return-value]
     parts = sink.list_parts()
-    assert len(parts) == 4 * len(RAW_TABLES) and parts == sorted(parts)
+    assert len(parts) == 4 and parts == sorted(parts)
     for r in many_records(10):
         key, same = route(r, 4)
         assert same is r and key == sink.route(r)[0] == route(r, 4)[0]
         assert parts[sink.part_fn(key)] == key
-    assert route(decision(1))[0] == "raw_decisions-0"
+    # a customer's decision, send, lifecycle and conversion rows share one partition
+    assert len({route(r, 4)[0] for r in many_records(10) if r.customer_id == "cust1"}) == 1
+    assert route(decision(1))[0] == "effects-0"
     assert sink.part_fn("unknown-7") >= 0
 
 
@@ -307,6 +311,8 @@ class FakeBackend:
     def __init__(self) -> None:
         self.inserts: list[tuple[str, int]] = []
         self.closed = False
+
+    name = "fake ClickHouse"
 
     def insert_json_rows(self, table: str, rows: list[dict]) -> None:
         self.inserts.append((table, len(rows)))
@@ -318,8 +324,8 @@ class FakeBackend:
 def test_partition_flushes_on_size_age_snapshot_and_close() -> None:
     now = [0.0]
     fake = FakeBackend()
-    part = ClickHousePartition(fake, "db", max_rows=3, max_seconds=2.0,  # type: ignore[arg-type]
-                               clock=lambda: now[0])
+    part = EffectsPartition(ClickHouseWriter(fake, "db"), None,  # type: ignore[arg-type]
+                            max_rows=3, max_seconds=2.0, clock=lambda: now[0])
     part.write_batch([decision(i) for i in range(7)])
     assert fake.inserts == [("db.raw_decisions", 3), ("db.raw_decisions", 3)]
     now[0] = 1.0
@@ -333,19 +339,23 @@ def test_partition_flushes_on_size_age_snapshot_and_close() -> None:
     part.write_batch([conversion(1)])
     part.close()
     assert fake.inserts[-1] == ("db.raw_conversions", 1) and fake.closed
-    assert part.rows_written == 10 and part.pending == 0
+    assert part.clickhouse is not None and part.clickhouse.rows_written == 10
+    assert part.pending == 0
 
 
 def test_failed_insert_keeps_rows() -> None:
+    """With a bounded retry policy an outage that outlasts it raises, rows kept."""
     class Flaky(FakeBackend):
         def insert_json_rows(self, table: str, rows: list[dict]) -> None:
             raise ConnectionError("down")
 
-    part = ClickHousePartition(Flaky(), "db", 100, 60.0, retries=0)  # type: ignore[arg-type]
+    writer = ClickHouseWriter(Flaky(), "db",  # type: ignore[arg-type]
+                              RetryPolicy(initial_s=0.01, max_attempts=2))
+    part = EffectsPartition(writer, None, max_rows=100, max_seconds=60.0)
     part.write_batch([decision(1)])
     with pytest.raises(ConnectionError):
         part.snapshot()
-    assert part.pending == 1 and len(part.buffer["raw_decisions"]) == 1
+    assert part.pending == 1 and len(part.rows["raw_decisions"]) == 1
 
 
 def test_server_backend_runs_the_same_sql(chdb_dir: str, backend: ChdbBackend) -> None:
@@ -381,5 +391,9 @@ def test_open_backend_urls(chdb_dir: str, tmp_path: Any) -> None:
         open_backend("ftp://x")
     assert server_params("https://u:p%40ss@ch.example:8443/?async_insert=1") == {
         "host": "ch.example", "interface": "https", "secure": True, "port": 8443,
-        "username": "u", "password": "p@ss", "settings": {"async_insert": "1"}}
+        "username": "u", "password": "p@ss", "settings": {"async_insert": "1"},
+        "connect_timeout": 10, "send_receive_timeout": 60, "query_retries": 0}
+    params = server_params("http://h/?connect_timeout=2&send_receive_timeout=5")
+    assert (params["connect_timeout"], params["send_receive_timeout"]) == (2, 5)
+    assert "settings" not in params
     assert server_params("clickhouse://ch")["interface"] == "http"

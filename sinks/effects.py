@@ -1,0 +1,206 @@
+"""The one Bytewax sink for everything the engine decides, written in a safe order.
+
+No send command leaves the flow before its ClickHouse rows are durable. Each partition
+buffers its records and, on every flush (``max_rows`` records buffered, the oldest
+``max_seconds`` old when a batch arrives, and always in ``snapshot()``, which Bytewax calls
+at every epoch close before it commits recovery state, and in ``close()``):
+
+1. INSERTs all buffered rows, every table (decisions, sends, lifecycle, …, dead letters);
+2. looks the buffered send ids up in the outbox (``dispatched``) and produces the others
+   to the sends topic (key = send_id), waiting for every delivery report;
+3. records those ids in the outbox; then produces dead letters to their topic.
+
+Every step blocks until it succeeds (outages are waited out with backoff, see
+:class:`sinks.clickhouse_sink.ClickHouseWriter` and :class:`sinks.kafka_out.KafkaOut`), so
+a full buffer stops the worker and Bytewax stops reading input: memory stays bounded by
+``max_rows``. A crash replays the uncommitted epoch: rows are re-written (idempotent
+tables), and commands already in the outbox are not sent again. A crash between steps 2
+and 3 re-sends that flush's commands (same key; gateways dedupe on send_id).
+
+Records are routed by customer, so a Send and its decision and sends rows share a
+partition and a flush. The resume state is ``None``: nothing stays buffered past an epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from cdp_triggers.events import Rejected
+from cdp_triggers.logs import DEFAULT_RETRY, RetryPolicy, redact
+from cdp_triggers.records import Send
+from sinks.clickhouse import ClickHouseBackend
+from sinks.clickhouse_schema import DISPATCHED, Record, dispatched_row, record_id, rows_for
+from sinks.clickhouse_sink import ClickHouseWriter
+from sinks.kafka_out import KafkaOut, Message, dead_letter_message, send_message
+
+log = logging.getLogger(__name__)
+
+
+def part_name(shard: int) -> str:
+    return f"effects-{shard}"
+
+
+def route(record: Record, shards: int = 1) -> tuple[str, Record]:
+    """``(partition key, record)``: sharded by customer (by id for records without one)."""
+    if shards <= 1:
+        return part_name(0), record
+    key = getattr(record, "customer_id", "") or record_id(record)
+    return part_name(zlib.crc32(key.encode()) % shards), record
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class EffectsPartition(StatefulSinkPartition[Record, None]):
+    """One partition: rows per table, send commands and dead letters, flushed in order."""
+
+    def __init__(self, clickhouse: ClickHouseWriter | None, kafka: KafkaOut | None,
+                 sends_topic: str = "sends", dead_letter_topic: str = "dead_letters",
+                 max_rows: int = 20_000, max_seconds: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.clickhouse = clickhouse
+        self.kafka = kafka
+        self.sends_topic = sends_topic
+        self.dead_letter_topic = dead_letter_topic
+        self.max_rows = max_rows
+        self.max_seconds = max_seconds
+        self.clock = clock
+        self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.sends: dict[str, bytes] = {}  # send_id → message value
+        self.dead: list[Message] = []
+        self.pending = 0
+        self.oldest = 0.0
+        self.flushes = 0
+        self.sends_produced = 0
+        self.sends_skipped = 0
+        self.failed = False  # a flush raised: the worker is going down
+
+    def write_batch(self, values: list[Record]) -> None:
+        for record in values:
+            if not self.pending:
+                self.oldest = self.clock()
+            if self.clickhouse is not None:
+                table, row = rows_for(record)
+                self.rows.setdefault(table, []).append(row)
+            if self.kafka is not None:
+                if isinstance(record, Send):
+                    self.sends[record.send_id] = send_message(record).value
+                elif isinstance(record, Rejected):
+                    msg = dead_letter_message(record)
+                    self.dead.append((msg.key, msg.value))
+            self.pending += 1
+            if self.pending >= self.max_rows:
+                self.flush()
+        if self.pending and self.clock() - self.oldest >= self.max_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Rows, then send commands not yet in the outbox, then the outbox, then dead letters.
+
+        Blocks through outages; a buffer part is dropped only once its step succeeded.
+        """
+        try:
+            self._flush()
+        except BaseException:
+            self.failed = True
+            raise
+
+    def _flush(self) -> None:
+        if self.clickhouse is not None:
+            self.clickhouse.insert_all(self.rows)
+        if self.sends and self.kafka is not None:
+            self._dispatch(self.kafka)
+        if self.dead and self.kafka is not None:
+            self.kafka.deliver(self.dead_letter_topic, self.dead)
+            self.dead.clear()
+        self.pending = 0
+        self.flushes += 1
+
+    def _dispatch(self, kafka: KafkaOut) -> None:
+        ids = list(self.sends)
+        done = self.clickhouse.dispatched(ids) if self.clickhouse is not None else set()
+        todo = [(sid.encode(), self.sends[sid]) for sid in ids if sid not in done]
+        kafka.deliver(self.sends_topic, todo)
+        if self.clickhouse is not None and todo:
+            now = _now_ms()
+            self.clickhouse.insert(DISPATCHED, [dispatched_row(k.decode(), now)
+                                                for k, _ in todo if k is not None])
+        self.sends_produced += len(todo)
+        self.sends_skipped += len(done)
+        self.sends.clear()
+
+    def snapshot(self) -> None:
+        self.flush()
+        return None
+
+    def close(self) -> None:
+        """Flush and release. Bytewax also calls this while a failed worker unwinds, where an
+        exception aborts the process: a partition whose flush already failed does not try
+        again, and a failure here is logged before it is raised."""
+        try:
+            if not self.failed:
+                self.flush()
+        except BaseException as e:
+            log.error("effects sink: %d record(s) not written at close: %s", self.pending,
+                      redact(e))
+            raise
+        finally:
+            if self.clickhouse is not None:
+                self.clickhouse.close()
+            if self.kafka is not None:
+                self.kafka.close()
+
+
+class EffectsSink(FixedPartitionedSink[Record, None]):
+    """Engine records and dead letters → ClickHouse rows, sends topic, dead-letter topic.
+
+    Either side may be off: ``clickhouse=None`` (no rows, no outbox: commands are produced
+    straight away) or ``kafka_brokers=None`` (rows only, e.g. the embedded demo). Feed items
+    made by ``self.route``; ``parts`` partitions are spread over the workers.
+    """
+
+    def __init__(self, clickhouse: Callable[[], ClickHouseBackend] | None,
+                 database: str = "cdp", kafka_brokers: Sequence[str] | None = None,
+                 sends_topic: str = "sends", dead_letter_topic: str = "dead_letters",
+                 kafka_config: dict[str, Any] | None = None, max_rows: int = 20_000,
+                 max_seconds: float = 2.0, parts: int = 2,
+                 policy: RetryPolicy = DEFAULT_RETRY) -> None:
+        if parts < 1 or max_rows < 1:
+            raise ValueError("parts and max_rows must be at least 1")
+        self.clickhouse = clickhouse
+        self.database = database
+        self.kafka_brokers = list(kafka_brokers or [])
+        self.sends_topic = sends_topic
+        self.dead_letter_topic = dead_letter_topic
+        self.kafka_config = dict(kafka_config or {})
+        self.max_rows = max_rows
+        self.max_seconds = max_seconds
+        self.parts = parts
+        self.policy = policy
+        # Bytewax indexes part_fn's value into the sorted global list of partitions.
+        self._index = {n: i for i, n in enumerate(sorted(map(part_name, range(parts))))}
+
+    def route(self, record: Record) -> tuple[str, Record]:
+        return route(record, self.parts)
+
+    def list_parts(self) -> list[str]:
+        return sorted(self._index)
+
+    def part_fn(self, item_key: str) -> int:
+        index = self._index.get(item_key)
+        return zlib.adler32(item_key.encode()) if index is None else index
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> EffectsPartition:
+        writer = (ClickHouseWriter(self.clickhouse(), self.database, self.policy)
+                  if self.clickhouse is not None else None)
+        kafka = (KafkaOut(self.kafka_brokers, self.kafka_config, self.policy)
+                 if self.kafka_brokers else None)
+        return EffectsPartition(writer, kafka, self.sends_topic, self.dead_letter_topic,
+                                self.max_rows, self.max_seconds)
