@@ -6,6 +6,8 @@
   once, "still unavailable" at most every ``repeat_s``, and "X back after N s" once.
 - :class:`RateLimited` keeps a repetitive warning to one line per key per interval, with
   a count of the lines it held back.
+- :func:`wait_out` calls a function until it succeeds, retrying outages (and only them)
+  with exponential backoff and jitter, and reporting them through a :class:`StateLog`.
 - :func:`kafka_error_logger` gives confluent-kafka clients an ``error_cb`` / ``logger`` /
   ``stats_cb`` that fold librdkafka's "connection refused" flood (~17 lines/s per client)
   into broker down / back lines, and say clearly what needs a human (a topic or partition
@@ -19,9 +21,19 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import orjson
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_never,
+    wait_exponential_jitter,
+)
+
+T = TypeVar("T")
 
 MASK = "***"
 
@@ -115,6 +127,69 @@ class StateLog:
             return took
 
 
+_SHARED: dict[tuple[str, str], Any] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_state_log(logger: logging.Logger, name: str, repeat_s: float = 300.0) -> StateLog:
+    """The process's one :class:`StateLog` for ``name``: the sink partitions of a process
+    (one per worker thread) report one outage once, not once each."""
+    with _SHARED_LOCK:
+        return _SHARED.setdefault(("state", name), StateLog(logger, name, repeat_s))
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Default outage test: anything but a Python programming error may pass with time."""
+    return not isinstance(exc, TypeError | ValueError | LookupError | AttributeError
+                          | NameError | AssertionError | NotImplementedError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How outages are waited out: exponential backoff from ``initial_s`` doubling up to
+    ``cap_s`` (plus up to ``initial_s`` of jitter), ``max_attempts`` None = until it works;
+    a "still unavailable" line every ``repeat_s``."""
+
+    initial_s: float = 0.2
+    cap_s: float = 30.0
+    max_attempts: int | None = None
+    repeat_s: float = 300.0
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def wait_out(fn: Callable[[], T], state: StateLog,
+             is_outage: Callable[[BaseException], bool] = is_outage,
+             policy: RetryPolicy = DEFAULT_RETRY,
+             detail: Callable[[T], str] | None = None,
+             sleep: Callable[[float], None] = time.sleep) -> T:
+    """``fn()``, retried while it raises an outage (``is_outage``), blocking the caller.
+
+    The first failure logs "unavailable" through ``state`` and success after failures logs
+    "back" (with ``detail(result)``); any other exception, or the last failure once
+    ``policy.max_attempts`` is reached, is raised at once.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception(is_outage),
+        wait=wait_exponential_jitter(multiplier=policy.initial_s, max=policy.cap_s,
+                                     jitter=policy.initial_s),
+        stop=stop_after_attempt(policy.max_attempts) if policy.max_attempts else stop_never,
+        before_sleep=lambda rs: state.down(rs.outcome.exception() if rs.outcome else "?"),
+        sleep=sleep,
+        reraise=True,
+    )
+    try:
+        result = retrying(fn)
+    except BaseException as e:
+        if is_outage(e):
+            state.down(f"giving up: {e}")
+        raise
+    if state.is_down:
+        state.up(detail(result) if detail else "")
+    return result
+
+
 class RateLimited:
     """At most one line per key every ``every_s``; the next line says how many were held.
 
@@ -196,16 +271,16 @@ class KafkaLog:
         elif code in (_TRANSPORT, _RESOLVE):
             self.state.down(text)
         elif code in (_UNKNOWN_TOPIC, _UNKNOWN_PARTITION, UNKNOWN_TOPIC_OR_PART):
-            self.limited.error(f"unknown:{text}", "Kafka %s: unknown topic or partition "
+            self.limited.error(f"unknown:{text}", "%s: unknown topic or partition "
                                "(create it, or check the name): %s", self.state.name, text)
         elif code in (OFFSET_OUT_OF_RANGE, _AUTO_OFFSET_RESET):
-            self.limited.error(f"offset:{text}", "Kafka %s: offset out of range, the broker "
+            self.limited.error(f"offset:{text}", "%s: offset out of range, the broker "
                                "no longer has the data asked for (lost or deleted: check its "
                                "storage and retention): %s", self.state.name, text)
         elif err.fatal():
-            self.logger.error("Kafka %s: fatal error: %s", self.state.name, text)
+            self.logger.error("%s: fatal error: %s", self.state.name, text)
         else:
-            self.limited.warning(f"err:{code}", "Kafka %s: %s", self.state.name, text)
+            self.limited.warning(f"err:{code}", "%s: %s", self.state.name, text)
 
     def log(self, level: int, msg: str, *args: Any) -> None:
         """confluent-kafka ``logger``: librdkafka's ``log(level, "%s [%s] %s", fac, ...)``."""
@@ -215,9 +290,9 @@ class KafkaLog:
             return
         fac = str(args[0]) if args else ""
         if "OFFSET" in fac or "out of range" in text:
-            self.limited.error(f"log:offset:{text}", "Kafka %s: %s", self.state.name, text)
+            self.limited.error(f"log:offset:{text}", "%s: %s", self.state.name, text)
         else:
-            self.limited.log(level, f"log:{fac}:{level}", "Kafka %s: %s", self.state.name, text)
+            self.limited.log(level, f"log:{fac}:{level}", "%s: %s", self.state.name, text)
 
     def stats_cb(self, stats: str) -> None:
         """confluent-kafka ``stats_cb``: a broker in state UP means the brokers are back."""
@@ -228,8 +303,15 @@ class KafkaLog:
             self.state.up()
 
 
-def kafka_error_logger(logger: logging.Logger, name: str = "Kafka",
-                       repeat_s: float = 300.0) -> KafkaLog:
+def kafka_error_logger(logger: logging.Logger, name: str = "Kafka", repeat_s: float = 300.0,
+                       shared: bool = False) -> KafkaLog:
     """A :class:`KafkaLog`; put ``klog.config()`` into the client's config
-    (``{"error_cb": ..., "logger": ..., "stats_cb": ..., "statistics.interval.ms": ...}``)."""
-    return KafkaLog(logger, name, repeat_s)
+    (``{"error_cb": ..., "logger": ..., "stats_cb": ..., "statistics.interval.ms": ...}``).
+
+    ``shared``: the process's one KafkaLog of that name, so that the clients of several
+    worker threads report one broker outage once.
+    """
+    if not shared:
+        return KafkaLog(logger, name, repeat_s)
+    with _SHARED_LOCK:
+        return _SHARED.setdefault(("kafka", name), KafkaLog(logger, name, repeat_s))

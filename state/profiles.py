@@ -13,13 +13,17 @@ field                  value
 =====================  ==========================================================
 
 Reads are pipelined (one round trip for many customers). When Redis is not reachable the
-caller decides what to do (the embedded demo falls back to generated profiles, loudly).
+caller decides what to do (the embedded demo falls back to generated profiles, loudly);
+the store logs the outage once when it starts and once when it ends, never per lookup,
+and never the URL's password.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+
+from cdp_triggers.logs import StateLog, mask_url
 
 # defined in the ground layer (the engine reads them); re-exported here for the store's users
 from cdp_triggers.records import CATEGORIES as CATEGORIES
@@ -41,28 +45,48 @@ class RedisProfileStore:
         import redis
 
         self.url = url
+        self.name = f"Redis {mask_url(url)}"  # for log lines: no password
         self.prefix = prefix
         self._r = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.lookups = StateLog(log, f"profile store {self.name}")
 
     def ping(self) -> bool:
         """True when the server answers; False (never raises) when it does not."""
         try:
             return bool(self._r.ping())
         except Exception as e:  # connection refused, timeout, auth…
-            log.debug("redis ping to %s failed: %s", self.url, e)
+            log.debug("redis ping to %s failed: %s", self.name, mask_url(str(e)))
             return False
 
+    @staticmethod
+    def is_outage(exc: BaseException) -> bool:
+        """True for errors that pass with time (connection, timeout, loading, read-only
+        replica); False for wrong credentials, wrong types and programming errors."""
+        from redis import exceptions as rx
+
+        if isinstance(exc, rx.AuthenticationError | rx.AuthorizationError | rx.NoPermissionError):
+            return False
+        return isinstance(exc, rx.ConnectionError | rx.TimeoutError | rx.ReadOnlyError
+                          | rx.TryAgainError | rx.MasterDownError | rx.ClusterDownError
+                          | rx.OutOfMemoryError | OSError)
+
     def get(self, customer_id: str) -> Profile | None:
-        """One customer's profile; raises ProfileUnavailable when Redis does not answer."""
+        """One customer's profile; raises ProfileUnavailable when Redis does not answer.
+
+        An outage is logged once when it starts and once when it ends (not per lookup).
+        """
         try:
-            return self.get_many([customer_id]).get(customer_id)
+            profile = self.get_many([customer_id]).get(customer_id)
         except Exception as e:
             import redis
 
             if isinstance(e, redis.RedisError):
-                log.warning("profile store %s unavailable: %s", self.url, e)
-                raise ProfileUnavailable(str(e)) from e
+                self.lookups.down(e)
+                raise ProfileUnavailable(mask_url(str(e))) from e
             raise
+        if self.lookups.is_down:
+            self.lookups.up()
+        return profile
 
     def get_many(self, customer_ids: Iterable[str]) -> dict[str, Profile]:
         """One pipelined round trip; customers without a profile are absent from the result."""

@@ -198,6 +198,15 @@ class _Service:
             self._cleanup()
             self.stop_seconds = time.monotonic() - t0
 
+    def crash(self) -> None:
+        """Kill the process but keep its port and directory: an outage, ended by restart()."""
+        self._kill()
+
+    def restart(self) -> None:
+        """Start again on the same port after crash() (memory-only data is gone)."""
+        self._spawn()
+        self._wait_ready()
+
     def __enter__(self) -> Self:
         self.start()
         return self
