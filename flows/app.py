@@ -129,9 +129,14 @@ def build_run(s: Settings, source: Literal["kafka", "files", "generator"] = "kaf
     opts = AlignOptions(s.max_out_of_orderness_ms, s.align_max_buffer, live=live,
                         copy_snapshots=recovery, clock=clock)
     if source == "kafka":
-        src: Source = AlignedKafkaSource(s.brokers, s.input_topics, s.kafka_tail,
-                                         s.kafka_batch_size, opts,
-                                         catalogue=s.catalogue_topics)
+        kafka = AlignedKafkaSource(s.brokers, s.input_topics, s.kafka_tail,
+                                   s.kafka_batch_size, opts, catalogue=s.catalogue_topics)
+        try:  # before Bytewax starts: a missing broker or topic is a clear error, not a panic
+            shards = kafka.shards()
+        except RuntimeError as e:
+            raise RunError(str(e)) from None
+        notes.append(f"input: {len(shards)} shard(s) over {', '.join(s.input_topics)}")
+        src: Source = kafka
     elif source == "files":
         src = JsonlSource(files or [], opts)
     else:

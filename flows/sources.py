@@ -235,7 +235,7 @@ def list_source(raws: Iterable[bytes | RawEvent], name: str = "events",
 # ---- Kafka shards -----------------------------------------------------------------------
 
 
-def kafka_shards(brokers: list[str], topics: list[str], timeout_s: float = 30.0,
+def kafka_shards(brokers: list[str], topics: list[str], timeout_s: float = 60.0,
                  catalogue: Iterable[str] = CATALOGUE_TOPICS) -> dict[str, list[tuple[str, int]]]:
     """shard name → the topic partitions it reads (see module doc). Waits up to
     ``timeout_s`` for the broker; a missing topic is a clear error."""
@@ -246,13 +246,14 @@ def kafka_shards(brokers: list[str], topics: list[str], timeout_s: float = 30.0,
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            md = admin.list_topics(timeout=min(10.0, max(1.0, deadline - time.monotonic())))
+            md = admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
             break
         except Exception as e:
+            klog.state.down(e)
             if time.monotonic() >= deadline:
                 raise RuntimeError(f"Kafka at {','.join(brokers)} did not answer within "
                                    f"{timeout_s:g} s: {e}") from None
-            klog.state.down(e)
+    klog.ok()
     counts: dict[str, int] = {}
     for t in topics:
         tm = md.topics.get(t)
@@ -293,16 +294,41 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
         self.wall = WallClock()
         self.last_data = time.monotonic()
         self.paused: set[str] = set()
+        self.lost = False
         self._tp = {f"{t}:{p}": TopicPartition(t, p) for t, p in tps}
         self.consumer = Consumer({
             "bootstrap.servers": ",".join(brokers), "group.id": f"cdp-triggers-{shard}",
             "enable.auto.commit": False, "enable.partition.eof": True,
             "auto.offset.reset": "earliest", **self.klog.config(), **(extra or {})})
+        self._check_offsets(tps)
         self.consumer.assign([TopicPartition(t, p, self.offsets.get(f"{t}:{p}",
                                                                      OFFSET_BEGINNING))
                               for t, p in tps])
         if opts.clock is not None:
             opts.clock.claim(shard, names)
+
+    def _check_offsets(self, tps: list[tuple[str, int]]) -> None:
+        """A resumed offset past a partition's end means the broker lost data (or the topic
+        was re-created): say so and read that partition from its beginning (events already
+        seen are deduplicated by event_id) instead of waiting for offsets that never come."""
+        from confluent_kafka import TopicPartition
+
+        for t, p in tps:
+            name = f"{t}:{p}"
+            want = self.offsets.get(name)
+            if want is None:
+                continue
+            try:
+                low, high = self.consumer.get_watermark_offsets(TopicPartition(t, p), 10.0)
+            except Exception as e:
+                self.klog.state.down(e)
+                continue
+            if want > high:
+                log.error("Kafka input %s: resuming at offset %d but the partition ends at %d: "
+                          "the broker lost data (or the topic was re-created); reading it from "
+                          "offset %d", name, want, high, low)
+                self.offsets[name] = low
+                self.lost = True
 
     def next_batch(self) -> list[Event | Rejected]:
         from confluent_kafka import KafkaError
