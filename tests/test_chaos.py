@@ -18,12 +18,14 @@ from chaos_helpers import (
     TOPICS,
     Traffic,
     cdp_run,
+    ids,
     outcome,
     settings,
     topic_names,
     topic_send_ids,
 )
 
+from cdp_triggers.events import Event
 from flows.app import build_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -150,3 +152,78 @@ def test_restart_without_recovery_is_refused_then_reprocessing_sends_nothing_twi
     again = topic_send_ids(kafka, s.sends_topic)
     assert again == first or sorted(again) == sorted(first)  # the outbox sent nothing again
     assert outcome(chdb_dir, s.clickhouse_database) == reference
+
+
+def _deep(levels: int) -> bytes:
+    return b'{"a":' * levels + b"1" + b"}" * levels
+
+
+def poison_events(t0: int) -> list[bytes]:
+    """What users found killing the flow on every restart, and a flood of carts."""
+    def ev(eid: str, typ: str, cid: str, ts: int, props: dict) -> bytes:
+        return Event(eid, typ, cid, ts, props).to_json()
+
+    out = [
+        ev("p-total", "order_placed", "p1", t0, {"order_id": "o1", "total": 1e15,
+                                                   "currency": "EUR", "items": []}),
+        ev("p-price", "added_to_cart", "p2", t0, {"product_id": "x", "price": 1e308}),
+        *(ev(f"p-qty{i}", "added_to_cart", "p3", t0 + i, {"product_id": "x",
+                                                            "quantity": 2**63}) for i in range(3)),
+        b'{"event_id":"p-deep","type":"signed_up","customer_id":"p4","ts":%d,"props":%s}'
+        % (t0, _deep(600)),
+        ev("boom-1", "signed_up", "boom", t0, {}),  # the engine raises on this one (below)
+    ]
+    out += [ev(f"flood-{i}", "added_to_cart", "flood", t0 + i * 700,
+               {"product_id": f"sku{i}", "cart_id": f"cart{i}", "price": 9.5})
+            for i in range(5000)]
+    return out
+
+
+def test_poison_events_go_to_dead_letters_and_change_no_other_send(tmp_path, chdb_url,
+                                                                   monkeypatch):
+    from cdp_triggers.settings import Settings
+    from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
+    from operators.engine import Engine
+    from sinks.clickhouse import open_backend
+
+    gen = SyntheticRetail(SyntheticConfig(customers=300, days=1, seed=31))
+    raws = list(gen.events())
+    clean, dirty = tmp_path / "clean.jsonl", tmp_path / "dirty.jsonl"
+    clean.write_bytes(b"".join(r + b"\n" for r in raws))
+    mixed = raws[:len(raws) // 2] + poison_events(gen.config.start_ms + 3_600_000) + \
+        raws[len(raws) // 2:]
+    dirty.write_bytes(b"".join(r + b"\n" for r in mixed))
+    facts = Engine._facts
+
+    def exploding(self, state, ev, now, out):
+        if ev.event_id == "boom-1":
+            raise ZeroDivisionError("injected")
+        return facts(self, state, ev, now, out)
+
+    monkeypatch.setattr(Engine, "_facts", exploding)
+    results = {}
+    for name, path in (("clean", clean), ("dirty", dirty)):
+        s = Settings(clickhouse_url=chdb_url, clickhouse_database=f"poison_{name}",
+                     clock="replay", horizon_ms=gen.end_ms)
+        run_main(build_run(s, "files", files=[path], profiles="memory",
+                           generated=gen.profiles(), outputs="clickhouse").flow)
+        results[name] = outcome(chdb_url, s.clickhouse_database)
+    db = open_backend(chdb_url)
+    try:
+        reasons = dict(db.query_rows("SELECT event_id, reason FROM poison_dirty.rejected_events "
+                                     "WHERE event_id LIKE 'p-%' OR event_id LIKE 'boom%'"))
+        flood = db.query_rows("SELECT count() FROM poison_dirty.lifecycle "
+                              "WHERE customer_id = 'flood' AND action = 'started'")[0][0]
+    finally:
+        db.close()
+    assert reasons["p-total"] == reasons["p-price"] == "value_out_of_range"
+    assert {reasons[f"p-qty{i}"] for i in range(3)} == {"value_out_of_range"}
+    assert reasons["p-deep"] in ("too_deep", "invalid_json")
+    assert reasons["boom-1"] == "processing_error"
+    assert flood <= 60  # bounded per customer × trigger, not 5,000 instances
+    poisoned = "('p1', 'p2', 'p3', 'p4', 'boom', 'flood')"
+    for what, sql in (("sends", "SELECT send_id FROM {db}.sends"),
+                      ("decisions", "SELECT decision_id FROM {db}.decisions"),
+                      ("conversions", "SELECT conversion_id FROM {db}.conversions")):
+        others = ids(chdb_url, "poison_dirty", f"{sql} WHERE customer_id NOT IN {poisoned}")
+        assert others == results["clean"][what], what  # nobody else's messages changed
