@@ -227,3 +227,29 @@ def test_poison_events_go_to_dead_letters_and_change_no_other_send(tmp_path, chd
                       ("conversions", "SELECT conversion_id FROM {db}.conversions")):
         others = ids(chdb_url, "poison_dirty", f"{sql} WHERE customer_id NOT IN {poisoned}")
         assert others == results["clean"][what], what  # nobody else's messages changed
+
+
+def test_clickhouse_outage_mid_run_is_waited_out_with_the_same_result(
+        traffic, reference, kafka, redis_server, chdb_url, monkeypatch):
+    """ClickHouse refuses every decisions insert for 4 s, while sends rows of the same flush
+    land: the flow blocks (back-pressure), retries, and ends with the clean run's ids."""
+    from test_sink_outages import FaultyBackend, Outage
+
+    import flows.app as app
+
+    run = uuid.uuid4().hex[:8]
+    s = settings(kafka, redis_server.url, chdb_url, run, traffic, clickhouse_batch_rows=500)
+    kafka.create_topics([*topic_names(run).values(), s.sends_topic, s.dead_letter_topic],
+                        partitions=4)
+    traffic.produce(kafka, topic_names(run), TOPICS)
+    outage = Outage(4.0)
+    real = app.open_backend
+    monkeypatch.setattr(app, "open_backend", lambda url: FaultyBackend(
+        real(url), outage, "chaos", tables=("raw_decisions",), land_first=("raw_sends",)))
+    t0 = time.monotonic()
+    run_main(build_run(s, "kafka").flow)
+    took = time.monotonic() - t0
+    assert outage.failures >= 2 and took >= 4.0
+    assert outcome(chdb_url, s.clickhouse_database) == reference
+    on_topic = topic_send_ids(kafka, s.sends_topic)
+    assert set(on_topic) == reference["sends"] and len(on_topic) == len(set(on_topic))
