@@ -27,6 +27,7 @@ from chaos_helpers import (
 
 from cdp_triggers.events import Event
 from flows.app import build_run
+from sinks.clickhouse import open_backend
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 SCALE = float(os.environ.get("CDP_CHAOS_SCALE", "1"))
@@ -253,3 +254,46 @@ def test_clickhouse_outage_mid_run_is_waited_out_with_the_same_result(
     assert outcome(chdb_url, s.clickhouse_database) == reference
     on_topic = topic_send_ids(kafka, s.sends_topic)
     assert set(on_topic) == reference["sends"] and len(on_topic) == len(set(on_topic))
+
+
+def test_redis_outage_defers_once_per_message_and_loses_no_profile_update(
+        traffic, kafka, chdb_url):
+    """Redis stops answering for 6 s (CLIENT PAUSE) while the flow decides and simulated
+    receipts unsubscribe customers: the flow goes on, each held message gets one
+    `deferred: profile_unavailable` row, and every unsubscribe lands in Redis."""
+    import threading
+
+    import redis as redis_py
+    from services import RedisServer
+
+    from state.profiles import RedisProfileStore
+
+    with RedisServer() as r:
+        RedisProfileStore(r.url, traffic.prefix).put_many(traffic.gen.profiles())
+        run = uuid.uuid4().hex[:8]
+        s = settings(kafka, r.url, chdb_url, run, traffic, simulate_gateways=True)
+        kafka.create_topics([*topic_names(run).values(), s.sends_topic, s.dead_letter_topic],
+                            partitions=4)
+        traffic.produce(kafka, topic_names(run), TOPICS)
+        client = redis_py.Redis.from_url(r.url)
+        flow = build_run(s, "kafka").flow
+        pause = threading.Timer(0.5, lambda: client.execute_command("CLIENT", "PAUSE", 6000,
+                                                                    "ALL"))
+        pause.start()
+        run_main(flow)
+        pause.join()
+        db = open_backend(chdb_url)
+        try:
+            q = f"SELECT {{}} FROM {s.clickhouse_database}.{{}}"
+            held = db.query_rows(q.format("send_id, count()", "decisions") +
+                                 " WHERE reason = 'profile_unavailable' GROUP BY send_id")
+            unsubscribed = db.query_rows(q.format("DISTINCT customer_id, channel", "outcomes")
+                                         + " WHERE outcome = 'unsubscribed'")
+        finally:
+            db.close()
+        assert held, "the outage should have held some messages"
+        assert max(n for _, n in held) == 1  # one row per message per outage, not thousands
+        assert unsubscribed
+        for cid, channel in unsubscribed:
+            value = client.hget(f"{traffic.prefix}{cid}", f"consent:{channel}:marketing")
+            assert value == b"0", (cid, channel)
