@@ -272,7 +272,7 @@ def open_backend(url: str) -> ClickHouseBackend:
         return ChdbBackend(path)
     if scheme in ("", "file"):
         return ChdbBackend(url.removeprefix("file://"))
-    raise ValueError(f"unknown ClickHouse URL scheme {scheme!r} in {url!r}")
+    raise ValueError(f"unknown ClickHouse URL scheme {scheme!r} in {mask_url(url)!r}")
 
 
 def backend_name(backend: ClickHouseBackend) -> str:

@@ -40,3 +40,18 @@ def test_replay_a_jsonl_file(chdb_url, redis_server, tmp_path, monkeypatch, caps
     assert main(["sql", "SELECT source FROM rejected_events WHERE reason = 'invalid_json' "
                  "LIMIT 1", "--clickhouse-url", chdb_url]) == 0
     assert "events.jsonl:" in capsys.readouterr().out
+
+
+def test_replay_with_redis_down_says_so_without_the_password(chdb_url, tmp_path, monkeypatch,
+                                                              capsys, caplog):
+    from services import free_port
+
+    path = tmp_path / "events.jsonl"
+    write_jsonl(path, SyntheticConfig(customers=50, days=1, seed=3))
+    monkeypatch.setenv("CDP_REDIS_URL", f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    monkeypatch.setenv("CDP_CLICKHOUSE_DATABASE", "replay_secret")
+    assert main(["replay", str(path), "--clickhouse-url", chdb_url]) == 0
+    said = capsys.readouterr()
+    text = said.out + said.err + " ".join(r.getMessage() for r in caplog.records)
+    assert "Redis NOT reachable at redis://:***@127.0.0.1" in text
+    assert "hunter2" not in text
