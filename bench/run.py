@@ -70,39 +70,82 @@ def bench_engine(customers: int, days: float) -> dict:
             "rss_mb": _rss_mb()}
 
 
+def _flow_run(customers: int, days: float, db: str, **settings):
+    """The embedded flow built by the one run builder (generator → engine → chdb)."""
+    from cdp_triggers.settings import Settings
+    from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
+    from flows.app import build_run
+
+    url = f"chdb://{tempfile.mkdtemp(prefix='bench-chdb-')}"
+    gen = SyntheticRetail(SyntheticConfig(customers=customers, days=days))
+    settings.setdefault("clock", "replay")
+    s = Settings(clickhouse_url=url, clickhouse_database=db, horizon_ms=gen.end_ms, **settings)
+    run = build_run(s, "generator", generator=gen.events, profiles="memory",
+                    generated=gen.profiles(), outputs="clickhouse", loopback=False)
+    return gen, url, run
+
+
 def bench_flow(customers: int, days: float, workers: int) -> dict:
     from bytewax.testing import cluster_main, run_main
 
-    from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
-    from config.loader import load_config
-    from flows.pipeline import Outputs, build_flow
-    from flows.sources import IteratorSource
-    from operators.engine import Engine
-    from operators.keyed import EngineRuntime
-    from sinks.clickhouse import ensure_schema, open_backend
-    from state.profiles import DictProfileStore
+    from sinks.clickhouse import open_backend
 
-    url = f"chdb://{tempfile.mkdtemp(prefix='bench-chdb-')}"
-    schema = open_backend(url)
-    ensure_schema(schema, "bench")
-    gen = SyntheticRetail(SyntheticConfig(customers=customers, days=days))
-    store = DictProfileStore(gen.profiles())
-    runtime = EngineRuntime(Engine(load_config()), lambda: store.get, mode="replay",
-                            horizon_ms=gen.end_ms)
-    flow = build_flow(IteratorSource(gen.events), runtime,
-                      Outputs(clickhouse=lambda: open_backend(url), clickhouse_database="bench"))
+    gen, url, run = _flow_run(customers, days, "bench")
     t0 = time.perf_counter()
     if workers == 1:
-        run_main(flow)
+        run_main(run.flow)
     else:
-        cluster_main(flow, addresses=[], proc_id=0, worker_count_per_proc=workers)
+        cluster_main(run.flow, addresses=[], proc_id=0, worker_count_per_proc=workers)
     dt = time.perf_counter() - t0
+    schema = open_backend(url)
     rows = schema.query_rows("SELECT (SELECT count() FROM bench.decisions), "
                              "(SELECT count() FROM bench.sends)")[0]
     schema.close()
     read = gen.stats.read
     return {"events": read, "workers": workers, "seconds": dt, "events_per_s": read / dt,
             "decisions": rows[0], "sends": rows[1], "rss_mb": _rss_mb()}
+
+
+def _current_rss_mb() -> float:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def bench_memory(customers: int, days: float, ttl_ms: int) -> dict:
+    """RSS while customers stream through the live flow (a backlog: events at their own
+    time, timers by the input's watermark), with idle customers made dormant after
+    ``ttl_ms`` of wall time (0 = never): sampled every 0.25 s, reported at each quarter."""
+    import threading
+
+    from bytewax.testing import run_main
+
+    settings = {"idle_ttl_ms": ttl_ms or None, "clock": "live"}
+    gen, _url, run = _flow_run(customers, days, "mem", **settings)
+    samples: list[tuple[int, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.25):
+            samples.append((gen.stats.read, _current_rss_mb()))
+
+    t = threading.Thread(target=sample, daemon=True)
+    base = _current_rss_mb()
+    t.start()
+    t0 = time.perf_counter()
+    run_main(run.flow)
+    dt = time.perf_counter() - t0
+    done.set()
+    t.join()
+    total = gen.stats.read
+    quarters = []
+    for q in (0.25, 0.5, 0.75, 1.0):
+        at = [rss for n, rss in samples if n <= total * q]
+        quarters.append(round(max(at), 1) if at else round(base, 1))
+    return {"events": total, "customers": customers, "ttl_ms": ttl_ms, "seconds": dt,
+            "events_per_s": total / dt, "rss_start_mb": round(base, 1),
+            "rss_quarters_mb": quarters, "rss_mb": _rss_mb()}
 
 
 def bench_kafka(customers: int, days: float, processes: int) -> dict:
@@ -154,7 +197,7 @@ def bench_kafka(customers: int, days: float, processes: int) -> dict:
 
 
 PARTS = {"parse": bench_parse, "engine": bench_engine, "flow": bench_flow,
-         "kafka": bench_kafka}
+         "kafka": bench_kafka, "memory": bench_memory}
 
 
 def _child(part: str, args: list[str]) -> dict:
@@ -169,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--days", type=float, default=3.0)
     ap.add_argument("--part", choices=sorted(PARTS))
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--ttl-ms", type=int, default=0, help="memory part: idle TTL (0: none)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     a = ap.parse_args(argv)
     size = ["--customers", str(a.customers), "--days", str(a.days)]
@@ -178,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             kwargs["workers"] = a.workers
         if a.part == "kafka":
             kwargs["processes"] = a.workers
+        if a.part == "memory":
+            kwargs["ttl_ms"] = a.ttl_ms
         print(json.dumps(PARTS[a.part](**kwargs)))
         return 0
     results = {

@@ -106,6 +106,13 @@ class WatermarkClock:
         if event_ts > self._newest.get(partition, -1):
             self._newest[partition] = event_ts
 
+    def released_before(self, partition: str) -> int | None:
+        """Event time before which ``partition``'s shard has released everything, when that
+        shard is read in this process (else None): no later event from it can be earlier."""
+        if partition not in self._local or not self._published:
+            return None
+        return min(self._published.values())
+
     def now_ms(self) -> int:
         w = self.wall.now_ms()
         low = min(self._published.values(), default=w)

@@ -152,8 +152,10 @@ class Engine:
             return None
         return min(self._fires_at(i) for i in state.instances.values())
 
-    def prune(self, state: CustomerState, now: int) -> None:
-        """Forget what can no longer matter at ``now`` (bounded state per customer)."""
+    def prune(self, state: CustomerState, now: int, sweep: bool = False) -> None:
+        """Forget what can no longer matter at ``now`` (bounded state per customer);
+        ``sweep`` also clears every idle count slot and the exits no later start can use
+        (a customer going dormant)."""
         policy = self.config.policy
         horizon = now - policy.dedup_window
         if state.seen and (len(state.seen) > policy.dedup_max_ids
@@ -167,7 +169,9 @@ class Engine:
                                 if k in self._once or v + self._max_cooldown >= now}
         if state.sent_log and state.sent_log[0].ts + self._max_sent_window < now:
             state.sent_log = [x for x in state.sent_log if x.ts + self._max_sent_window >= now]
-        if len(state.counts) > 32:  # each slot is windowed when used; sweep only the idle
+        if sweep and state.exits:  # a start at or after `now` only looks at exits after it
+            state.exits = [x for x in state.exits if x.ts >= now]
+        if len(state.counts) > 32 or sweep:  # each slot is windowed when used; sweep idle
             state.counts = {k: v for k, v in state.counts.items()
                             if v and v[-1] + self._max_count_window >= now}
         if state.refused:  # a key refused a day ago may be recorded again

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -68,36 +69,40 @@ class EngineRuntime:
             self._profiles = self.profiles_factory()
         return self._profiles
 
-    def builder(self, resume: CustomerState | bytes | None) -> CustomerLogic:
+    def builder(self, resume: CustomerState | Dormant | None) -> CustomerLogic:
         if isinstance(resume, CustomerState) and not resume.customer_id:
             resume = None  # an empty snapshot (older versions wrote these)
         return CustomerLogic(self, resume)
 
 
-class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState | bytes]):
+Dormant = tuple[int | None, bytes]  # (when its next timer is due, compressed pickled state)
+
+
+class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState | Dormant]):
     """One customer's engine state inside Bytewax.
 
-    Idle customers are kept *dormant*: their state pruned at a time no later event of theirs
-    can precede (their own newest event time, or the input's watermark when their events
-    are read in this process) and pickled; a customer with nothing left is discarded.
+    Live runs keep customers idle for ``idle_ttl_ms`` (wall time) *dormant*: their state
+    pruned at a time no later event or timer of theirs can precede, pickled and compressed,
+    woken by their next event or their next timer; a customer with nothing left is
+    discarded. Decision-neutral by construction (tested against runs without it).
     """
 
-    __slots__ = ("active_at", "dormant", "rt", "state")
-
-    def __init__(self, rt: EngineRuntime, state: CustomerState | bytes | None) -> None:
+    def __init__(self, rt: EngineRuntime, state: CustomerState | Dormant | None) -> None:
         self.rt = rt
         self.state: CustomerState | None = None
-        self.dormant: bytes | None = None
-        if isinstance(state, bytes):
+        self.dormant: Dormant | None = None
+        if isinstance(state, tuple):
             self.dormant = state
         else:
             self.state = state
         self.active_at = rt.wall.now_ms()
+        self.partition = ""  # where this customer's latest event was read
 
     def _wake(self, customer_id: str) -> CustomerState:
         if self.state is None:
             if self.dormant is not None:
-                self.state, self.dormant = pickle.loads(self.dormant), None
+                self.state = pickle.loads(zlib.decompress(self.dormant[1]))
+                self.dormant = None
             else:
                 self.state = CustomerState(customer_id)
         self.active_at = self.rt.wall.now_ms()
@@ -114,6 +119,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         out: list[Output | Rejected] = []
         live = rt.mode == "live"
         wall = rt.wall.now_ms() if live else 0
+        self.partition = values[-1].source.rpartition(":")[0]
         for e in sorted(values, key=_order):
             now = max(st.high_water, e.ts)
             if live:
@@ -129,11 +135,15 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         return out, self._keep_or_discard()
 
     def on_notify(self) -> tuple[list[Output | Rejected], bool]:
-        if self.state is None:
-            return [], self.RETAIN
-        out: list[Output | Rejected] = []
-        if self.rt.mode == "live":
-            out = self._timers(self.rt.clock.now_ms())
+        if self.rt.mode != "live" or (self.state is None and self.dormant is None):
+            return [], self._keep_or_discard()
+        now = self.rt.clock.now_ms()
+        if self.state is None:  # dormant: only its next timer wakes it
+            if self.dormant is None or self.dormant[0] is None or self.dormant[0] > now:
+                return [], self.RETAIN
+            self._wake("")
+            self.active_at -= self.rt.idle_ttl_ms or 0  # woken by a timer: still idle
+        out = self._timers(now)
         if self._idle():
             return out, self._hibernate()
         return out, self._keep_or_discard()
@@ -146,34 +156,39 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         elif self.rt.horizon_ms is not None:
             until = self.rt.horizon_ms
         else:
-            return [], self.RETAIN
+            return [], self._keep_or_discard()
         if self.state is None and self.dormant is None:
-            return [], self.RETAIN
-        st = self.state if self.state is not None else self._wake("")
-        out = self._timers(until)
-        if self.dormant is None and st is not None and self._idle():
-            return out, self._hibernate()
-        return out, self._keep_or_discard()
+            return [], self.DISCARD
+        if self.state is None:
+            assert self.dormant is not None
+            if self.dormant[0] is None or self.dormant[0] > until:
+                return [], self.RETAIN  # nothing of it is due
+            self._wake("")
+        return self._timers(until), self._keep_or_discard()
 
     def notify_at(self) -> datetime | None:
-        """The next deadline (or loopback receipt), else when the customer counts as idle.
-        A deadline already past by the wall clock (the live clock is held back by the
-        input's event time) is retried shortly, not spun on."""
-        if self.state is None:
-            return None
-        at = None
-        if self.rt.mode == "live":
-            at = self.rt.engine.next_wakeup(self.state)
-            if self.state.pending:
-                first = self.state.pending[0].ts
-                at = first if at is None else min(at, first)
+        """The next deadline (or loopback receipt); live: for a customer with state, when
+        it will count as idle; for a dormant one, its next timer. A deadline already past by
+        the wall clock (the live clock is held back by the input's event time) is retried
+        shortly, not spun on."""
         wall = self.rt.wall.now_ms()
-        if at is not None:
-            return to_datetime(at if at > wall else wall + RETRY_MS)
-        ttl = self.rt.idle_ttl_ms
-        if ttl is None or self.state.instances or self.state.pending:
+        if self.state is None:
+            if self.dormant is None or self.dormant[0] is None or self.rt.mode != "live":
+                return None
+            return to_datetime(max(self.dormant[0], wall + RETRY_MS))
+        if self.rt.mode != "live":
             return None
-        return to_datetime(max(self.active_at + ttl, wall + RETRY_MS))
+        at = self.rt.engine.next_wakeup(self.state)
+        if self.state.pending:
+            first = self.state.pending[0].ts
+            at = first if at is None else min(at, first)
+        ttl = self.rt.idle_ttl_ms
+        if ttl is not None and not self.state.pending:
+            idle_at = self.active_at + ttl
+            at = idle_at if at is None else min(at, idle_at)
+        if at is None:
+            return None
+        return to_datetime(at if at > wall else wall + RETRY_MS)
 
     def _timers(self, now: int) -> list[Output | Rejected]:
         try:
@@ -194,18 +209,31 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
     def _idle(self) -> bool:
         ttl = self.rt.idle_ttl_ms
         st = self.state
-        return (ttl is not None and st is not None and not st.instances and not st.pending
+        return (ttl is not None and st is not None and not st.pending
                 and self.rt.wall.now_ms() - self.active_at >= ttl)
 
     def _hibernate(self) -> bool:
-        """Prune at a safe time; discard what is empty, pickle the rest (decision-neutral:
-        every later event of this customer is at or after ``high_water``)."""
+        """Prune at a safe time; discard what is empty, compress the rest. Decision-neutral:
+        every later event of this customer is at or after ``high_water`` (its events reach
+        it in order) and, when its input shard is read in this process, at or after the
+        event time that shard has released everything before; every timer of it decides at
+        its due time, so nothing is pruned past the earliest one."""
         st = self.state
-        self.rt.engine.prune(st, st.high_water)
+        assert st is not None
+        safe = st.high_water
+        released = getattr(self.rt.clock, "released_before", None)
+        if released is not None and self.partition:
+            w = released(self.partition)
+            if w is not None and w > safe:
+                safe = w
+        if st.instances:
+            safe = min(safe, min(i.due for i in st.instances.values()))
+        self.rt.engine.prune(st, safe, sweep=True)
         if st.is_empty():
             self.state = None
             return self.DISCARD
-        self.dormant, self.state = pickle.dumps(st, pickle.HIGHEST_PROTOCOL), None
+        blob = zlib.compress(pickle.dumps(st, pickle.HIGHEST_PROTOCOL), 1)
+        self.dormant, self.state = (self.rt.engine.next_wakeup(st), blob), None
         return self.RETAIN
 
     def _handle(self, event: Event | None, now: int) -> list[Output]:
@@ -235,7 +263,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
             else:
                 return out
 
-    def snapshot(self) -> CustomerState | bytes:
+    def snapshot(self) -> CustomerState | Dormant:
         if self.state is None:
             return self.dormant if self.dormant is not None else CustomerState("")
         return self.state.snapshot() if self.rt.copy_snapshots else self.state

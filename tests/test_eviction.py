@@ -1,0 +1,94 @@
+"""Idle customers are compacted (live runs) without changing any decision."""
+
+from __future__ import annotations
+
+import pickle
+import time
+import zlib
+
+from bytewax.testing import run_main
+
+from cdp_triggers.records import Decision, Send
+from cdp_triggers.settings import Settings
+from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
+from flows.app import build_run
+from operators.keyed import CustomerLogic, EngineRuntime
+from state.customer import CustomerState
+from tests.engine_helpers import cart, engine, order
+
+
+def slowly(gen: SyntheticRetail):
+    """The generator's events spread over a few seconds of wall time, so idle customers
+    have time to fall asleep while others are still read."""
+    def events():
+        for i, raw in enumerate(gen.events()):
+            if i % 100 == 0:
+                time.sleep(0.04)
+            yield raw
+    return events
+
+
+def live_run(gen: SyntheticRetail, ttl: int | None) -> tuple[set, set]:
+    s = Settings(clock="live", idle_ttl_ms=ttl, kafka_batch_size=100)
+    run = build_run(s, "generator", generator=slowly(gen), profiles="memory",
+                    generated=gen.profiles(), outputs="memory")
+    run_main(run.flow)
+    records = run.captured or []
+    return ({r.send_id for r in records if isinstance(r, Send)},
+            {r.decision_id for r in records if isinstance(r, Decision)})
+
+
+def test_dormant_customers_decide_exactly_like_resident_ones(monkeypatch):
+    """A backlog read by the live flow: with every customer put to sleep as soon as it is
+    idle (1 ms), the sends and decisions are those of a run that keeps everyone resident."""
+    gen = SyntheticRetail(SyntheticConfig(customers=300, days=3, seed=41))
+    resident = live_run(gen, None)
+    slept = []
+    hibernate = CustomerLogic._hibernate
+
+    def counted(self):
+        slept.append(self.state.customer_id)
+        return hibernate(self)
+
+    monkeypatch.setattr(CustomerLogic, "_hibernate", counted)
+    dormant = live_run(gen, 1)
+    assert len(set(slept)) > 100  # most customers really went to sleep (some several times)
+    assert resident[0] and dormant == resident
+
+
+class _Wall:
+    def __init__(self) -> None:
+        self.t = 1_000
+
+    def now_ms(self) -> int:
+        return self.t
+
+
+def test_a_dormant_customer_is_compressed_woken_by_its_timer_and_evicted_when_empty():
+    wall = _Wall()
+    eng = engine()
+    rt = EngineRuntime(eng, lambda: (lambda cid: None), mode="live", clock=wall,
+                       idle_ttl_ms=10)
+    logic = CustomerLogic(rt, None)
+    logic.on_batch([cart(0, customer="c1")])
+    st = logic.state
+    assert st is not None and st.instances
+    size = len(pickle.dumps(st))
+    wall.t += 10
+    out, _ = logic.on_notify()  # idle: goes dormant, its cart timer still pending
+    assert logic.state is None and logic.dormant is not None
+    wake, blob = logic.dormant
+    assert wake == eng.next_wakeup(pickle.loads(zlib.decompress(blob)))
+    assert len(blob) < size
+    snap = logic.snapshot()
+    assert snap == logic.dormant and rt.builder(snap).dormant == snap  # survives recovery
+    logic.on_batch([order(30, customer="c1")])  # an event wakes it
+    assert logic.state is not None and logic.dormant is None
+
+
+def test_an_empty_state_is_discarded():
+    rt = EngineRuntime(engine(), lambda: (lambda cid: None), mode="live", clock=_Wall(),
+                       idle_ttl_ms=0)
+    logic = CustomerLogic(rt, CustomerState("c9"))
+    _, discard = logic.on_notify()
+    assert discard is True
