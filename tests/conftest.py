@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+
 import pytest
 from services import RedisServer, ServiceError, TansuBroker
+
+from sinks.clickhouse import ChdbBackend, ensure_schema
 
 
 def _serve(request: pytest.FixtureRequest, make):
@@ -43,3 +48,28 @@ def chdb_url(tmp_path_factory):
     """One embedded ClickHouse directory for the whole session (chdb allows one per process):
     tests keep apart by database name."""
     return f"chdb://{tmp_path_factory.mktemp('chdb')}"
+
+
+@pytest.fixture(scope="module")
+def chdb_dir(chdb_url: str) -> Iterator[str]:
+    """The session's chdb directory, its engine kept up for the whole module."""
+    path = chdb_url.removeprefix("chdb://")
+    keep = ChdbBackend(path)
+    yield path
+    keep.close()
+
+
+@pytest.fixture
+def backend(chdb_dir: str) -> Iterator[ChdbBackend]:
+    """A connection of its own to the session's chdb (one streaming insert at a time)."""
+    b = ChdbBackend(chdb_dir)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def db(backend: ChdbBackend, request: pytest.FixtureRequest) -> str:
+    """A fresh database with the schema, named after the test module."""
+    name = f"{request.module.__name__.rsplit('.', 1)[-1]}_{uuid.uuid4().hex[:8]}"
+    ensure_schema(backend, name)
+    return name

@@ -7,7 +7,6 @@ directory (the ``chdb_url`` fixture) and every test gets its own database in it.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -44,29 +43,8 @@ from sinks.effects import EffectsPartition, EffectsSink, route
 
 T0 = 1_780_000_000_000  # 2026-05-28T20:26:40Z
 DAY = iso(T0)[:10]
+
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def chdb_dir(chdb_url: str) -> Iterator[str]:
-    path = chdb_url.removeprefix("chdb://")  # the session's one engine directory
-    keep = ChdbBackend(path)  # keeps the engine up for the whole module
-    yield path
-    keep.close()
-
-
-@pytest.fixture
-def backend(chdb_dir: str) -> Iterator[ChdbBackend]:
-    b = ChdbBackend(chdb_dir)
-    yield b
-    b.close()
-
-
-@pytest.fixture
-def db(backend: ChdbBackend) -> str:
-    name = f"cdp_test_{next(_names)}"
-    ensure_schema(backend, name)
-    return name
 
 
 def decision(i: int, status: str = "sent", reason: str = "", channel: str = "email",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
@@ -24,37 +23,15 @@ from services import consume_all
 from test_clickhouse import rejected
 
 from cdp_triggers.records import Decision, Lifecycle, Send
-from sinks.clickhouse import ChdbBackend, ensure_schema, has_dispatched
+from sinks.clickhouse import ChdbBackend, has_dispatched
 from sinks.clickhouse_sink import ClickHouseWriter
 from sinks.effects import EffectsPartition, EffectsSink
 from sinks.kafka_out import KafkaOut, Message
 
 pytestmark = pytest.mark.integration
-
-T0 = 1_780_000_000_000
 _n = itertools.count()
 
-
-@pytest.fixture(scope="module")
-def chdb_dir(chdb_url: str) -> Iterator[str]:
-    path = chdb_url.removeprefix("chdb://")
-    keep = ChdbBackend(path)
-    yield path
-    keep.close()
-
-
-@pytest.fixture
-def backend(chdb_dir: str) -> Iterator[ChdbBackend]:
-    b = ChdbBackend(chdb_dir)
-    yield b
-    b.close()
-
-
-@pytest.fixture
-def db(backend: ChdbBackend) -> str:
-    name = f"effects_{next(_n)}_{uuid.uuid4().hex[:6]}"
-    ensure_schema(backend, name)
-    return name
+T0 = 1_780_000_000_000
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ def test_a_dormant_customer_is_compressed_woken_by_its_timer_and_evicted_when_em
     assert st is not None and st.instances
     size = len(pickle.dumps(st))
     wall.t += 10
-    out, _ = logic.on_notify()  # idle: goes dormant, its cart timer still pending
+    logic.on_notify()  # idle: goes dormant, its cart timer still pending
     assert logic.state is None and logic.dormant is not None
     wake, blob = logic.dormant
     assert wake == eng.next_wakeup(pickle.loads(zlib.decompress(blob)))

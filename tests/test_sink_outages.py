@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import bytewax.operators as op
@@ -36,31 +35,9 @@ from state.profiles import ProfileUnavailable, RedisProfileStore
 
 FAST = RetryPolicy(initial_s=0.05, cap_s=0.5)
 SECRET = "s3cr3t-pw"
-_n = itertools.count()
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def chdb_dir(chdb_url: str) -> Iterator[str]:
-    path = chdb_url.removeprefix("chdb://")
-    keep = ChdbBackend(path)
-    yield path
-    keep.close()
-
-
-@pytest.fixture
-def backend(chdb_dir: str) -> Iterator[ChdbBackend]:
-    b = ChdbBackend(chdb_dir)
-    yield b
-    b.close()
-
-
-@pytest.fixture
-def db(backend: ChdbBackend) -> str:
-    name = f"outage_{next(_n)}_{uuid.uuid4().hex[:6]}"
-    ensure_schema(backend, name)
-    return name
+_n = itertools.count()
 
 
 class Outage:
