@@ -297,3 +297,27 @@ def test_redis_outage_defers_once_per_message_and_loses_no_profile_update(
         for cid, channel in unsubscribed:
             value = client.hget(f"{traffic.prefix}{cid}", f"consent:{channel}:marketing")
             assert value == b"0", (cid, channel)
+
+
+def test_bytewax_run_refuses_to_ignore_the_recovery_directory(kafka, redis_server, tmp_path,
+                                                             traffic):
+    """`python -m bytewax.run flows.live:flow` with CDP_RECOVERY_DIR but no `-r` used to run
+    without recovery (and re-send everything on restart): now it refuses, and with the same
+    `-r` it runs and sets the directory up like `cdp-triggers run`."""
+    import subprocess
+    import sys
+
+    from chaos_helpers import ROOT, env_of
+
+    run = uuid.uuid4().hex[:8]
+    s = settings(kafka, redis_server.url, f"chdb://{tmp_path / 'ch'}", run, traffic,
+                 recovery_dir=tmp_path / "rec")
+    kafka.create_topics([*topic_names(run).values(), s.sends_topic, s.dead_letter_topic],
+                        partitions=4)
+    cmd = [sys.executable, "-m", "bytewax.run", "flows.live:flow"]
+    bad = subprocess.run(cmd, env=env_of(s), cwd=ROOT, capture_output=True, timeout=120)
+    assert bad.returncode != 0 and b"recovery mismatch" in bad.stdout + bad.stderr
+    ok = subprocess.run([*cmd, "-r", str(tmp_path / "rec"), "-s", "1", "-b", "0"],
+                        env=env_of(s), cwd=ROOT, capture_output=True, timeout=180)
+    assert ok.returncode == 0, (ok.stdout + ok.stderr)[-2000:]
+    assert any((tmp_path / "rec").glob("part-*.sqlite3"))
