@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     clickhouse_database: str = "cdp"
     clickhouse_batch_rows: int = 20_000
     clickhouse_batch_seconds: float = 2.0
+    sink_partitions: int = 2  # partitions of the effects sink: at least the total workers
+    retry_cap_seconds: float = 30.0  # outages: backoff doubles from 0.2 s up to this
+    retry_max_attempts: int | None = None  # None: wait an outage out however long it lasts
     clock: Literal["live", "replay"] = "live"
     live_idle_ms: int = 5000  # live, multi-process: a partition read by another process
     # holds this process's clock back only while it sent something in the last live_idle_ms

@@ -27,7 +27,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
 from cdp_triggers.clock import WatermarkClock
-from cdp_triggers.logs import mask_url
+from cdp_triggers.logs import RetryPolicy, mask_url
 from cdp_triggers.records import CATEGORIES, CHANNELS, Profile
 from cdp_triggers.settings import Settings
 from config.loader import ConfigSet, load_config
@@ -163,7 +163,9 @@ def build_run(s: Settings, source: Literal["kafka", "files", "generator"] = "kaf
                   clickhouse_database=s.clickhouse_database,
                   clickhouse_batch_rows=s.clickhouse_batch_rows,
                   clickhouse_batch_seconds=s.clickhouse_batch_seconds,
-                  profile_store=lambda: store)
+                  clickhouse_shards=s.sink_partitions, profile_store=lambda: store,
+                  retry=RetryPolicy(cap_s=s.retry_cap_seconds,
+                                    max_attempts=s.retry_max_attempts))
     if outputs == "full" and source == "kafka":
         out.kafka_brokers = s.brokers
         out.sends_topic, out.dead_letter_topic = s.sends_topic, s.dead_letter_topic
