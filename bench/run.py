@@ -213,9 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--part", choices=sorted(PARTS))
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--ttl-ms", type=int, default=0, help="memory part: idle TTL (0: none)")
+    ap.add_argument("--memory", action="store_true",
+                    help="only the memory comparison (idle TTL off vs on); updates its section")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     a = ap.parse_args(argv)
     size = ["--customers", str(a.customers), "--days", str(a.days)]
+    if a.memory:
+        off = _child("memory", [*size, "--ttl-ms", "0"])
+        on = _child("memory", [*size, "--ttl-ms", "2000"])
+        write_memory_section(Path(a.out), off, on)
+        return 0
     if a.part:
         kwargs = {"customers": a.customers, "days": a.days}
         if a.part == "flow":
@@ -276,6 +283,47 @@ throughput: scale out with processes (`-i/-a`) and Kafka partitions.
   touches by attribution window).
 """
     path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.exists() else ""
+    if MEMORY_START in old:  # kept: written by `--memory`
+        text += "\n" + MEMORY_START + old.split(MEMORY_START, 1)[1].split(MEMORY_END, 1)[0] \
+            + MEMORY_END + "\n"
+    path.write_text(text)
+    print(f"wrote {path}")
+
+
+MEMORY_START, MEMORY_END = "<!-- memory: bench.run --memory -->", "<!-- /memory -->"
+
+
+def write_memory_section(path: Path, off: dict, on: dict) -> None:
+    """The idle-customer comparison, kept as its own section of the report."""
+    per_100k = (off["rss_quarters_mb"][-1] - on["rss_quarters_mb"][-1]) * 100_000 \
+        / off["customers"]
+    rows = "\n".join(
+        f"| {label} | {r['events_per_s']:,.0f} | {r['rss_start_mb']:,.0f} | "
+        + " | ".join(f"{q:,.0f}" for q in r["rss_quarters_mb"]) + " |"
+        for label, r in (("all customers resident", off),
+                         (f"idle {on['ttl_ms']} ms → dormant", on)))
+    section = f"""{MEMORY_START}
+## Memory as customers stream through
+
+`python -m bench.run --memory --customers {off['customers']}` on {platform.machine()},
+{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: the live flow reads a backlog of
+{off['events']:,} events ({off['customers']:,} customers); RSS sampled every 0.25 s, the
+highest value seen by each quarter of the input (MB).
+
+| run | events/s | start | 25 % | 50 % | 75 % | 100 % |
+|---|---:|---:|---:|---:|---:|---:|
+{rows}
+
+Dormant customers save {per_100k:,.0f} MB of RSS per 100k customers by the end of the input.
+{MEMORY_END}
+"""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if MEMORY_START in text:
+        head, rest = text.split(MEMORY_START, 1)
+        text = head + section + rest.split(MEMORY_END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
     print(f"wrote {path}")
 
