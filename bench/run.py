@@ -338,10 +338,8 @@ throughput (the events/s column): a shorter TTL trades CPU for memory.
 def _same(a: dict, b: dict) -> str:
     if (a["decisions"], a["sends"]) == (b["decisions"], b["sends"]):
         return "Identical, as they must be."
-    return ("Customer-keyed input replays identically on any worker count; events derived by "
-            "the product step (price_dropped, back_in_stock) reach a customer's state through "
-            "a second keyed step, so their order relative to that customer's own events can "
-            "differ with the worker count, which moves a few decisions.")
+    return ("**They differ: a bug.** The aligned input must decide identically on any worker "
+            "count (tests/test_chaos.py, tests/test_multiprocess.py).")
 
 
 def _row(part: str, what: str, r: dict) -> str:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
@@ -63,3 +64,26 @@ def short_wait_config(tmp_path: Path, inactivity: str = "1s", grace: str = "0s")
     p = root / "policy.yaml"
     p.write_text(p.read_text().replace("late_event_grace: 5m", f"late_event_grace: {grace}"))
     return root
+
+
+class DelegatingBackend:
+    """A ClickHouse backend that passes every call to ``inner``: tests override the calls
+    they spy on or break."""
+
+    def __init__(self, inner: Any, name: str = "ClickHouse") -> None:
+        self.inner, self.name = inner, name
+
+    def command(self, sql: str) -> None:
+        self.inner.command(sql)
+
+    def query(self, sql: str) -> Any:
+        return self.inner.query(sql)
+
+    def query_rows(self, sql: str) -> list[tuple[Any, ...]]:
+        return self.inner.query_rows(sql)
+
+    def insert_json_rows(self, table: str, rows: list[dict]) -> None:
+        self.inner.insert_json_rows(table, rows)
+
+    def close(self) -> None:
+        self.inner.close()

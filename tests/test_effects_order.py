@@ -19,6 +19,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSource, run_main
+from flow_helpers import DelegatingBackend
 from services import consume_all
 from test_clickhouse import rejected
 
@@ -64,26 +65,15 @@ class Journal:
         self.events: list[tuple[str, str, set[str]]] = []
 
 
-class SpyBackend:
+class SpyBackend(DelegatingBackend):
     def __init__(self, inner: ChdbBackend, journal: Journal) -> None:
-        self.inner, self.journal, self.name = inner, journal, "ClickHouse spy"
-
-    def command(self, sql: str) -> None:
-        self.inner.command(sql)
-
-    def query(self, sql: str) -> Any:
-        return self.inner.query(sql)
-
-    def query_rows(self, sql: str) -> list[tuple[Any, ...]]:
-        return self.inner.query_rows(sql)
+        super().__init__(inner, "ClickHouse spy")
+        self.journal = journal
 
     def insert_json_rows(self, table: str, rows: list[dict]) -> None:
         self.inner.insert_json_rows(table, rows)
         self.journal.events.append(("insert", table.split(".")[-1],
                                     {r.get("send_id", "") for r in rows}))
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class SpyKafka(KafkaOut):

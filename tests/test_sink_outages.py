@@ -20,6 +20,7 @@ import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
+from flow_helpers import DelegatingBackend
 from services import RedisServer, TansuBroker, consume_all, free_port
 from test_clickhouse import decision, many_records
 
@@ -60,7 +61,7 @@ class Outage:
                                       f"http://default:{SECRET}@ch.internal:8123")
 
 
-class FaultyBackend:
+class FaultyBackend(DelegatingBackend):
     """A real chdb backend whose calls fail while ``outage`` lasts; ``tables`` limits the
     faults to inserts into those tables, ``land_first`` writes the rows before failing
     (the server stored them, the client saw an error)."""
@@ -68,7 +69,8 @@ class FaultyBackend:
     def __init__(self, inner: ChdbBackend, outage: Outage, name: str,
                  tables: tuple[str, ...] = (), land_first: tuple[str, ...] = (),
                  commands: bool = False) -> None:
-        self.inner, self.outage, self.name = inner, outage, name
+        super().__init__(inner, name)
+        self.outage = outage
         self.tables, self.land_first, self.commands = tables, land_first, commands
         self.inserted: dict[str, int] = {}
 
@@ -76,12 +78,6 @@ class FaultyBackend:
         if self.commands:
             self.outage.check("DDL")
         self.inner.command(sql)
-
-    def query(self, sql: str) -> Any:
-        return self.inner.query(sql)
-
-    def query_rows(self, sql: str) -> list[tuple[Any, ...]]:
-        return self.inner.query_rows(sql)
 
     def insert_json_rows(self, table: str, rows: list[dict]) -> None:
         raw = table.split(".")[-1]
@@ -93,9 +89,6 @@ class FaultyBackend:
         if raw not in self.land_first:
             self.inner.insert_json_rows(table, rows)
             self.inserted[raw] = self.inserted.get(raw, 0) + len(rows)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def count(backend: ChdbBackend, sql: str) -> int:
