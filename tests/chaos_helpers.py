@@ -99,9 +99,9 @@ def outcome(chdb_url: str, database: str) -> dict[str, set]:
                                "SELECT conversion_id FROM {db}.conversions")}
 
 
-def topic_send_ids(kafka, topic: str) -> list[str]:
+def topic_send_ids(kafka, topic: str, idle: float = 3.0) -> list[str]:
     """Every send id on the sends topic, duplicates kept."""
-    return [k.decode() for k, _ in consume_all(kafka.bootstrap, topic, idle=3.0) if k]
+    return [k.decode() for k, _ in consume_all(kafka.bootstrap, topic, idle=idle) if k]
 
 
 def env_of(s: Settings) -> dict[str, str]:
