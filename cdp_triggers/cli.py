@@ -162,6 +162,51 @@ def cmd_preview(a: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def cmd_explain(a: argparse.Namespace, s: Settings) -> int:
+    """One customer's timeline: on recorded events (why each trigger started or not), or
+    from a run's ClickHouse rows."""
+    if a.events:
+        from flows.app import open_profiles
+        from flows.explain import explain_events
+        from flows.sources import latest_event_ts
+
+        missing = [p for p in a.events if not Path(p).is_file()]
+        if missing:
+            print(f"no such events file: {', '.join(map(str, missing))}", file=sys.stderr)
+            return 2
+        config = _config(s)
+        horizon = a.horizon_ms if a.horizon_ms is not None else latest_event_ts(a.events)[0]
+        store, _origin, note = open_profiles(s, "assume" if a.no_redis else "reachable")
+        if note:
+            print(note)
+        lines = explain_events(config, a.events, a.customer, store.get, horizon)
+        source = f"recorded events ({', '.join(Path(p).name for p in a.events)})"
+    else:
+        from flows.explain import explain_clickhouse
+        from sinks.clickhouse import open_backend
+
+        backend = open_backend(a.clickhouse_url or s.clickhouse_url)
+        try:
+            lines = explain_clickhouse(backend, s.clickhouse_database, a.customer)
+        finally:
+            backend.close()
+        source = (f"ClickHouse {mask_url(a.clickhouse_url or s.clickhouse_url)} database "
+                  f"{s.clickhouse_database} (starts that did not happen leave no row: use "
+                  "--events to replay them)")
+    if a.trigger:  # its lines, and the events that did something to it
+        lines = [x for i, x in enumerate(lines) if x.trigger_id == a.trigger or (
+            x.what == "event" and any(y.trigger_id == a.trigger for y in lines[i + 1:i + 4]
+                                      if y.ts == x.ts))]
+    triggers = sorted({x.trigger_id for x in lines if x.trigger_id})
+    print(f"customer {a.customer}: {len(lines)} lines from {source}; "
+          f"triggers: {', '.join(triggers) or 'none'}")
+    if not lines:
+        return 1
+    print_table(["time (UTC)", "trigger", "what", "detail"],
+                [(x.at, x.trigger_id, x.what, x.text) for x in lines])
+    return 0
+
+
 def json_schemas() -> dict[str, dict]:
     """JSON Schemas of the config files, durations written as marketers write them."""
     from pydantic.json_schema import GenerateJsonSchema
@@ -295,6 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-redis", action="store_true",
                    help="assume every customer reachable instead of reading Redis profiles")
     p.set_defaults(fn=cmd_preview)
+
+    p = sub.add_parser("explain", help="why did a customer (not) get a message? their "
+                                       "timeline per trigger")
+    p.add_argument("--customer", required=True)
+    p.add_argument("--events", nargs="*", help="recorded JSONL events (default: ClickHouse)")
+    p.add_argument("--trigger", help="only this trigger")
+    p.add_argument("--horizon-ms", type=int, default=None)
+    p.add_argument("--no-redis", action="store_true",
+                   help="assume the customer reachable instead of reading Redis")
+    p.add_argument("--clickhouse-url")
+    p.set_defaults(fn=cmd_explain)
 
     p = sub.add_parser("schema", help="write JSON Schemas of the config files (for editors)")
     p.add_argument("--out", type=Path, help="directory (default: config/schema/)")
