@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -259,17 +259,24 @@ def processing_error(event: Event, exc: BaseException) -> Rejected:
                     event.type[:256])
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
 def parse_ts(value: int | str) -> int:
     """RFC 3339 text (with offset) or epoch ms → epoch ms; ValueError otherwise."""
     if isinstance(value, int):
         return value
+    text = value.strip()
+    if text[-1:] == "z":  # RFC 3339 §5.6: "T" and "Z" may be lowercase ("t" is taken as is)
+        text = text[:-1] + "Z"
     try:
-        dt = datetime.fromisoformat(value.strip())
+        dt = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"not RFC 3339: {value[:64]!r}") from None
     if dt.tzinfo is None:
         raise ValueError(f"no UTC offset in {value[:64]!r} (RFC 3339 needs Z or ±hh:mm)")
-    return int(dt.timestamp() * 1000)
+    return (dt - _EPOCH) // _MS  # exact integer ms (float timestamp() can be off by one)
 
 
 def parse_event(raw: bytes | str, source: str = "", now_ms: int | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from datetime import datetime, timedelta
 
 import orjson
 import pytest
@@ -31,6 +32,46 @@ def test_valid_event_with_rfc3339_and_epoch_ms_times():
 def test_offsets_are_normalised_to_utc():
     e = parse_event(raw(ts="2026-11-23T11:00:00+01:00"))
     assert e.ts == 1795428000000
+
+
+@pytest.mark.parametrize("text", ["2026-11-23t10:00:00Z", "2026-11-23T10:00:00z",
+                                  "2026-11-23t10:00:00z", "2026-11-23t05:30:00-04:30"])
+def test_lowercase_t_and_z_are_rfc3339_too(text):
+    e = parse_event(raw(ts=text))
+    assert isinstance(e, Event) and e.ts == 1795428000000
+
+
+def test_fractional_seconds_never_round_up_a_millisecond():
+    assert E.parse_ts("2026-11-23T10:00:00.1239999Z") == 1795428000123
+    assert E.parse_ts("2026-11-23T10:00:00.001Z") == 1795428000001
+
+
+_EPOCH = datetime(1970, 1, 1)  # naive: the expected values do not go through parse_ts's code
+
+
+@settings(max_examples=500, deadline=None)
+@given(micros=st.integers(E.MIN_TS_MS * 1000, E.MAX_TS_MS * 1000 - 1),
+       extra_ns=st.integers(0, 999), digits=st.sampled_from([0, 1, 2, 3, 4, 6, 7, 9]),
+       sep=st.sampled_from("Tt"), offset_min=st.integers(-23 * 60 - 59, 23 * 60 + 59),
+       zulu=st.sampled_from(["Z", "z", ""]))
+def test_property_rfc3339_variants_round_trip_to_epoch_ms(micros, extra_ns, digits, sep,
+                                                          offset_min, zulu):
+    """A random instant written in RFC 3339 (T/t, Z/z or ±hh:mm, 0–9 fraction digits)
+    parses to its epoch ms, the fraction truncated (never rounded) to the millisecond."""
+    nanos = micros * 1000 + extra_ns
+    unit = 10 ** (9 - digits)
+    nanos -= nanos % unit  # what the written fraction holds
+    if zulu:
+        offset_min = 0
+    local = _EPOCH + timedelta(microseconds=nanos // 1000 + offset_min * 60_000_000)
+    frac = f".{nanos % 10**9:09d}"[:digits + 1] if digits else ""
+    if zulu:
+        tail = zulu
+    else:
+        sign, mag = ("-" if offset_min < 0 else "+"), abs(offset_min)
+        tail = f"{sign}{mag // 60:02d}:{mag % 60:02d}"
+    text = f"{local:%Y-%m-%d}{sep}{local:%H:%M:%S}{frac}{tail}"
+    assert E.parse_ts(text) == nanos // 1_000_000, text
 
 
 @pytest.mark.parametrize(("payload", "reason", "fragment"), [
