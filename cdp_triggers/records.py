@@ -146,7 +146,10 @@ class Lifecycle:
 
 @dataclass(frozen=True, slots=True)
 class Conversion:
-    """An ``order_placed`` attributed (last touch) to a send within its attribution window."""
+    """An ``order_placed`` attributed (last touch) to a marketing message within its
+    attribution window: sent (arm ``treated``, the only arm credited with revenue) or
+    recorded as "would have sent" (arm ``control`` or ``holdout``, counted only in its arm).
+    Transactional messages are never credited."""
 
     conversion_id: str
     customer_id: str
@@ -159,6 +162,7 @@ class Conversion:
     channel: str
     sent_at: int
     ts: int
+    arm: str = "treated"  # treated | control | holdout
 
 
 @dataclass(frozen=True, slots=True)

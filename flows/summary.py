@@ -23,7 +23,11 @@ def demo_summary(backend: ClickHouseBackend, db: str, r: DemoResult, say=print) 
         f"SELECT reason, count() AS n FROM {db}.decisions WHERE status = 'suppressed' "
         f"GROUP BY reason ORDER BY n DESC, reason")
     sends = one(f"SELECT count() FROM {db}.sends")
-    conv = backend.query_rows(f"SELECT count(), sum(revenue) FROM {db}.conversions")[0]
+    conv = backend.query_rows(  # credited: sent messages only
+        f"SELECT count(), sum(revenue) FROM {db}.conversions WHERE arm = 'treated'")[0]
+    unsent = dict(backend.query_rows(
+        f"SELECT arm, count() FROM {db}.conversions WHERE arm IN ('control', 'holdout') "
+        f"GROUP BY arm"))
     by_channel = backend.query_rows(
         f"SELECT channel, count() FROM {db}.sends GROUP BY channel ORDER BY channel")
     by_trigger = backend.query_rows(
@@ -52,7 +56,9 @@ def demo_summary(backend: ClickHouseBackend, db: str, r: DemoResult, say=print) 
         *((f"    {reason}", f"{n:,}") for reason, n in reasons),
         ("  deferred", ", ".join(f"{r} {n:,}" for r, n in sorted(deferred.items())) or "0"),
         ("receipts", ", ".join(f"{k} {outcomes[k]:,}" for k in sorted(outcomes)) or "0"),
-        ("conversions", f"{conv[0]:,} (revenue {float(conv[1] or 0):,.2f})"),
+        ("conversions", f"{conv[0]:,} (revenue {float(conv[1] or 0):,.2f}, sent messages)"),
+        ("  not credited", f"control {unsent.get('control', 0):,}, "
+                           f"holdout {unsent.get('holdout', 0):,}"),
         ("profiles from", r.profiles_from),
         ("throughput", f"{r.read / max(r.seconds, 1e-9):,.0f} events/s ({r.seconds:.1f} s)"),
     ]
@@ -63,4 +69,41 @@ def demo_summary(backend: ClickHouseBackend, db: str, r: DemoResult, say=print) 
     say(f"  counts {'balance' if balanced else 'DO NOT balance'}: read {r.read:,} = accepted "
         f"{accepted:,} + rejected {rejected:,} + duplicates {dups:,} "
         f"(generator made {r.generated_bad:,} bad, {r.generated_duplicates:,} duplicates)")
+    lift_table(backend, db, say)
     return balanced
+
+
+def _pp(x: float | None) -> str:
+    return "" if x is None else f"{x * 100:+.1f}"
+
+
+def _vs(r: dict, base: str) -> str:
+    """``+1.2 pp [-0.3, +2.7]``: absolute lift in percentage points with its 95 % interval."""
+    if r[f"lift_vs_{base}"] is None:
+        return "-"
+    return (f"{_pp(r[f'lift_vs_{base}'])} [{_pp(r[f'lift_vs_{base}_ci_low'])}, "
+            f"{_pp(r[f'lift_vs_{base}_ci_high'])}]")
+
+
+def lift_table(backend: ClickHouseBackend, db: str, say=print) -> None:
+    """Per marketing trigger and arm: customers, converted, rate, and the lift of each
+    treated variant against control and holdout (percentage points, 95 % interval)."""
+    cols, rows = backend.query(
+        f"SELECT * FROM {db}.variant_lift ORDER BY trigger_id, "
+        f"indexOf(['treated', 'control', 'holdout'], arm), variant")
+    if not rows:
+        return
+    head = ("arm", "customers", "converted", "rate", "vs control (pp, 95% CI)",
+            "vs holdout (pp, 95% CI)")
+    say("\nlift (conversions within the attribution window; each arm counts only its own)")
+    trigger = None
+    for row in rows:
+        r = dict(zip(cols, row, strict=True))
+        if r["trigger_id"] != trigger:
+            trigger = r["trigger_id"]
+            say(f"  {trigger}")
+            say(f"    {head[0]:<18} {head[1]:>9} {head[2]:>9} {head[3]:>7}  "
+                f"{head[4]:<26} {head[5]}")
+        arm = r["arm"] + (f" {r['variant']}" if r["arm"] != "holdout" else "")
+        say(f"    {arm:<18} {r['customers']:>9,} {r['converted_customers']:>9,} "
+            f"{r['conversion_rate'] * 100:>6.2f}%  {_vs(r, 'control'):<26} {_vs(r, 'holdout')}")

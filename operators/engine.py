@@ -320,7 +320,8 @@ class Engine:
                             now))
         state.sent_log.append(Sent(t, trig.id, channel, trig.kind))
         state.touches.append(Touch(d.send_id, trig.id, d.variant, channel, t,
-                                   trig.attribution_window, inst.instance_id, inst.step))
+                                   trig.attribution_window, inst.instance_id, inst.step,
+                                   inst.arm or "treated", trig.kind))
         if not inst.entered:
             inst.entered = True
             state.last_entry[trig.id] = t
@@ -522,13 +523,17 @@ class Engine:
             state.orders_count += 1
             state.total_spent += float(p["total"])
             state.last_order_at = max(state.last_order_at, ev.ts)
-            touch = max((t for t in state.touches if t.ts <= ev.ts <= t.ts + t.window),
+            # last MARKETING touch: a transactional message is not credited as marketing;
+            # a control/holdout touch credits its own arm (the Conversion carries it)
+            touch = max((t for t in state.touches if t.kind != "transactional"
+                         and t.ts <= ev.ts <= t.ts + t.window),
                         key=lambda t: (t.ts, t.send_id), default=None)
             if touch is not None:
                 out.append(Conversion(stable_id("conv", p["order_id"], touch.send_id),
                                       state.customer_id, str(p["order_id"]), float(p["total"]),
                                       str(p["currency"]), touch.send_id, touch.trigger_id,
-                                      touch.variant, touch.channel, touch.ts, ev.ts))
+                                      touch.variant, touch.channel, touch.ts, ev.ts,
+                                      touch.arm))
                 for slot, inst in list(state.instances.items()):  # a conversion ends a cascade
                     if inst.instance_id == touch.instance_id and inst.awaiting:
                         self._end(state, slot, inst, "completed", CONVERTED, ev.ts, now, out,

@@ -50,11 +50,21 @@ DEDUP_VIEWS = {
     DISPATCHED: "dispatched",
 }
 ANALYST_VIEWS = ("trigger_funnel_daily", "suppression_reasons", "channel_summary",
-                 "cascade_efficiency", "open_hour_heatmap", "variant_lift")
+                 "cascade_efficiency", "open_hour_heatmap", "conversions_by_arm",
+                 "variant_lift")
+
+# Arms (``conversions.arm``): ``treated`` = really sent, the only arm credited with revenue;
+# ``control`` / ``holdout`` = "would have sent" (control variant / global holdout), counted
+# only in their own arm. A conversion row written before the column existed reads ``''``
+# and is left out of every arm-based view.
 
 LC = "LowCardinality(String)"
 TIME = "DateTime64(3, 'UTC')"
 _INSERTED = f"inserted_at {TIME} DEFAULT now64(3)"
+TREATED = "treated"
+_ARM = f"arm {LC} DEFAULT ''"
+# columns added after a table's first release: (table, definition), applied to old databases
+_ADDED = [(CONVERSIONS, _ARM)]
 
 # table -> (column definitions, PARTITION BY or "", ORDER BY)
 _TABLES: dict[str, tuple[list[str], str, str]] = {
@@ -94,7 +104,7 @@ _TABLES: dict[str, tuple[list[str], str, str]] = {
             "conversion_id String", "customer_id String", "order_id String",
             "revenue Decimal(18, 4)", f"currency {LC}", "send_id String",
             f"trigger_id {LC}", f"variant {LC}", f"channel {LC}",
-            f"sent_at {TIME}", f"ts {TIME}", _INSERTED,
+            f"sent_at {TIME}", f"ts {TIME}", _INSERTED, _ARM,
         ],
         "toYYYYMM(ts)",
         "(trigger_id, conversion_id)",
@@ -154,7 +164,7 @@ FROM (
     UNION ALL
     SELECT toDate(ts), toString(trigger_id), toString(variant), toString(channel),
            0, 0, 0, 0, 0, 0, 1, toDecimal128(revenue, 4)
-    FROM {db}.conversions
+    FROM {db}.conversions WHERE arm = '{TREATED}'
 )
 GROUP BY day, trigger_id, variant, channel"""
 
@@ -191,7 +201,7 @@ FROM (
 ) AS d
 LEFT JOIN (
     SELECT toString(channel) AS channel, count() AS conversions, sum(revenue) AS revenue
-    FROM {db}.conversions GROUP BY channel
+    FROM {db}.conversions WHERE arm = '{TREATED}' GROUP BY channel
 ) AS c USING (channel)"""
 
 
@@ -225,49 +235,81 @@ WHERE outcome = 'opened'
 GROUP BY channel, weekday_utc, hour_utc"""
 
 
-def _lift(db: str) -> str:
+def _by_arm(db: str) -> str:
     return f"""
-SELECT a.trigger_id AS trigger_id, a.variant AS variant, a.arm AS arm,
-       a.customers AS customers,
-       ifNull(c.converted, 0) AS converted_customers,
-       ifNull(c.revenue, 0) AS revenue,
-       if(a.customers > 0, ifNull(c.converted, 0) / a.customers, 0) AS conversion_rate,
-       if(ctl.rate > 0, (if(a.customers > 0, ifNull(c.converted, 0) / a.customers, 0))
-                        / ctl.rate - 1, NULL) AS lift_vs_control
-FROM (
-    SELECT toString(trigger_id) AS trigger_id, toString(variant) AS variant,
-           multiIf(reason = 'control_group', 'control', reason = 'holdout', 'holdout',
-                   'treated') AS arm,
-           uniqExact(customer_id) AS customers
-    FROM {db}.decisions
-    WHERE status = 'sent' OR reason IN ('control_group', 'holdout')
-    GROUP BY trigger_id, variant, arm
-) AS a
-LEFT JOIN (
-    SELECT toString(trigger_id) AS trigger_id, toString(variant) AS variant,
-           uniqExact(customer_id) AS converted, sum(revenue) AS revenue
-    FROM {db}.conversions GROUP BY trigger_id, variant
-) AS c ON a.trigger_id = c.trigger_id AND a.variant = c.variant
-LEFT JOIN (
-    SELECT trigger_id, converted / customers AS rate
+SELECT toString(trigger_id) AS trigger_id, toString(arm) AS arm,
+       toString(variant) AS variant, toString(channel) AS channel,
+       count() AS conversions, uniqExact(customer_id) AS converted_customers,
+       sum(revenue) AS revenue
+FROM {db}.conversions
+WHERE arm != ''
+GROUP BY trigger_id, arm, variant, channel"""
+
+
+def _diff(p1: str, n1: str, p2: str, n2: str, ok: str, name: str) -> str:
+    """Absolute and relative lift of rate p1 (n1 customers) over p2 (n2), and the 95 %
+    normal-approximation interval of the absolute lift; NULL where ``ok`` is false."""
+    se = f"sqrt({p1} * (1 - {p1}) / {n1} + {p2} * (1 - {p2}) / {n2})"
+    return (f"if({ok}, {p1} - {p2}, NULL) AS lift_vs_{name},\n"
+            f"       if({ok} AND {p2} > 0, {p1} / {p2} - 1, NULL) AS rel_lift_vs_{name},\n"
+            f"       if({ok}, {p1} - {p2} - 1.96 * {se}, NULL) AS lift_vs_{name}_ci_low,\n"
+            f"       if({ok}, {p1} - {p2} + 1.96 * {se}, NULL) AS lift_vs_{name}_ci_high")
+
+
+def _lift(db: str) -> str:
+    treated = "g.arm = 'treated'"
+    return f"""
+WITH g AS (
+    SELECT e.trigger_id AS trigger_id, e.arm AS arm, e.variant AS variant,
+           count() AS customers, sum(cv.hit) AS converted,
+           converted / customers AS rate, any(rv.revenue) AS revenue
     FROM (
-        SELECT toString(d.trigger_id) AS trigger_id,
-               uniqExact(d.customer_id) AS customers,
-               uniqExactIf(d.customer_id, cv.customer_id != '') AS converted
-        FROM {db}.decisions AS d
-        LEFT JOIN (SELECT DISTINCT customer_id, toString(trigger_id) AS trigger_id
-                   FROM {db}.conversions) AS cv
-            ON d.customer_id = cv.customer_id AND toString(d.trigger_id) = cv.trigger_id
-        WHERE d.reason = 'control_group'
-        GROUP BY trigger_id
-    )
-) AS ctl ON a.trigger_id = ctl.trigger_id"""
+        SELECT DISTINCT toString(trigger_id) AS trigger_id,
+               multiIf(reason = 'control_group', 'control', reason = 'holdout', 'holdout',
+                       'treated') AS arm,
+               if(reason = 'holdout', '', toString(variant)) AS variant, customer_id
+        FROM {db}.decisions
+        WHERE trigger_kind != 'transactional'
+          AND (status = 'sent' OR reason IN ('control_group', 'holdout'))
+    ) AS e
+    LEFT JOIN (
+        SELECT DISTINCT toString(trigger_id) AS trigger_id, toString(arm) AS arm,
+               if(arm = 'holdout', '', toString(variant)) AS variant, customer_id,
+               toUInt64(1) AS hit
+        FROM {db}.conversions WHERE arm != ''
+    ) AS cv ON e.trigger_id = cv.trigger_id AND e.arm = cv.arm AND e.variant = cv.variant
+           AND e.customer_id = cv.customer_id
+    LEFT JOIN (
+        SELECT toString(trigger_id) AS trigger_id, toString(arm) AS arm,
+               if(arm = 'holdout', '', toString(variant)) AS variant,
+               sum(revenue) AS revenue
+        FROM {db}.conversions WHERE arm != '' GROUP BY trigger_id, arm, variant
+    ) AS rv ON e.trigger_id = rv.trigger_id AND e.arm = rv.arm AND e.variant = rv.variant
+    GROUP BY trigger_id, arm, variant
+)
+SELECT g.trigger_id AS trigger_id, g.arm AS arm, g.variant AS variant,
+       g.customers AS customers, g.converted AS converted_customers,
+       g.revenue AS revenue, g.rate AS conversion_rate,
+       c.n AS control_customers, if(c.n > 0, c.k / c.n, NULL) AS control_rate,
+       {_diff("g.rate", "g.customers", "(c.k / c.n)", "c.n", f"{treated} AND c.n > 0",
+              "control")},
+       h.n AS holdout_customers, if(h.n > 0, h.k / h.n, NULL) AS holdout_rate,
+       {_diff("g.rate", "g.customers", "(h.k / h.n)", "h.n", f"{treated} AND h.n > 0",
+              "holdout")}
+FROM g
+LEFT JOIN (SELECT trigger_id, sum(customers) AS n, sum(converted) AS k
+           FROM g WHERE arm = 'control' GROUP BY trigger_id) AS c
+    ON g.trigger_id = c.trigger_id
+LEFT JOIN (SELECT trigger_id, sum(customers) AS n, sum(converted) AS k
+           FROM g WHERE arm = 'holdout' GROUP BY trigger_id) AS h
+    ON g.trigger_id = h.trigger_id"""
 
 
 def ddl_statements(database: str) -> list[str]:
     """Every statement that builds ``database``, in order; each is idempotent.
 
-    Tables use ``IF NOT EXISTS`` (never dropped or altered here); views use
+    Tables use ``IF NOT EXISTS`` (never dropped; a column added later is added to an
+    existing table with ``ADD COLUMN IF NOT EXISTS``, nothing else is altered); views use
     ``CREATE OR REPLACE`` so a new definition reaches existing databases.
     """
     if not database.isidentifier():
@@ -281,9 +323,11 @@ def ddl_statements(database: str) -> list[str]:
             f"CREATE TABLE IF NOT EXISTS {db}.{table} (\n    {cols}\n)\n"
             f"ENGINE = ReplacingMergeTree(inserted_at){part}\nORDER BY {order}"
         )
+    for table, column in _ADDED:  # a database made before the column existed
+        out.append(f"ALTER TABLE {db}.{table} ADD COLUMN IF NOT EXISTS {column}")
     for table, view in DEDUP_VIEWS.items():
         out.append(f"CREATE OR REPLACE VIEW {db}.{view} AS SELECT * FROM {db}.{table} FINAL")
-    bodies = (_funnel, _suppression, _channels, _cascade, _heatmap, _lift)
+    bodies = (_funnel, _suppression, _channels, _cascade, _heatmap, _by_arm, _lift)
     for view, body in zip(ANALYST_VIEWS, bodies, strict=True):
         out.append(f"CREATE OR REPLACE VIEW {db}.{view} AS{body(db)}")
     return out
@@ -404,6 +448,7 @@ def rows_for(record: Record, received_at: int | None = None) -> tuple[str, dict[
                 "currency": record.currency, "send_id": record.send_id,
                 "trigger_id": record.trigger_id, "variant": record.variant,
                 "channel": record.channel, "sent_at": iso(record.sent_at), "ts": iso(record.ts),
+                "arm": record.arm,
             }
         case Outcome():
             return OUTCOMES, {

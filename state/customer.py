@@ -56,8 +56,10 @@ class Instance(_Upgradable):
 
 
 @dataclass(slots=True)
-class Touch:
-    """A send, remembered for last-touch conversion attribution."""
+class Touch(_Upgradable):
+    """A send (or a control/holdout "would have sent"), remembered for last-touch
+    conversion attribution. A touch from before ``arm``/``kind`` existed reads as a sent
+    marketing message."""
 
     send_id: str
     trigger_id: str
@@ -67,6 +69,8 @@ class Touch:
     window: int
     instance_id: str = ""
     step: int = 0
+    arm: str = "treated"  # treated (really sent) | control | holdout (would have sent)
+    kind: str = "marketing"  # the trigger's kind: transactional touches are not credited
 
 
 @dataclass(slots=True)
