@@ -137,7 +137,8 @@ def _line(r: object) -> Line | None:
         return Line(r.ts, r.trigger_id, "receipt", f"{r.channel} {r.outcome} (step {r.step})")
     if isinstance(r, Conversion):
         return Line(r.ts, r.trigger_id, "conversion",
-                    f"order {r.order_id} {r.revenue:.2f} {r.currency} via {r.channel}")
+                    f"order {r.order_id} {r.revenue:.2f} {r.currency} via {r.channel} "
+                    f"[{r.arm}]")
     return None
 
 
@@ -153,7 +154,7 @@ def explain_clickhouse(backend, database: str, customer_id: str) -> list[Line]:
         "receipt": f"SELECT toUnixTimestamp64Milli(ts), trigger_id, channel, outcome, step "
                    f"FROM {database}.outcomes WHERE customer_id = '{cid}'",
         "conversion": f"SELECT toUnixTimestamp64Milli(ts), trigger_id, order_id, revenue, "
-                      f"currency, channel FROM {database}.conversions "
+                      f"currency, channel, arm FROM {database}.conversions "
                       f"WHERE customer_id = '{cid}'",
     }
     lines: list[Line] = []
@@ -166,8 +167,8 @@ def explain_clickhouse(backend, database: str, customer_id: str) -> list[Line]:
                           + (f" [variant {variant}]" if variant else "")))
     for ts, tid, ch, outcome, step in backend.query_rows(q["receipt"]):
         lines.append(Line(ts, tid, "receipt", f"{ch} {outcome} (step {step})"))
-    for ts, tid, order, revenue, cur, ch in backend.query_rows(q["conversion"]):
+    for ts, tid, order, revenue, cur, ch, arm in backend.query_rows(q["conversion"]):
         lines.append(Line(ts, tid, "conversion", f"order {order} {float(revenue):.2f} {cur} "
-                                                 f"via {ch}"))
+                                                 f"via {ch} [{arm or 'treated'}]"))
     order = {"lifecycle": 0, "decision": 1, "receipt": 2, "conversion": 3}
     return sorted(lines, key=lambda x: (x.ts, order.get(x.what, 9)))

@@ -100,10 +100,12 @@ def summarize(records: Iterable[object], examples: int = 3,
             word = f"{r.action} by {r.reason}" if r.action == "cancelled" else r.action
         elif isinstance(r, Conversion):
             t = trig(r.trigger_id)
-            t.conversions += 1
-            t.revenue += r.revenue
+            if r.arm == "treated":  # control and holdout orders are not the messages' doing
+                t.conversions += 1
+                t.revenue += r.revenue
             instance = instance_of.get(r.send_id, r.send_id)
-            word = f"ordered {r.revenue:.2f} {r.currency}"
+            word = f"ordered {r.revenue:.2f} {r.currency}" + (
+                f" ({r.arm}, not credited)" if r.arm != "treated" else "")
         else:
             continue
         by_instance = stories.setdefault(r.trigger_id, {}).setdefault(r.customer_id, {})
