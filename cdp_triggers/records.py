@@ -51,7 +51,7 @@ class Profile:
     contact (flags only, never addresses) and consents per ``channel:category``."""
 
     customer_id: str
-    timezone: str = "UTC"
+    timezone: str = ""  # IANA zone; "" = unknown (the policy's default_timezone applies)
     locale: str = "en"
     contacts: frozenset[str] = field(default_factory=frozenset)
     consents: Mapping[str, bool] = field(default_factory=dict)
@@ -79,7 +79,7 @@ class Profile:
         invalid = {k[8:] for k, v in d.items() if k.startswith("invalid:") and v == "1"}
         contacts = frozenset(c for c in d.get("contacts", "").split(",") if c and c not in invalid)
         consents = {k[8:]: v == "1" for k, v in d.items() if k.startswith("consent:")}
-        return cls(customer_id, d.get("tz") or "UTC", d.get("locale") or "en", contacts, consents)
+        return cls(customer_id, d.get("tz") or "", d.get("locale") or "en", contacts, consents)
 
 
 def _s(v: bytes | str) -> str:

@@ -83,6 +83,22 @@ MAX_REFUSED = 256  # instance keys remembered as refused (instance_limit) per cu
 NOT_STARTED = "not_started"  # lifecycle action of a start refused by a per-customer limit
 
 
+# a receipt implies the lesser ones: clicked ⇒ opened ⇒ delivered
+IMPLIED = {"clicked": ("clicked", "opened", "delivered"), "opened": ("opened", "delivered"),
+           "delivered": ("delivered",)}
+
+
+def _set_consent(state: CustomerState, key: str, granted: bool, ts: int) -> bool:
+    """Record a consent fact (``channel:category``) if it is the newest in event time,
+    whatever its source; at the same instant a revoke wins (so read order never matters).
+    True when it was recorded."""
+    prev = state.consents.get(key)
+    if prev is not None and (prev[1] > ts or (prev[1] == ts and (granted or not prev[0]))):
+        return False
+    state.consents[key] = (granted, ts)
+    return True
+
+
 class _Lazy:
     """Fetch a customer's profile at most once per call, and only if a decision needs it."""
 
@@ -150,7 +166,7 @@ class Engine:
         """When the next timer of this customer fires (epoch ms), or None."""
         if not state.instances:
             return None
-        return min(self._fires_at(i) for i in state.instances.values())
+        return self._fires_at(self._head(state)[1])
 
     def prune(self, state: CustomerState, now: int, sweep: bool = False) -> None:
         """Forget what can no longer matter at ``now`` (bounded state per customer);
@@ -182,11 +198,17 @@ class Engine:
     def _fires_at(self, inst: Instance) -> int:
         return inst.due + self._grace.get(inst.trigger_id, self.config.policy.late_event_grace)
 
+    def _head(self, state: CustomerState) -> tuple[str, Instance]:
+        """The timer decided next: the earliest due in event time, ties by priority."""
+        return min(state.instances.items(),
+                   key=lambda kv: (kv[1].due, -self._priority(kv[1].trigger_id), kv[0]))
+
     def _fire_due(self, state: CustomerState, now: int, lazy: _Lazy, out: list[Output]) -> None:
+        """Decide due timers in (due, -priority, slot) order. Grace only delays a decision:
+        a timer whose grace has run out waits behind an earlier-due (or equally due,
+        higher-priority) one still in its grace, so grace never changes who wins a cap slot."""
         while state.instances:
-            slot, inst = min(state.instances.items(),
-                             key=lambda kv: (self._fires_at(kv[1]),
-                                             -self._priority(kv[1].trigger_id), kv[0]))
+            slot, inst = self._head(state)
             if self._fires_at(inst) > now:
                 return
             self._run_step(state, slot, inst, now, lazy, out)
@@ -206,6 +228,7 @@ class Engine:
             return
         step = trig.steps[inst.step]
         if inst.awaiting:  # no receipt in time: the cascade moves on to the next channel
+            inst.earlier = (*inst.earlier, inst.awaiting)
             inst.awaiting = ""
             inst.channel_idx += 1
         elif inst.channel_idx == 0 and not self._step_may_run(state, slot, inst, trig, step,
@@ -262,7 +285,8 @@ class Engine:
                                trig.kind)
             if capped is not None:
                 rule, free_at = capped
-                if trig.on_cap == "defer" and free_at < 2**62:
+                # a channel cap moves the cascade on; only global/trigger caps may defer
+                if rule.scope != "channel" and trig.on_cap == "defer" and free_at < 2**62:
                     self._hold(state, trig, inst, step, channel, CAPPED, free_at, t, now, out,
                                rule.id)
                     return
@@ -332,6 +356,7 @@ class Engine:
         inst.channel_idx = 0
         inst.awaiting = ""
         inst.held = ""
+        inst.earlier = ()
         if inst.step < len(trig.steps):
             inst.step_base += trig.steps[inst.step].delay
             inst.due = max(inst.step_base, t)  # a cascade or hold that ran long: at once
@@ -354,7 +379,7 @@ class Engine:
         if qh is None or channel not in qh.channels or trig.kind not in qh.kinds:
             return None
         default = self.config.policy.default_timezone
-        tz = zone(profile.timezone if profile else default, default)
+        tz = zone((profile.timezone if profile else "") or default, default)  # none: default
         return quiet_until(qh, tz, t)
 
 
@@ -408,8 +433,9 @@ class Engine:
         per_trigger: dict[str, tuple[Any, bool, str | None]] = {}
         for slot, inst in list(state.instances.items()):
             trig = self._by_id.get(inst.trigger_id)
-            if trig is None or ev.type not in self._touching[trig.id] or ev.ts < inst.started_at:
-                continue
+            if (trig is None or ev.type not in self._touching[trig.id]
+                    or ev.ts < inst.started_at or ev.ts > self._fires_at(inst)):
+                continue  # (after its timer's grace: it is decided as if it had fired)
             meaning = per_trigger.get(trig.id)
             if meaning is None:
                 meaning = per_trigger[trig.id] = (
@@ -514,10 +540,7 @@ class Engine:
         elif ev.type == "removed_from_cart":
             state.cart.pop(str(p["product_id"]), None)
         elif ev.type == "consent_changed":
-            key = f"{p['channel']}:{p['category']}"
-            prev = state.consents.get(key)
-            if prev is None or prev[1] <= ev.ts:
-                state.consents[key] = (bool(p["granted"]), ev.ts)
+            _set_consent(state, f"{p['channel']}:{p['category']}", bool(p["granted"]), ev.ts)
         elif ev.type == "order_placed":
             state.cart.clear()
             state.orders_count += 1
@@ -552,19 +575,23 @@ class Engine:
         if kind == "bounced" and p.get("hard", True) is not False:
             state.invalid.add(channel)
             out.append(ProfileUpdate(state.customer_id, f"invalid:{channel}", "1", ev.ts))
-        elif kind == "unsubscribed":
-            state.consents[f"{channel}:marketing"] = (False, ev.ts)
+        elif kind == "unsubscribed" and _set_consent(state, f"{channel}:marketing", False,
+                                                     ev.ts):  # written back if newest only
             out.append(ProfileUpdate(state.customer_id, f"consent:{channel}:marketing", "0",
                                      ev.ts))
+        success = IMPLIED.get(kind, ())
         for inst in state.instances.values():
-            if inst.awaiting != send_id:
-                continue
+            awaited = inst.awaiting == send_id
+            if not (awaited or send_id in inst.earlier) or ev.ts > self._fires_at(inst):
+                continue  # not this instance's, or after its timer's grace (as if it fired)
             trig = self._by_id.get(inst.trigger_id)
             wait = trig.steps[inst.step].cascade.get(channel) if trig else None  # type: ignore[call-overload]
-            if wait is not None and kind in wait.until:
+            if wait is not None and any(k in wait.until for k in success):
+                # the step succeeded (also by a late receipt for a channel the cascade has
+                # moved on from): a later channel, held or awaited, does not go out
                 inst.awaiting, inst.channel_idx = "", len(trig.steps[inst.step].channels)
                 inst.due = ev.ts  # done with this step: _fire_due moves on to the next
-            elif kind in ("bounced", "failed"):
+            elif awaited and kind in ("bounced", "failed"):
                 inst.due = ev.ts  # no point waiting: the next channel at once
 
     # ---- record builders ----------------------------------------------------------------

@@ -53,6 +53,8 @@ class Instance(_Upgradable):
     step_base: int = 0  # when the current step was first due: the next step counts from it
     entered: bool = False  # its first message went (re-entry cooldown counts from then)
     held: str = ""  # the hold its last deferred row was written for: a retry in it is silent
+    earlier: tuple[str, ...] = ()  # this step's sends the cascade moved on from: a late
+    #                                success receipt for one of them still ends the step
 
 
 @dataclass(slots=True)
