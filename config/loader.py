@@ -1,7 +1,8 @@
 """Load and validate the config set, with errors that name file, line, column and field.
 
-``load_config(dir)`` reads ``policy.yaml``, ``templates.yaml`` and ``triggers/*.yaml``, runs
-the cross-file checks (:mod:`config.checks`) and returns a :class:`ConfigSet` with a
+``load_config(dir)`` reads ``policy.yaml``, ``templates.yaml``, ``events.yaml`` and
+``triggers/*.yaml`` (each file read and parsed once), runs the cross-file checks
+(:mod:`config.checks`) on those parsed documents and returns a :class:`ConfigSet` with a
 content-hash ``version`` that every decision row carries. All problems in all files are
 collected and raised together as :class:`ConfigError`.
 """
@@ -14,26 +15,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from config.schema import Policy, Trigger
+from config.documents import (
+    ConfigIssue,
+    Document,
+    display_path,
+    field_path,
+    parse_document,
+    yaml_marks,
+)
+from config.events import EVENTS_FILE, EventRegistry, EventsFile, build_registry
+from config.schema import Policy, Trigger, bare_durations
 from config.templates import TEMPLATES_FILE, Template, TemplateRegistry
+
+__all__ = ["DEFAULT_CONFIG_DIR", "ConfigError", "ConfigIssue", "ConfigSet", "display_path",
+           "load_config", "validate_document", "yaml_marks"]
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent
 
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    file: str
-    line: int
-    column: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}"
-        return f"{where} {self.field}: {self.message}" if self.field else f"{where} {self.message}"
+_display = display_path  # the old name (cdp_triggers/cli.py imports it)
 
 
 class ConfigError(Exception):
@@ -49,145 +50,134 @@ class ConfigSet:
     version: str
     files: tuple[str, ...] = field(default=())
     templates: dict[str, Template] = field(default_factory=dict)  # empty: no registry
+    events: EventRegistry | None = field(default=None, compare=False)  # None: no events.yaml
+    # the parsed trigger file of each trigger id (positions for the cross-file checks)
+    documents: dict[str, Document] = field(default_factory=dict, compare=False, repr=False)
 
     def trigger(self, trigger_id: str) -> Trigger | None:
         return next((t for t in self.triggers if t.id == trigger_id), None)
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _marks(node: yaml.Node, path: tuple[Any, ...],
-           out: dict[tuple[Any, ...], tuple[int, int]]) -> None:
-    """Record (line, column), 1-based, of every value in the YAML node tree by its path."""
-    out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = k.value
-            out[(*path, key, "__key__")] = (k.start_mark.line + 1, k.start_mark.column + 1)
-            _marks(v, (*path, key), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _marks(v, (*path, i), out)
-
-
-def _locate(loc: tuple[Any, ...], kind: str,
-            marks: dict[tuple[Any, ...], tuple[int, int]]) -> tuple[int, int]:
+def _locate(loc: tuple[Any, ...], kind: str, doc: Document) -> tuple[int, int]:
     """Best position for a pydantic error: an unknown key at the key, a missing field at its
     parent's key, a bad value at the value; else the deepest enclosing thing that exists."""
-    if kind == "extra_forbidden" and (*loc, "__key__") in marks:
-        return marks[(*loc, "__key__")]
-    if kind == "missing" and (*loc[:-1], "__key__") in marks:
-        return marks[(*loc[:-1], "__key__")]
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in marks:
-            return marks[loc[:n]]
-    return (1, 1)
+    if kind == "extra_forbidden" and (*loc, "__key__") in doc.marks:
+        return doc.marks[(*loc, "__key__")]
+    if kind == "missing" and (*loc[:-1], "__key__") in doc.marks:
+        return doc.marks[(*loc[:-1], "__key__")]
+    return doc.at(*loc)
 
 
 def _clean(msg: str) -> str:
     return re.sub(r" or instance of \w+", "", msg.removeprefix("Value error, "))
 
 
-def validate_document(text: str, filename: str,
-                      model: type[BaseModel]) -> tuple[Any, list[ConfigIssue]]:
-    """Parse one YAML document into ``model``; returns (model or None, issues)."""
+def bare_number_message(value: Any) -> str:
+    n = value if isinstance(value, int) else f"{value:g}"
+    return (f"a bare number is not a duration (it would be {n} milliseconds): "
+            f"write {n}d, {n}h or {n}m (or {n}s, {n}w, {n}ms)")
+
+
+def validate_parsed(doc: Document, model: type[BaseModel]) -> tuple[Any, list[ConfigIssue]]:
+    """Validate a parsed document against ``model``; returns (model or None, issues)."""
+    bare = [doc.issue(loc, field_path(loc), bare_number_message(_get(doc.data, loc)))
+            for loc in bare_durations(model, doc.data)]
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return None, [ConfigIssue(filename, line, col, "", f"YAML syntax: {e.problem or e}")]
-    if not isinstance(data, dict) or node is None:
-        return None, [ConfigIssue(filename, 1, 1, "", "expected a mapping at the top level")]
-    marks: dict[tuple[Any, ...], tuple[int, int]] = {}
-    _marks(node, (), marks)
-    try:
-        return model.model_validate(data), []
+        parsed = model.model_validate(doc.data)
     except ValidationError as e:
         issues = []
         for err in e.errors():
             loc = tuple(err["loc"])
-            line, col = _locate(loc, err["type"], marks)
+            if any(i.field == field_path(loc) for i in bare):
+                continue
             msg = _clean(err["msg"])
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see `cdp-triggers schema`)"
             elif err["type"] == "missing":
                 msg = "required"
-            issues.append(ConfigIssue(filename, line, col, _field_path(loc), msg))
-        return None, issues
+            issues.append(ConfigIssue(doc.name, *_locate(loc, err["type"], doc),
+                                      field_path(loc), msg))
+        return None, sorted(bare + issues, key=lambda i: (i.line, i.column))
+    return (None if bare else parsed), bare
 
 
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+def _get(data: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        data = data[part]
+    return data
+
+
+def validate_document(text: str, filename: str,
+                      model: type[BaseModel]) -> tuple[Any, list[ConfigIssue]]:
+    """Parse one YAML document into ``model``; returns (model or None, issues)."""
+    doc, issues = parse_document(text, filename)
+    return (None, issues) if doc is None else validate_parsed(doc, model)
+
+
+class _Reader:
+    """Reads each file once: its text feeds the version hash, its parse the models."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.digest = hashlib.blake2b(digest_size=6)
+        self.files: list[str] = []
+        self.issues: list[ConfigIssue] = []
+
+    def read(self, path: Path, model: type[BaseModel]) -> tuple[Any, Document | None]:
+        text = path.read_text()
+        rel = path.relative_to(self.root).as_posix()
+        self.digest.update(f"{rel}\0".encode() + text.encode())
+        name = display_path(path)
+        self.files.append(name)
+        doc, found = parse_document(text, name)
+        if doc is None:
+            self.issues += found
+            return None, None
+        parsed, found = validate_parsed(doc, model)
+        self.issues += found
+        return parsed, doc
 
 
 def load_config(config_dir: str | Path = DEFAULT_CONFIG_DIR) -> ConfigSet:
-    """Load ``policy.yaml``, ``templates.yaml`` (when present) and every ``triggers/*.yaml``,
-    run the cross-file checks; raise ConfigError listing all issues."""
-    from config.checks import check_config
+    """Load ``policy.yaml``, ``templates.yaml`` and ``events.yaml`` (when present) and every
+    ``triggers/*.yaml``, run the cross-file checks; raise ConfigError listing all issues."""
+    from config.checks import check_documents
 
     root = Path(config_dir)
-    issues: list[ConfigIssue] = []
-    digest = hashlib.blake2b(digest_size=6)
-    policy_path = root / "policy.yaml"
+    reader = _Reader(root)
     policy = Policy()
-    files: list[str] = []
-    if policy_path.exists():
-        text = policy_path.read_text()
-        digest.update(b"policy.yaml\0" + text.encode())
-        parsed, found = validate_document(text, _display(policy_path), Policy)
-        issues += found
-        policy = parsed or policy
-        files.append(_display(policy_path))
+    if (root / "policy.yaml").exists():
+        policy = reader.read(root / "policy.yaml", Policy)[0] or policy
     templates: dict[str, Template] = {}
-    templates_path = root / TEMPLATES_FILE
-    if templates_path.exists():
-        text = templates_path.read_text()
-        digest.update(f"{TEMPLATES_FILE}\0".encode() + text.encode())
-        registry, found = validate_document(text, _display(templates_path), TemplateRegistry)
-        issues += found
+    if (root / TEMPLATES_FILE).exists():
+        registry = reader.read(root / TEMPLATES_FILE, TemplateRegistry)[0]
         templates = dict(registry.templates) if registry else {}
-        files.append(_display(templates_path))
+    events: EventRegistry | None = None
+    if (root / EVENTS_FILE).exists():
+        decls, doc = reader.read(root / EVENTS_FILE, EventsFile)
+        if decls is not None and doc is not None:
+            events, found = build_registry(decls, doc)
+            reader.issues += found
     triggers: list[Trigger] = []
-    seen: dict[str, str] = {}
+    documents: dict[str, Document] = {}
     paths = sorted((root / "triggers").glob("*.yaml")) + sorted((root / "triggers").glob("*.yml"))
     if not paths:
-        issues.append(ConfigIssue(_display(root / "triggers"), 1, 1, "",
-                                  "no trigger files (*.yaml) found"))
+        reader.issues.append(ConfigIssue(display_path(root / "triggers"), 1, 1, "",
+                                         "no trigger files (*.yaml) found"))
     for path in paths:
-        text = path.read_text()
-        digest.update(f"triggers/{path.name}\0".encode() + text.encode())
-        name = _display(path)
-        files.append(name)
-        trigger, found = validate_document(text, name, Trigger)
-        issues += found
-        if trigger is None:
+        trigger, doc = reader.read(path, Trigger)
+        if trigger is None or doc is None:
             continue
-        if trigger.id in seen:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            marks: dict[tuple[Any, ...], tuple[int, int]] = {}
-            _marks(node, (), marks)
-            line, col = marks.get(("id",), (1, 1))
-            issues.append(ConfigIssue(
-                name, line, col, "id",
-                f"duplicate trigger id '{trigger.id}' (also in {seen[trigger.id]})"))
+        if trigger.id in documents:
+            reader.issues.append(doc.issue(
+                ("id",), "id",
+                f"duplicate trigger id '{trigger.id}' (also in {documents[trigger.id].name})"))
             continue
-        seen[trigger.id] = name
+        documents[trigger.id] = doc
         triggers.append(trigger)
-    config = ConfigSet(tuple(triggers), policy, digest.hexdigest(), tuple(files), templates)
-    issues += check_config(root, config)
+    config = ConfigSet(tuple(triggers), policy, reader.digest.hexdigest(), tuple(reader.files),
+                       templates, events, documents)
+    issues = reader.issues + check_documents(config)
     if issues:
         raise ConfigError(issues)
     return config

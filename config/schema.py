@@ -1,18 +1,38 @@
 """The config schema: what marketers may write in ``config/triggers/*.yaml`` and ``policy.yaml``.
 
-One place owns it. Durations are written ``30m``/``4h``/``7d`` and held as milliseconds.
+One place owns it. Durations are written ``30m``/``4h``/``7d`` and held as milliseconds
+(a bare number in YAML is refused: :func:`bare_durations`).
 Unknown keys are errors (``extra="forbid"``), so a typo never silently disables a rule.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
+import types
+import typing
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 from cdp_triggers.durations import parse_duration
 
-Duration = Annotated[int, BeforeValidator(parse_duration, json_schema_input_type=str | int)]
+
+class _DurationMark:
+    """Marks a :data:`Duration` field, so the loader can refuse bare numbers in YAML."""
+
+
+DURATION = _DurationMark()
+Duration = Annotated[int, BeforeValidator(parse_duration, json_schema_input_type=str | int),
+                     DURATION]
 Ident = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Channel = Literal["push", "email", "sms"]
 CHANNELS: tuple[str, ...] = ("push", "email", "sms")
@@ -25,29 +45,113 @@ class _Strict(BaseModel):
 CUSTOMER_METRICS = ("orders_count", "total_spent", "last_order_at", "days_since_last_order",
                     "cart_items", "cart_total")
 INSTANCE_FIELDS = ("ordered", "key", "age_hours")
-_FIELD = (r"^(type|customer_id|props(\.[A-Za-z0-9_\-]+)+"
+VAR_SOURCES = ("cart.items", "cart.total", "instance.key", "event.type", "event.props.<path>",
+               "customer.<metric>")
+_PATH = r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*"
+_PROPS = re.compile(rf"^props\.{_PATH}$")
+_FIELD = (rf"^(type|customer_id|props\.{_PATH}"
           rf"|customer\.({'|'.join(CUSTOMER_METRICS)})|instance\.({'|'.join(INSTANCE_FIELDS)}))$")
-_VAR_SOURCE = (r"^(cart\.items|cart\.total|instance\.key|event\.type"
-               r"|event\.props(\.[A-Za-z0-9_\-]+)+"
+_VAR_SOURCE = (rf"^(cart\.items|cart\.total|instance\.key|event\.type|event\.props\.{_PATH}"
                rf"|customer\.({'|'.join(CUSTOMER_METRICS)}))$")
 
 
-class Condition(_Strict):
-    """``field`` is ``type``, ``props.x`` (the event), ``customer.<metric>`` or
-    ``instance.<field>``; ``op`` compares it with ``value``."""
+def _hint(word: str, choices: Iterable[str]) -> str:
+    near = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean '{near[0]}'?" if near else ""
 
-    field: str = Field(pattern=_FIELD, description=(
-        "type | customer_id | props.<path> | customer.<" + "|".join(CUSTOMER_METRICS)
-        + "> | instance.<" + "|".join(INSTANCE_FIELDS) + ">"))
-    op: Literal["eq", "ne", "in", "gt", "gte", "lt", "lte", "exists"] = "eq"
+
+def _named(kind: str, name: str, valid: tuple[str, ...]) -> str:
+    return f"unknown {kind} '{name}'{_hint(name, valid)} (valid: {', '.join(valid)})"
+
+
+def check_field(field: str) -> str:
+    """A condition's field, or a message naming what is valid."""
+    head, _, rest = field.partition(".")
+    if head == "customer" and rest not in CUSTOMER_METRICS:
+        raise ValueError(_named("customer metric", rest, CUSTOMER_METRICS))
+    if head == "instance" and rest not in INSTANCE_FIELDS:
+        raise ValueError(_named("instance field", rest, INSTANCE_FIELDS))
+    if head == "props" and not _PROPS.match(field):
+        raise ValueError(f"'{field}' is not a props path (write e.g. props.cart_id)")
+    if not re.match(_FIELD, field):
+        raise ValueError(f"unknown field '{field}'{_hint(field, ('type', 'customer_id'))}"
+                         " (valid: type, customer_id, props.<path>, customer.<metric>, "
+                         "instance.<field>)")
+    return field
+
+
+def check_var_source(source: str) -> str:
+    """A step variable's source, or a message naming the valid ones."""
+    head, _, rest = source.partition(".")
+    if head == "customer" and rest not in CUSTOMER_METRICS:
+        raise ValueError(_named("customer metric", rest, CUSTOMER_METRICS))
+    if not re.match(_VAR_SOURCE, source):
+        fixed = ("cart.items", "cart.total", "instance.key", "event.type")
+        raise ValueError(f"unknown var source '{source}'{_hint(source, fixed)} "
+                         f"(valid: {', '.join(VAR_SOURCES)})")
+    return source
+
+
+Op = Literal["eq", "ne", "in", "gt", "gte", "lt", "lte", "exists"]
+
+
+class _Test(_Strict):
+    op: Op = "eq"
     value: Any = None
+    any: ItemCondition | list[ItemCondition] | None = Field(default=None, description=(
+        "the field is a list: true when at least one item meets these conditions"))
+    all: ItemCondition | list[ItemCondition] | None = Field(default=None, description=(
+        "the field is a list: true when every item meets these conditions"))
+
+    @property
+    def quantifier(self) -> tuple[str, tuple[ItemCondition, ...]] | None:
+        """("any" | "all", the item conditions, all of which one item must meet) or None."""
+        for kind in ("any", "all"):
+            sub = getattr(self, kind)
+            if sub is not None:
+                return kind, (sub,) if isinstance(sub, ItemCondition) else tuple(sub)
+        return None
 
     @model_validator(mode="after")
-    def _value_fits_op(self) -> Condition:
+    def _value_fits_op(self) -> _Test:
+        if self.any is not None or self.all is not None:
+            if self.any is not None and self.all is not None:
+                raise ValueError("set one of 'any' or 'all', not both")
+            if {"op", "value"} & self.model_fields_set:
+                raise ValueError("with 'any'/'all', op and value go inside, on the item "
+                                 "(e.g. any: {field: category, op: eq, value: coffee})")
+            return self
         if self.op == "in" and not isinstance(self.value, list):
             raise ValueError("op 'in' needs a list value")
         if self.op in ("gt", "gte", "lt", "lte") and not isinstance(self.value, int | float):
             raise ValueError(f"op '{self.op}' needs a number value")
+        return self
+
+
+class ItemCondition(_Test):
+    """A condition on one item of a list (inside ``any``/``all``): ``field`` is a path
+    inside the item (e.g. ``category``); without it, the item itself."""
+
+    field: str | None = Field(default=None, pattern=rf"^{_PATH}$",
+                              description="path inside the item, e.g. category; "
+                                          "omit for the item itself")
+
+
+class Condition(_Test):
+    """``field`` is ``type``, ``props.x`` (the event), ``customer.<metric>`` or
+    ``instance.<field>``; ``op`` compares it with ``value``. A list field (e.g.
+    ``props.items``) is tested with ``any:``/``all:`` conditions on its items instead."""
+
+    field: Annotated[str, AfterValidator(check_field)] = Field(
+        json_schema_extra={"pattern": _FIELD}, description=(
+            "type | customer_id | props.<path> | customer.<" + "|".join(CUSTOMER_METRICS)
+            + "> | instance.<" + "|".join(INSTANCE_FIELDS) + ">"))
+
+    @model_validator(mode="after")
+    def _quantified_field_is_props(self) -> Condition:
+        if self.quantifier and not self.field.startswith("props."):
+            raise ValueError("'any'/'all' test the items of a list: the field must be "
+                             "props.<path>")
         return self
 
 
@@ -124,7 +228,8 @@ class Step(_Strict):
     template: Ident
     channels: list[Channel] = Field(min_length=1)
     cascade: dict[Channel, CascadeWait] = Field(default_factory=dict)
-    vars: dict[str, Annotated[str, Field(pattern=_VAR_SOURCE)]] = Field(
+    vars: dict[str, Annotated[str, AfterValidator(check_var_source),
+                              Field(json_schema_extra={"pattern": _VAR_SOURCE})]] = Field(
         default_factory=dict,
         description="template variable → source: cart.items, cart.total, instance.key, "
                     "event.type, event.props.<path>, customer.<metric>")
@@ -244,3 +349,52 @@ class Policy(_Strict):
     max_exits: int = Field(default=16, ge=1, description=(
         "recent exit (cancel_on) events remembered per customer, to cancel an instance "
         "whose start event is read after its exit"))
+
+
+def _duration_or_models(annotation: Any) -> Iterator[Any]:
+    """What a field's annotation may hold that the duration walk cares about: DURATION for a
+    duration, a model class, or ("list" | "dict", inner annotation)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        if DURATION in annotation.__metadata__:
+            yield DURATION
+        else:
+            yield from _duration_or_models(typing.get_args(annotation)[0])
+    elif origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            yield from _duration_or_models(arg)
+    elif origin is list:
+        yield "list", typing.get_args(annotation)[0]
+    elif origin is dict:
+        yield "dict", typing.get_args(annotation)[1]
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+
+
+def _bare(annotation: Any, data: Any, loc: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+    if isinstance(data, bool):
+        return
+    for kind in _duration_or_models(annotation):
+        if kind is DURATION and isinstance(data, int | float):
+            yield loc
+        elif isinstance(kind, tuple) and kind[0] == "list" and isinstance(data, list):
+            for i, item in enumerate(data):
+                yield from _bare(kind[1], item, (*loc, i))
+        elif isinstance(kind, tuple) and kind[0] == "dict" and isinstance(data, dict):
+            for k, item in data.items():
+                yield from _bare(kind[1], item, (*loc, k))
+        elif isinstance(kind, type) and isinstance(data, dict):
+            yield from bare_durations(kind, data, loc)
+
+
+def bare_durations(model: type[BaseModel], data: dict[str, Any],
+                   loc: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Paths in ``data`` (as read from YAML for ``model``) where a duration is a bare number:
+    ``cooldown: 14`` would be 14 milliseconds, never what a marketer means. Code may still
+    pass integer milliseconds to the models."""
+    for name, info in model.model_fields.items():
+        if name not in data:
+            continue
+        annotation = (Annotated[info.annotation, *info.metadata] if info.metadata
+                      else info.annotation)
+        yield from _bare(annotation, data[name], (*loc, name))

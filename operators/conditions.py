@@ -2,6 +2,8 @@
 
 Field paths (validated by the schema): ``type``, ``customer_id``, ``props.a.b`` (the event),
 ``customer.<metric>`` (from CustomerState), ``instance.<field>`` (a running instance).
+A list field is tested item by item with ``any``/``all`` (item conditions, paths inside
+the item). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from cdp_triggers.clock import DAY, HOUR
 from cdp_triggers.events import Event
-from config.schema import Condition, EventMatch
+from config.schema import Condition, EventMatch, ItemCondition
 from state.customer import CustomerState, Instance
 
 MISSING = object()
@@ -88,7 +90,23 @@ def value_of(path: str, scope: Scope) -> Any:
 
 
 def holds(cond: Condition, scope: Scope) -> bool:
-    v = value_of(cond.field, scope)
+    return _test(cond, value_of(cond.field, scope))
+
+
+def _item_value(path: str | None, item: Any) -> Any:
+    if path is None:
+        return item
+    return _props_path(item, path) if isinstance(item, dict) else MISSING
+
+
+def _test(cond: Condition | ItemCondition, v: Any) -> bool:
+    quantifier = cond.quantifier
+    if quantifier is not None:  # any: some item meets every item condition; all: each does
+        if not isinstance(v, list):
+            return False
+        fits = (all(_test(sub, _item_value(sub.field, item)) for sub in quantifier[1])
+                for item in v)
+        return any(fits) if quantifier[0] == "any" else all(fits)
     if cond.op == "exists":
         return (v is not MISSING) == (cond.value is not False)
     if v is MISSING:

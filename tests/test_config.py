@@ -97,3 +97,45 @@ def test_cli_validate_exits_non_zero_with_the_errors(tmp_path, capsys):
     assert e.value.code == 2
     assert "reentry.cooldown: invalid duration 'soon'" in capsys.readouterr().err
     assert main(["validate"]) == 0
+
+
+def test_a_bare_number_is_not_a_duration(tmp_path):
+    write(tmp_path, GOOD.replace("cooldown: 24h", "cooldown: 14"))
+    [msg] = issues(tmp_path)
+    assert msg.endswith("triggers/abandoned_cart.yaml:11:13 reentry.cooldown: a bare number is "
+                        "not a duration (it would be 14 milliseconds): write 14d, 14h or 14m "
+                        "(or 14s, 14w, 14ms)")
+    write(tmp_path, GOOD + "    cascade: {email: {wait: 0}}\n")
+    [msg] = issues(tmp_path)
+    assert "steps[0].cascade.email.wait: a bare number is not a duration" in msg
+    (tmp_path / "policy.yaml").write_text("late_event_grace: 300\n")
+    write(tmp_path, GOOD)
+    [msg] = issues(tmp_path)
+    assert msg.endswith("policy.yaml:1:19 late_event_grace: a bare number is not a duration "
+                        "(it would be 300 milliseconds): write 300d, 300h or 300m "
+                        "(or 300s, 300w, 300ms)")
+
+
+def test_code_may_still_pass_milliseconds():
+    from config.schema import Reentry
+
+    assert Reentry(cooldown=14).cooldown == 14 and Reentry(cooldown="14m").cooldown == 840_000
+
+
+def test_unknown_customer_metric_and_var_source_name_the_valid_ones(tmp_path):
+    write(tmp_path, GOOD.replace("  event: added_to_cart", "  event: added_to_cart\n  where:\n"
+                                 "    - {field: customer.order_count, op: gt, value: 0}")
+          + "    vars: {total: cart.totl, n: customer.spent}\n")
+    msgs = issues(tmp_path)
+    assert any(m.endswith("abandoned_cart.yaml:6:15 start.where[0].field: unknown customer "
+                          "metric 'order_count'; did you mean 'orders_count'? (valid: "
+                          "orders_count, total_spent, last_order_at, days_since_last_order, "
+                          "cart_items, cart_total)") for m in msgs), msgs
+    assert any(m.endswith("steps[0].vars.total: unknown var source 'cart.totl'; did you mean "
+                          "'cart.total'? (valid: cart.items, cart.total, instance.key, "
+                          "event.type, event.props.<path>, customer.<metric>)") for m in msgs)
+    assert any(m.endswith("steps[0].vars.n: unknown customer metric 'spent'; did you mean "
+                          "'total_spent'? (valid: "
+                          "orders_count, total_spent, last_order_at, days_since_last_order, "
+                          "cart_items, cart_total)") for m in msgs), msgs
+    assert not any("pattern" in m or "^(" in m for m in msgs), msgs
