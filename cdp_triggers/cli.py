@@ -222,9 +222,9 @@ def json_schemas() -> dict[str, dict]:
     class Generator(GenerateJsonSchema):
         def function_before_schema(self, schema):
             if is_duration(schema):
-                return {"anyOf": [{"type": "string", "pattern": r"^\s*\d+\s*(ms|s|m|h|d|w)\s*$"},
-                                  {"type": "integer", "minimum": 0}],
-                        "description": "a duration: 90s, 30m, 4h, 7d, 2w (or milliseconds)"}
+                return {"type": "string", "pattern": r"^\s*\d+\s*(ms|s|m|h|d|w)\s*$",
+                        "description": "a duration with its unit: 90s, 30m, 4h, 7d, 2w "
+                                       "(a bare number is refused)"}
             return super().function_before_schema(schema)
 
         def default_schema(self, schema):

@@ -197,8 +197,8 @@ def test_schema_command_writes_editor_schemas(tmp_path, capsys):
     assert trigger["additionalProperties"] is False
     window = trigger["properties"]["attribution_window"]
     assert window["default"] == "3d"  # durations as marketers write them, not ms
-    [text] = [s for s in window["anyOf"] if s["type"] == "string"]
-    assert re.match(text["pattern"], "30m") and not re.match(text["pattern"], "3 hours")
+    assert window["type"] == "string" and "anyOf" not in window  # no bare numbers
+    assert re.match(window["pattern"], "30m") and not re.match(window["pattern"], "3 hours")
     channels = files["templates.schema.json"]["$defs"]["Template"]["properties"]["channels"]
     assert channels["items"]["enum"] == ["push", "email", "sms"]
 
