@@ -270,8 +270,8 @@ def test_clickhouse_outage_mid_run_is_waited_out_with_the_same_result(
 def test_redis_outage_defers_once_per_message_and_loses_no_profile_update(
         traffic, kafka, chdb_url):
     """Redis stops answering for 6 s (CLIENT PAUSE) while the flow decides and simulated
-    receipts unsubscribe customers: the flow goes on, each held message gets one
-    `deferred: profile_unavailable` row, and every unsubscribe lands in Redis."""
+    receipts unsubscribe customers and hard-bounce contacts: the flow goes on, each held
+    message gets one `deferred: profile_unavailable` row, and every such update lands in Redis."""
     import threading
 
     import redis as redis_py
@@ -300,14 +300,18 @@ def test_redis_outage_defers_once_per_message_and_loses_no_profile_update(
                                  " WHERE reason = 'profile_unavailable' GROUP BY send_id")
             unsubscribed = db.query_rows(q.format("DISTINCT customer_id, channel", "outcomes")
                                          + " WHERE outcome = 'unsubscribed'")
+            bounced = db.query_rows(q.format("DISTINCT customer_id, channel", "outcomes")
+                                    + " WHERE outcome = 'bounced'")
         finally:
             db.close()
         assert held, "the outage should have held some messages"
         assert max(n for _, n in held) == 1  # one row per message per outage, not thousands
-        assert unsubscribed
+        assert unsubscribed or bounced  # receipts that change the profile did arrive
         for cid, channel in unsubscribed:
             value = client.hget(f"{traffic.prefix}{cid}", f"consent:{channel}:marketing")
             assert value == b"0", (cid, channel)
+        for cid, channel in bounced:  # the simulator's bounces are hard ones
+            assert client.hget(f"{traffic.prefix}{cid}", f"invalid:{channel}") == b"1"
 
 
 def test_bytewax_run_refuses_to_ignore_the_recovery_directory(kafka, redis_server, tmp_path,

@@ -76,7 +76,9 @@ def test_policy_reasons_in_clickhouse_match_the_embedded_run(kafka, redis_server
         print("REF ONLY", sorted(r1 - r2)[:8], "\nKAFKA ONLY", sorted(r2 - r1)[:8])
     assert got == ref
     reasons = {r for _, r, _ in got}
-    assert {"capped", "quiet_hours_deferred", "control_group", "holdout", "no_consent",
+    # (caps: with receipts ending cascades early, this traffic no longer reaches a cap; the
+    # cap rules are tested in the engine, and the demo's traffic hits them)
+    assert {"quiet_hours_deferred", "control_group", "holdout", "no_consent",
             "no_contact", "reentry_cooldown", ""} <= reasons, reasons
     assert cascades > 0
     # unsubscribes reached Redis (the engine blocked the next send in its own state already)
