@@ -191,8 +191,7 @@ def cmd_explain(a: argparse.Namespace, s: Settings) -> int:
         finally:
             backend.close()
         source = (f"ClickHouse {mask_url(a.clickhouse_url or s.clickhouse_url)} database "
-                  f"{s.clickhouse_database} (starts that did not happen leave no row: use "
-                  "--events to replay them)")
+                  f"{s.clickhouse_database}")
     if a.trigger:  # its lines, and the events that did something to it
         lines = [x for i, x in enumerate(lines) if x.trigger_id == a.trigger or (
             x.what == "event" and any(y.trigger_id == a.trigger for y in lines[i + 1:i + 4]

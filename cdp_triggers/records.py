@@ -181,6 +181,27 @@ class Outcome:
     ts: int
 
 
+START_CONDITION_NOT_MET = "start_condition_not_met"  # a start event whose `where` failed
+COUNT_NOT_REACHED = "count_not_reached"  # a start event short of `start.count`
+
+
+@dataclass(frozen=True, slots=True)
+class StartMiss:
+    """A trigger that did not start on this customer's events, counted, not one row per
+    event: one id per customer × trigger × reason × UTC day, re-emitted with the count at
+    1, 2, 4, 8, … and with its final count once a later day's miss closes the day (so a
+    count is exact for a closed day and at least half the true one otherwise)."""
+
+    miss_id: str
+    customer_id: str
+    trigger_id: str
+    reason: str
+    day: int  # epoch day (UTC) of the misses
+    count: int
+    first_ts: int
+    last_ts: int
+
+
 @dataclass(frozen=True, slots=True)
 class ProfileUpdate:
     """A change the profile store must learn (an unsubscribe, a hard bounce)."""
@@ -202,7 +223,8 @@ class Duplicate:
     ts: int
 
 
-Output = Decision | Send | Lifecycle | Conversion | Outcome | ProfileUpdate | Duplicate
+Output = (Decision | Send | Lifecycle | Conversion | Outcome | ProfileUpdate | Duplicate
+          | StartMiss)
 
 
 def to_dict(record: Output) -> dict[str, Any]:

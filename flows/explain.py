@@ -8,8 +8,7 @@ Two sources, one shape (:class:`Line`):
   instance already running, the instance limit; then every decision with its reason,
   receipt and conversion;
 * a live run's ClickHouse (:func:`explain_clickhouse`): the rows recorded for the customer
-  (lifecycle, decisions, outcomes, conversions). Starts that did not happen leave no row
-  there; replay the recorded events to see those.
+  (start misses counted per day, lifecycle, decisions, outcomes, conversions).
 
 Flows return data; the CLI prints it.
 """
@@ -170,5 +169,11 @@ def explain_clickhouse(backend, database: str, customer_id: str) -> list[Line]:
     for ts, tid, order, revenue, cur, ch, arm in backend.query_rows(q["conversion"]):
         lines.append(Line(ts, tid, "conversion", f"order {order} {float(revenue):.2f} {cur} "
                                                  f"via {ch} [{arm or 'treated'}]"))
-    order = {"lifecycle": 0, "decision": 1, "receipt": 2, "conversion": 3}
+    misses = (f"SELECT toUnixTimestamp64Milli(first_ts), trigger_id, reason, count, "
+              f"toUnixTimestamp64Milli(last_ts) FROM {database}.start_misses "
+              f"WHERE customer_id = '{cid}'")
+    for ts, tid, reason, n, last in backend.query_rows(misses):
+        lines.append(Line(ts, tid, "start", f"not started: {reason.replace('_', ' ')} ×{n} "
+                                            f"(last {iso(last)[11:19]})"))
+    order = {"start": 0, "lifecycle": 0, "decision": 1, "receipt": 2, "conversion": 3}
     return sorted(lines, key=lambda x: (x.ts, order.get(x.what, 9)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from cdp_triggers.clock import DAY
 from cdp_triggers.events import MAX_QUANTITY, OUTCOME_TYPES, Event
 from cdp_triggers.ids import stable_id
 from cdp_triggers.records import (
@@ -24,6 +25,7 @@ from cdp_triggers.records import (
     CONDITION_NOT_MET,
     CONTACT_INVALID,
     CONTROL_GROUP,
+    COUNT_NOT_REACHED,
     DEFERRED,
     EXPIRED,
     INSTANCE_LIMIT,
@@ -35,6 +37,7 @@ from cdp_triggers.records import (
     REENTRY_COOLDOWN,
     REENTRY_ONCE,
     SENT,
+    START_CONDITION_NOT_MET,
     SUPPRESSED,
     TRIGGER_DISABLED,
     Conversion,
@@ -47,6 +50,7 @@ from cdp_triggers.records import (
     ProfileUnavailable,
     ProfileUpdate,
     Send,
+    StartMiss,
 )
 from cdp_triggers.records import HOLDOUT as HOLDOUT_REASON
 from config.loader import ConfigSet
@@ -190,6 +194,9 @@ class Engine:
         if len(state.counts) > 32 or sweep:  # each slot is windowed when used; sweep idle
             state.counts = {k: v for k, v in state.counts.items()
                             if v and v[-1] + self._max_count_window >= now}
+        if state.misses:  # a day over: its count stays as last written
+            today = now // DAY
+            state.misses = {k: m for k, m in state.misses.items() if m[0] >= today}
         if state.refused:  # a key refused a day ago may be recorded again
             state.refused = {k: v for k, v in state.refused.items() if v + EXIT_MEMORY >= now}
 
@@ -454,6 +461,8 @@ class Engine:
         for trig in self._starts.get(ev.type, ()):
             if matches(trig.start, ev, state, ev.ts):
                 self._maybe_start(state, trig, ev, now, out)
+            else:
+                self._miss(state, trig.id, START_CONDITION_NOT_MET, ev.ts, out)
         if ev.type in self._exit_types:  # kept a while: it may cancel an instance whose
             state.exits.append(ev)       # start event is read after it (out-of-order input)
             state.exits = [x for x in state.exits
@@ -478,6 +487,7 @@ class Engine:
                 state.counts[slot] = recent  # (re)inserted last: the oldest slot goes first
                 if len(state.counts) > policy.max_count_slots:
                     del state.counts[next(iter(state.counts))]
+                self._miss(state, trig.id, COUNT_NOT_REACHED, ev.ts, out)
                 return
         if sum(i.trigger_id == trig.id for i in state.instances.values()) >= (
                 policy.max_instances_per_trigger):
@@ -518,6 +528,29 @@ class Engine:
         out.append(Lifecycle(stable_id(state.customer_id, trig.id, key, INSTANCE_LIMIT),
                              state.customer_id, trig.id, "", key, NOT_STARTED, INSTANCE_LIMIT,
                              ev.event_id, ev.ts, now))
+
+    def _miss(self, state: CustomerState, trigger_id: str, reason: str, ts: int,
+              out: list[Output]) -> None:
+        """Count a start that did not happen: a row at counts 1, 2, 4, … of a day, and the
+        day's final count when a later day's miss closes it (see records.StartMiss)."""
+        key = f"{trigger_id}\x1f{reason}"
+        day = ts // DAY
+        m = state.misses.get(key)
+        if m is not None and m[0] != day:
+            if m[1] & (m[1] - 1):  # its last row was not the final count: write it
+                out.append(self._miss_record(state, trigger_id, reason, m))
+            m = None
+        if m is None:
+            m = state.misses[key] = [day, 0, ts, ts]
+        m[1] += 1
+        m[3] = max(m[3], ts)
+        if not m[1] & (m[1] - 1):  # a power of two
+            out.append(self._miss_record(state, trigger_id, reason, m))
+
+    def _miss_record(self, state: CustomerState, trigger_id: str, reason: str,
+                     m: list[int]) -> StartMiss:
+        return StartMiss(stable_id("miss", state.customer_id, trigger_id, reason, m[0]),
+                         state.customer_id, trigger_id, reason, m[0], m[1], m[2], m[3])
 
     def _cancel(self, state: CustomerState, slot: str, inst: Instance, trig: Trigger,
                 ev: Event, now: int, out: list[Output]) -> None:

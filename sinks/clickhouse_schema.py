@@ -29,7 +29,15 @@ import orjson
 from cdp_triggers.clock import iso
 from cdp_triggers.events import DUPLICATE, Rejected
 from cdp_triggers.ids import stable_id
-from cdp_triggers.records import Conversion, Decision, Duplicate, Lifecycle, Outcome, Send
+from cdp_triggers.records import (
+    Conversion,
+    Decision,
+    Duplicate,
+    Lifecycle,
+    Outcome,
+    Send,
+    StartMiss,
+)
 
 DECISIONS = "raw_decisions"
 SENDS = "raw_sends"
@@ -38,7 +46,9 @@ CONVERSIONS = "raw_conversions"
 OUTCOMES = "raw_outcomes"
 REJECTED = "raw_rejected_events"
 DISPATCHED = "raw_dispatched"
-RAW_TABLES = (DECISIONS, SENDS, LIFECYCLE, CONVERSIONS, OUTCOMES, REJECTED, DISPATCHED)
+START_MISSES = "raw_start_misses"
+RAW_TABLES = (DECISIONS, SENDS, LIFECYCLE, CONVERSIONS, OUTCOMES, REJECTED, DISPATCHED,
+              START_MISSES)
 
 DEDUP_VIEWS = {
     DECISIONS: "decisions",
@@ -49,6 +59,7 @@ DEDUP_VIEWS = {
     REJECTED: "rejected_events",
     DISPATCHED: "dispatched",
 }
+COUNTED_VIEWS = {START_MISSES: "start_misses"}  # one row per id, the highest count
 ANALYST_VIEWS = ("trigger_funnel_daily", "suppression_reasons", "channel_summary",
                  "cascade_efficiency", "open_hour_heatmap", "conversions_by_arm",
                  "variant_lift")
@@ -131,6 +142,15 @@ _TABLES: dict[str, tuple[list[str], str, str]] = {
         ["send_id String", f"dispatched_at {TIME}", _INSERTED],
         "",
         "send_id",
+    ),
+    # re-written with a growing count: the view takes the highest (not FINAL's last insert)
+    START_MISSES: (
+        [
+            "miss_id String", "customer_id String", f"trigger_id {LC}", f"reason {LC}",
+            "day Date", "count UInt32", f"first_ts {TIME}", f"last_ts {TIME}", _INSERTED,
+        ],
+        "toYYYYMM(day)",
+        "(trigger_id, miss_id)",
     ),
 }
 
@@ -327,6 +347,11 @@ def ddl_statements(database: str) -> list[str]:
         out.append(f"ALTER TABLE {db}.{table} ADD COLUMN IF NOT EXISTS {column}")
     for table, view in DEDUP_VIEWS.items():
         out.append(f"CREATE OR REPLACE VIEW {db}.{view} AS SELECT * FROM {db}.{table} FINAL")
+    out.append(f"""CREATE OR REPLACE VIEW {db}.{COUNTED_VIEWS[START_MISSES]} AS
+SELECT miss_id, any(customer_id) AS customer_id, any(trigger_id) AS trigger_id,
+       any(reason) AS reason, any(day) AS day, max(count) AS count,
+       min(first_ts) AS first_ts, max(last_ts) AS last_ts
+FROM {db}.{START_MISSES} GROUP BY miss_id""")
     bodies = (_funnel, _suppression, _channels, _cascade, _heatmap, _by_arm, _lift)
     for view, body in zip(ANALYST_VIEWS, bodies, strict=True):
         out.append(f"CREATE OR REPLACE VIEW {db}.{view} AS{body(db)}")
@@ -340,7 +365,7 @@ def columns(table: str) -> list[str]:
 
 # ---------------------------------------------------------------- row mappers
 
-Record = Decision | Send | Lifecycle | Conversion | Outcome | Duplicate | Rejected
+Record = Decision | Send | Lifecycle | Conversion | Outcome | Duplicate | Rejected | StartMiss
 
 _TABLE_OF: dict[type, str] = {
     Decision: DECISIONS,
@@ -350,6 +375,7 @@ _TABLE_OF: dict[type, str] = {
     Outcome: OUTCOMES,
     Duplicate: REJECTED,
     Rejected: REJECTED,
+    StartMiss: START_MISSES,
 }
 
 
@@ -392,6 +418,8 @@ def record_id(record: Record) -> str:
             return duplicate_id(record)
         case Rejected():
             return rejected_id(record)
+        case StartMiss():
+            return record.miss_id
     raise TypeError(f"no ClickHouse table for {type(record).__name__}")
 
 
@@ -466,6 +494,14 @@ def rows_for(record: Record, received_at: int | None = None) -> tuple[str, dict[
                 "event_id": record.event_id, "event_type": record.event_type,
                 "event_ts": iso(record.ts),
                 "received_at": iso(_now_ms() if received_at is None else received_at),
+            }
+        case StartMiss():
+            return START_MISSES, {
+                "miss_id": record.miss_id, "customer_id": record.customer_id,
+                "trigger_id": record.trigger_id, "reason": record.reason,
+                "day": time.strftime("%Y-%m-%d", time.gmtime(record.day * 86_400)),
+                "count": record.count, "first_ts": iso(record.first_ts),
+                "last_ts": iso(record.last_ts),
             }
         case Rejected():
             return REJECTED, {

@@ -96,6 +96,8 @@ class CustomerState(_Upgradable):
     high_water: int = 0  # highest event time seen: replay mode's `now` never goes back
     pruned_at: int = 0  # event time of the last sweep of the bounded parts
     refused: dict[str, int] = field(default_factory=dict)  # slot → ts: not started (limit)
+    misses: dict[str, list[int]] = field(default_factory=dict)  # "trigger\x1freason" →
+    # [day, count, first ts, last ts]: start misses being counted (records.StartMiss)
 
     def snapshot(self) -> CustomerState:
         """An independent copy for Bytewax recovery (the live object keeps changing).

@@ -32,6 +32,7 @@ from sinks.clickhouse import (
 )
 from sinks.clickhouse_schema import (
     ANALYST_VIEWS,
+    COUNTED_VIEWS,
     DEDUP_VIEWS,
     RAW_TABLES,
     ddl_statements,
@@ -101,8 +102,9 @@ def test_ddl_applies_twice(backend: ChdbBackend, db: str) -> None:
     ensure_schema(backend, db)
     sql = f"SELECT name FROM system.tables WHERE database = '{db}'"
     names = {r[0] for r in backend.query_rows(sql)}
-    assert names == set(RAW_TABLES) | set(DEDUP_VIEWS.values()) | set(ANALYST_VIEWS)
-    for view in [*DEDUP_VIEWS.values(), *ANALYST_VIEWS]:
+    views = [*DEDUP_VIEWS.values(), *COUNTED_VIEWS.values(), *ANALYST_VIEWS]
+    assert names == set(RAW_TABLES) | set(views)
+    for view in views:
         assert count(backend, f"SELECT count() FROM {db}.{view}") == 0
     with pytest.raises(ValueError):
         ddl_statements("bad-name; DROP")

@@ -119,5 +119,5 @@ def test_chdb_rows_are_idempotent_across_replays(chdb_url):
     second = run_once()
     assert first == second and first["sends"] > 0 and first["rejected_events"] > 0
     raw = backend.query_rows("SELECT count() FROM idem.raw_sends")[0][0]
-    assert raw in (first["sends"], 2 * first["sends"])  # physically twice until merged
+    assert first["sends"] <= raw <= 2 * first["sends"]  # twice until (partly) merged
     backend.close()
