@@ -573,7 +573,13 @@ class Engine:
         elif ev.type == "removed_from_cart":
             state.cart.pop(str(p["product_id"]), None)
         elif ev.type == "consent_changed":
-            _set_consent(state, f"{p['channel']}:{p['category']}", bool(p["granted"]), ev.ts)
+            ch = str(p["channel"])
+            if (_set_consent(state, f"{ch}:{p['category']}", bool(p["granted"]), ev.ts)
+                    and p["granted"] and ch in state.invalid
+                    and state.invalid_at.get(ch, 0) < ev.ts):
+                # confirmed again after its hard bounce: the latest fact in event time wins
+                state.invalid.discard(ch)
+                out.append(ProfileUpdate(state.customer_id, f"invalid:{ch}", "0", ev.ts))
         elif ev.type == "order_placed":
             state.cart.clear()
             state.orders_count += 1
@@ -605,9 +611,13 @@ class Engine:
                            state.customer_id, channel, kind,
                            touch.trigger_id if touch else "", touch.variant if touch else "",
                            touch.step if touch else -1, touch.ts if touch else 0, ev.ts))
-        if kind == "bounced" and p.get("hard", True) is not False:
-            state.invalid.add(channel)
-            out.append(ProfileUpdate(state.customer_id, f"invalid:{channel}", "1", ev.ts))
+        if kind == "bounced" and p.get("hard", True) is not False and not any(
+                granted and ts > ev.ts for key, (granted, ts) in state.consents.items()
+                if key.startswith(f"{channel}:")):  # not if confirmed again after it
+            if ev.ts >= state.invalid_at.get(channel, ev.ts):
+                state.invalid.add(channel)
+                state.invalid_at[channel] = ev.ts
+                out.append(ProfileUpdate(state.customer_id, f"invalid:{channel}", "1", ev.ts))
         elif kind == "unsubscribed" and _set_consent(state, f"{channel}:marketing", False,
                                                      ev.ts):  # written back if newest only
             out.append(ProfileUpdate(state.customer_id, f"consent:{channel}:marketing", "0",

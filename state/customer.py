@@ -87,6 +87,7 @@ class CustomerState(_Upgradable):
     counts: dict[str, list[int]] = field(default_factory=dict)  # "trigger\x1fkey" → start times
     sent_log: list[Any] = field(default_factory=list)  # operators.policy.Sent, for caps
     invalid: set[str] = field(default_factory=set)  # channels whose contact hard-bounced
+    invalid_at: dict[str, int] = field(default_factory=dict)  # channel → its hard bounce ts
     profile: Any = None  # last profile read: used for transactional when the store is down
     orders_count: int = 0
     total_spent: float = 0.0

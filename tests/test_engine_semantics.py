@@ -9,6 +9,7 @@ from cdp_triggers.clock import DAY, HOUR, MINUTE
 from cdp_triggers.events import Event
 from cdp_triggers.records import (
     CAPPED,
+    CONTACT_INVALID,
     DEFERRED,
     NO_CONSENT,
     QUIET_HOURS_DEFERRED,
@@ -139,6 +140,31 @@ def test_at_the_same_instant_a_revoke_wins_whatever_the_read_order(tmp_path):
         out, st = run_events(tmp_path, [*events, e("x_a", 20)])
         assert st.consents["email:marketing"] == (False, T0 + 5 * MINUTE)
         assert [d.reason for d in decisions(out)] == [NO_CONSENT]
+
+
+def test_a_late_hard_bounce_older_than_an_opt_in_does_not_invalidate_the_contact(tmp_path):
+    out, st = run_events(tmp_path, [consent(10, True),
+                                    receipt("bounced", 5, "old-send", "email"),  # read late
+                                    e("x_a", 20)])
+    assert "email" not in st.invalid
+    assert not [u for u in out if isinstance(u, ProfileUpdate)]
+    assert [(d.status, d.reason) for d in decisions(out)] == [(SENT, "")]
+
+
+def test_an_opt_in_after_a_hard_bounce_validates_the_contact_again(tmp_path):
+    out, st = run_events(tmp_path, [receipt("bounced", 5, "s0", "email"),
+                                    consent(10, True), e("x_a", 20)])
+    assert "email" not in st.invalid
+    assert [(u.field, u.value) for u in out if isinstance(u, ProfileUpdate)] == [
+        ("invalid:email", "1"), ("invalid:email", "0")]
+    assert [(d.status, d.reason) for d in decisions(out)] == [(SENT, "")]
+
+
+def test_a_hard_bounce_after_the_opt_in_invalidates_the_contact(tmp_path):
+    out, st = run_events(tmp_path, [consent(5, True), receipt("bounced", 10, "s0", "email"),
+                                    e("x_a", 20)])
+    assert "email" in st.invalid
+    assert [d.reason for d in decisions(out)] == [CONTACT_INVALID]
 
 
 # ---- 4. the policy's default time zone for profiles without one ---------------------------
