@@ -291,6 +291,39 @@ def cmd_gateway_sim(a: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def cmd_profiles_import(a: argparse.Namespace, s: Settings) -> int:
+    from flows.profiles_in import import_file
+    from state.profiles import RedisProfileStore
+
+    path = Path(a.file)
+    if not path.is_file():
+        print(f"no such file: {path}", file=sys.stderr)
+        return 2
+    store = RedisProfileStore(s.redis_url, s.redis_key_prefix)
+    if not store.ping():
+        print(f"profiles import: Redis is not reachable at {mask_url(s.redis_url)}",
+              file=sys.stderr)
+        return 2
+    print(f"profiles import: {path.name} → Redis at {mask_url(s.redis_url)}", flush=True)
+    counts = import_file(path, store, chunk=a.chunk, progress=lambda c, n: print(
+        f"  {n:,} records read: {c.line()}", flush=True))
+    print(f"profiles import: {counts.line()}")
+    return 0
+
+
+def cmd_profiles_consume(a: argparse.Namespace, s: Settings) -> int:
+    from flows.profiles_in import consume
+    from state.profiles import RedisProfileStore
+
+    store = RedisProfileStore(s.redis_url, s.redis_key_prefix)
+    print(f"profiles consume: {s.profiles_topic} on {s.kafka_brokers} (group {a.group}) → "
+          f"Redis at {mask_url(s.redis_url)}", flush=True)
+    counts = consume(s.kafka_brokers, s.profiles_topic, store, group=a.group,
+                     idle_exit_s=a.idle_exit)
+    print(f"profiles consume: {counts.line()}")
+    return 0
+
+
 def cmd_generate(a: argparse.Namespace, s: Settings) -> int:
     from cdp_triggers.synthetic import main
 
@@ -368,6 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-exit", type=float, default=None,
                    help="exit after this many seconds without sends (default: run forever)")
     p.set_defaults(fn=cmd_gateway_sim)
+
+    p = sub.add_parser("profiles", help="profiles from the CDP into Redis (import, consume)")
+    psub = p.add_subparsers(dest="profiles_cmd", required=True)
+    q = psub.add_parser("import", help="bulk load a JSONL or CSV file of profiles")
+    q.add_argument("file", help="FILE.jsonl or FILE.csv")
+    q.add_argument("--chunk", type=int, default=1000, help="writes per pipelined round trip")
+    q.set_defaults(fn=cmd_profiles_import)
+    q = psub.add_parser("consume", help="apply the profiles topic (CDP_PROFILES_TOPIC)")
+    q.add_argument("--group", default="cdp-profiles", help="Kafka consumer group")
+    q.add_argument("--idle-exit", type=float, default=None,
+                   help="exit after this many seconds without records (default: run forever)")
+    q.set_defaults(fn=cmd_profiles_consume)
 
     p = sub.add_parser("generate", help="write synthetic events as JSONL (see --help)")
     p.add_argument("args", nargs=argparse.REMAINDER)

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     recovery_dir: Path | None = None  # Bytewax recovery: state + offsets snapshotted per epoch
     recovery_partitions: int = 4  # created on first start when the directory is empty
     epoch_seconds: float = 10.0  # snapshot interval; also the longest a row waits in a buffer
+    profiles_topic: str = "profiles"
 
     @property
     def brokers(self) -> list[str]:

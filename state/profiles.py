@@ -8,9 +8,20 @@ field                  value
 ``tz``                 IANA time zone, e.g. ``Europe/Berlin``
 ``locale``             e.g. ``de-DE``
 ``contacts``           comma list of channels with a contact present (``email,push``);
-                       flags only: addresses and numbers never leave the profile system
+                       the flags the engine reads: values never leave the profile system
+``email``              normalised address (CDP profiles only; never logged or exported)
+``phone``              E.164 number, the ``sms`` channel's contact (same rule)
+``push_token``         the ``push`` channel's device token (same rule)
+``invalid:CH``         ``1``: the channel's contact is invalid (refused on the way in, or
+                       hard-bounced); it wins over the flag. ``0``: valid again
 ``consent:CH:CAT``     ``1`` granted / ``0`` refused, e.g. ``consent:email:marketing``
+``ts``                 event time (epoch ms) of the last CDP upsert applied
 =====================  ==========================================================
+
+CDP profile writes (:meth:`RedisProfileStore.write_profiles`) are last-writer-wins by event
+time, atomically per customer (a Lua script): an upsert older than the profile's ``ts`` is
+ignored; a delete removes the hash and leaves a tombstone ``{prefix}~deleted:{id}`` = ts
+(kept ``TOMBSTONE_TTL_S``) so that an older upsert read late does not bring it back.
 
 Reads are pipelined (one round trip for many customers). When Redis is not reachable the
 caller decides what to do (the embedded demo falls back to generated profiles, loudly);
@@ -20,8 +31,10 @@ and never the URL's password.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from cdp_triggers.logs import StateLog, mask_url
 
@@ -34,7 +47,62 @@ from cdp_triggers.records import ProfileUnavailable as ProfileUnavailable
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "cdp:profile:"
+TOMBSTONE = "~deleted:"  # after the prefix: customer ids are not expected to start with ~
+TOMBSTONE_TTL_S = 30 * 86400
 ProfileLookup = Callable[[str], "Profile | None"]
+
+# field of each channel's contact value in the hash
+CONTACT_FIELDS = {"email": "email", "sms": "phone", "push": "push_token"}
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileWrite:
+    """One CDP record, normalised: what to set and delete in the customer's hash.
+
+    ``op`` is ``upsert`` or ``delete``; ``ts`` its event time (epoch ms). ``add``/``drop``:
+    channels whose ``contacts`` flag to set / remove (channels not named keep theirs)."""
+
+    customer_id: str
+    ts: int
+    op: str = "upsert"
+    set: Mapping[str, str] = field(default_factory=dict)
+    delete: tuple[str, ...] = ()
+    add: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()
+
+
+_UPSERT = """
+local op = cjson.decode(ARGV[1])
+local ts = tonumber(op.ts)
+local tomb = redis.call('GET', KEYS[2])
+if tomb and tonumber(tomb) > ts then return 0 end
+local cur = redis.call('HGET', KEYS[1], 'ts')
+if cur and tonumber(cur) > ts then return 0 end
+for k, v in pairs(op.set) do redis.call('HSET', KEYS[1], k, v) end
+for _, k in ipairs(op.delete) do redis.call('HDEL', KEYS[1], k) end
+local flags = {}
+local c = redis.call('HGET', KEYS[1], 'contacts')
+if c then for ch in string.gmatch(c, '[^,]+') do flags[ch] = true end end
+for _, ch in ipairs(op.add) do flags[ch] = true end
+for _, ch in ipairs(op.drop) do flags[ch] = nil end
+local list = {}
+for ch, _ in pairs(flags) do table.insert(list, ch) end
+table.sort(list)
+redis.call('HSET', KEYS[1], 'contacts', table.concat(list, ','), 'ts', op.ts)
+if tomb then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+_DELETE = """
+local ts = tonumber(ARGV[1])
+local cur = redis.call('HGET', KEYS[1], 'ts')
+if cur and tonumber(cur) > ts then return 0 end
+local tomb = redis.call('GET', KEYS[2])
+if tomb and tonumber(tomb) > ts then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', tonumber(ARGV[2]))
+return 1
+"""
 
 
 class RedisProfileStore:
@@ -49,6 +117,8 @@ class RedisProfileStore:
         self.prefix = prefix
         self._r = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.lookups = StateLog(log, f"profile store {self.name}")
+        self._upsert = self._r.register_script(_UPSERT)
+        self._delete = self._r.register_script(_DELETE)
 
     def ping(self) -> bool:
         """True when the server answers; False (never raises) when it does not."""
@@ -120,6 +190,21 @@ class RedisProfileStore:
             n += 1
         pipe.execute()
         return n
+
+    def write_profiles(self, writes: Iterable[ProfileWrite]) -> list[bool]:
+        """CDP upserts/deletes in one pipelined round trip, last writer wins by event time:
+        True per write applied, False when the profile already holds a newer one."""
+        pipe = self._r.pipeline(transaction=False)
+        for w in writes:
+            keys = [self.prefix + w.customer_id, self.prefix + TOMBSTONE + w.customer_id]
+            if w.op == "delete":
+                self._delete(keys=keys, args=[str(w.ts), TOMBSTONE_TTL_S], client=pipe)
+            else:
+                arg = json.dumps({"ts": str(w.ts), "set": dict(w.set),
+                                  "delete": list(w.delete), "add": list(w.add),
+                                  "drop": list(w.drop)})
+                self._upsert(keys=keys, args=[arg], client=pipe)
+        return [bool(r) for r in pipe.execute()]
 
     def set_consent(self, customer_id: str, channel: str, category: str, granted: bool) -> None:
         self._r.hset(self.prefix + customer_id, f"consent:{channel}:{category}",
