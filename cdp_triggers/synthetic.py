@@ -200,6 +200,24 @@ class SyntheticRetail:
         return [Profile(c.cid, c.tz, locale, c.contacts, dict(c.consents))
                 for c, locale in self._customers()]
 
+    def profile_records(self) -> list[dict[str, Any]]:
+        """The same profiles as CDP profile upserts (the `profiles` topic contract), with
+        made-up contacts: ``<id>@example.com``, a German mobile number, a push token."""
+        out = []
+        for p in self.profiles():
+            rec: dict[str, Any] = {"op": "upsert", "customer_id": p.customer_id, "ts": 0,
+                                   "tz": p.timezone, "locale": p.locale,
+                                   "consents": dict(p.consents)}
+            digits = "".join(ch for ch in p.customer_id if ch.isdigit())[-8:].rjust(8, "0")
+            if "email" in p.contacts:
+                rec["email"] = f"{p.customer_id}@example.com"
+            if "sms" in p.contacts:
+                rec["phone"] = f"+49151{digits}"
+            if "push" in p.contacts:
+                rec["push_token"] = f"push-{p.customer_id}"
+            out.append(rec)
+        return out
+
     def _customers(self) -> Iterator[tuple[_Customer, str]]:
         """Customers in id order with their locale; the same draws for profiles and events."""
         cfg = self.config

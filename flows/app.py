@@ -66,8 +66,10 @@ class Run:
 
 
 def open_profiles(s: Settings, fallback: Fallback, generated: Iterable[Profile] = (),
-                  ) -> tuple[Any, str, str | None]:
-    """(store with ``.get``, where profiles come from, a note to say or None)."""
+                  records: Iterable[dict[str, Any]] = ()) -> tuple[Any, str, str | None]:
+    """(store with ``.get``, where profiles come from, a note to say or None). With
+    ``records`` (CDP profile upserts), Redis is loaded through the profile import, the same
+    checks and normalisation as the `profiles` topic."""
     if fallback == "memory":
         return DictProfileStore(generated), "memory", None
     if fallback == "assume":
@@ -77,6 +79,14 @@ def open_profiles(s: Settings, fallback: Fallback, generated: Iterable[Profile] 
     if fallback == "redis":
         return store, "redis", None
     if store.ping():
+        recs = list(records)
+        if fallback == "generated" and recs:
+            from flows.profiles_in import import_records
+
+            counts = import_records(recs, store)
+            return store, "redis", (f"profiles: loaded {counts.loaded:,} customers into Redis "
+                                    f"at {url} through the CDP profile import "
+                                    f"({counts.invalid_contact:,} invalid contacts)")
         profiles = list(generated)
         if fallback == "generated" and profiles:
             store.put_many(profiles)
@@ -107,6 +117,7 @@ def build_run(s: Settings, source: Literal["kafka", "files", "generator"] = "kaf
               progress: Callable[[int], None] | None = None,
               config: ConfigSet | None = None,
               profiles: Fallback = "redis", generated: Iterable[Profile] = (),
+              records: Iterable[dict[str, Any]] = (),
               outputs: Literal["full", "clickhouse", "memory"] = "full",
               loopback: bool | None = None, recovery: bool | None = None) -> Run:
     """Wire one run from settings (see the module doc). ``source``: the live topics, JSONL
@@ -119,7 +130,7 @@ def build_run(s: Settings, source: Literal["kafka", "files", "generator"] = "kaf
     recovery = s.recovery_dir is not None if recovery is None else recovery
     live = s.clock == "live"
     clock = WatermarkClock(idle_ms=s.live_idle_ms)
-    store, origin, note = open_profiles(s, profiles, generated)
+    store, origin, note = open_profiles(s, profiles, generated, records)
     if note:
         notes.append(note)
     loop = s.simulate_gateways if loopback is None else loopback

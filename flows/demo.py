@@ -39,7 +39,8 @@ def run_demo(config: ConfigSet, settings: Settings, synthetic: SyntheticConfig,
                                     "recovery_dir": None})
     run = build_run(s, "generator", generator=gen.events, progress=Progress("read", out=say),
                     config=config, profiles="generated" if use_redis else "memory",
-                    generated=gen.profiles(), outputs="clickhouse", loopback=True)
+                    generated=gen.profiles(), records=gen.profile_records(),
+                    outputs="clickhouse", loopback=True)
     for note in run.notes:
         say(note)
     if not use_redis:

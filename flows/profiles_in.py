@@ -17,7 +17,7 @@ import csv
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,10 +227,18 @@ def import_file(path: str | Path, store: Any, chunk: int = 1000,
                 every_s: float = 2.0) -> Counts:
     """Bulk load ``path`` (``.jsonl``/``.json`` or ``.csv``). Records without ``ts`` get 0:
     any topic upsert with an event time wins over them; a re-import overwrites them."""
+    return import_records(read_records(Path(path)), store, chunk, progress, every_s)
+
+
+def import_records(records: Iterable[Any], store: Any, chunk: int = 1000,
+                   progress: Callable[[Counts, int], None] | None = None,
+                   every_s: float = 2.0) -> Counts:
+    """Bulk load profile records (None = a line that did not parse) through the same checks
+    and normalisation as the topic; the demo loads its generated profiles this way."""
     ingest = Ingest(store, chunk)
     batch: list[ProfileWrite] = []
     last = time.monotonic()
-    for read, rec in enumerate(read_records(Path(path)), 1):
+    for read, rec in enumerate(records, 1):
         w = ingest.prepare(rec, default_ts=0) if rec is not None else ingest.refuse("bad_json")
         if w is not None:
             batch.append(w)

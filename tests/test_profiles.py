@@ -35,13 +35,14 @@ def test_unreachable_redis_raises_profile_unavailable_not_none():
         store.get("a")
 
 
-def test_demo_seeds_redis_when_it_answers(redis_server):
+def test_demo_loads_redis_through_the_profile_import_when_it_answers(redis_server):
     gen = SyntheticRetail(SyntheticConfig(customers=50, days=1))
     store, origin, said = open_profiles(Settings(redis_url=redis_server.url), "generated",
-                                        gen.profiles())
+                                        gen.profiles(), gen.profile_records())
     assert origin == "redis" and isinstance(store, RedisProfileStore)
-    assert store.get("c000007") == gen.profiles()[6]
-    assert "seeded 50 customers into Redis" in said
+    # loaded through the CDP profile import: the same profile comes back out of Redis
+    assert [store.get(p.customer_id) for p in gen.profiles()] == gen.profiles()
+    assert "loaded 50 customers into Redis" in said and "0 invalid contacts" in said
 
 
 def test_demo_says_so_when_redis_is_absent():
