@@ -83,6 +83,7 @@ def open_profiles(s: Settings, fallback: Fallback, generated: Iterable[Profile] 
         if fallback == "generated" and recs:
             from flows.profiles_in import import_records
 
+            store.forget(r["customer_id"] for r in recs)  # whole profiles, nothing stale
             counts = import_records(recs, store)
             return store, "redis", (f"profiles: loaded {counts.loaded:,} customers into Redis "
                                     f"at {url} through the CDP profile import "

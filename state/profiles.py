@@ -191,6 +191,16 @@ class RedisProfileStore:
         pipe.execute()
         return n
 
+    def forget(self, customer_ids: Iterable[str], chunk: int = 1000) -> None:
+        """Remove these customers' profiles and tombstones outright (a demo re-seeding its
+        own customers; not for CDP deletes, which keep a tombstone)."""
+        pipe = self._r.pipeline(transaction=False)
+        for n, cid in enumerate(customer_ids, 1):
+            pipe.delete(self.prefix + cid, self.prefix + TOMBSTONE + cid)
+            if n % chunk == 0:
+                pipe.execute()
+        pipe.execute()
+
     def write_profiles(self, writes: Iterable[ProfileWrite]) -> list[bool]:
         """CDP upserts/deletes in one pipelined round trip, last writer wins by event time:
         True per write applied, False when the profile already holds a newer one."""

@@ -37,6 +37,8 @@ def test_unreachable_redis_raises_profile_unavailable_not_none():
 
 def test_demo_loads_redis_through_the_profile_import_when_it_answers(redis_server):
     gen = SyntheticRetail(SyntheticConfig(customers=50, days=1))
+    stale = RedisProfileStore(redis_server.url)
+    stale.set_consent("c000007", "push", "transactional", False)  # left by an earlier run
     store, origin, said = open_profiles(Settings(redis_url=redis_server.url), "generated",
                                         gen.profiles(), gen.profile_records())
     assert origin == "redis" and isinstance(store, RedisProfileStore)
