@@ -62,7 +62,7 @@ class EngineRuntime:
         ``topic:partition:offset`` → partition ``topic:partition``)."""
         observe = getattr(self.clock, "observe", None)
         if observe is not None:
-            observe(event.ts, event.source.rpartition(":")[0])
+            observe(event.ts, partition_of(event))
 
     def profiles(self) -> ProfileLookup:
         if self._profiles is None:
@@ -119,7 +119,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         out: list[Output | Rejected] = []
         live = rt.mode == "live"
         wall = rt.wall.now_ms() if live else 0
-        self.partition = values[-1].source.rpartition(":")[0]
+        self.partition = partition_of(values[-1])
         for e in sorted(values, key=_order):
             now = max(st.high_water, e.ts)
             if live:
@@ -272,6 +272,12 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         if self.state is None:
             return self.RETAIN if self.dormant is not None else self.DISCARD
         return self.DISCARD if self.state.is_empty() else self.RETAIN
+
+
+def partition_of(event: Event) -> str:
+    """The input partition an event was read from (``topic:partition:offset`` →
+    ``topic:partition``; ``file:line`` → ``file``)."""
+    return event.source.rpartition(":")[0]
 
 
 def _order(e: Event) -> tuple[int, str]:
