@@ -5,18 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The packaged config/ directory, found without importing the config layer (settings are
 # ground: they import nothing above them).
+DEFAULT_PROVIDERS = {"email": "unisender_go", "sms": "twilio", "push": "fcm"}
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 
 class Settings(BaseSettings):
     """Every knob of a run. Defaults are the embedded, single-machine setup."""
 
-    model_config = SettingsConfigDict(env_prefix="CDP_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CDP_", env_file=".env", extra="ignore",
+                                      env_nested_delimiter="__")
 
     config_dir: Path = PACKAGED_CONFIG_DIR
     kafka_brokers: str = "127.0.0.1:9092"
@@ -51,6 +53,32 @@ class Settings(BaseSettings):
     recovery_partitions: int = 4  # created on first start when the directory is empty
     epoch_seconds: float = 10.0  # snapshot interval; also the longest a row waits in a buffer
     profiles_topic: str = "profiles"
+    # the gateway (sends → providers) and the webhook receiver (providers → outcomes)
+    outcomes_topic: str = "outcomes"
+    send_dead_letter_topic: str = "send_dead_letters"  # commands that cannot be sent
+    gateway_group: str = "cdp-gateway"
+    gateway_batch: int = 500  # commands per consumer poll (offsets committed per batch)
+    gateway_concurrency: int = 64  # provider calls in flight per gateway process
+    gateway_max_attempts: int = 6  # calls per send on 5xx/429/timeouts, then dead letter
+    gateway_timeout_s: float = 10.0  # one provider call
+    gateway_backoff_s: float = 0.5  # first retry wait; doubles up to retry_cap_seconds
+    send_ledger_prefix: str = "cdp:send:"
+    send_ledger_lease_ms: int = 60_000  # a claim older than this was left by a crash
+    send_ledger_ttl_s: int = 14 * 86400
+    # provider per channel; their options (keys, URLs, sender ids) by env, e.g.
+    # CDP_PROVIDER_OPTIONS__UNISENDER_GO__API_KEY=…  (secrets: never in the image)
+    providers: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_PROVIDERS))
+    provider_options: dict[str, dict[str, str]] = Field(default_factory=dict)
+    provider_rate_limits: dict[str, float] = Field(default_factory=dict)  # name → calls/s
+    webhook_host: str = "0.0.0.0"
+    webhook_port: int = 8081
+    webhook_public_url: str = ""  # what providers call, when a proxy is in front
+
+    @field_validator("providers")
+    @classmethod
+    def _default_providers(cls, v: dict[str, str]) -> dict[str, str]:
+        """CDP_PROVIDERS__SMS=… changes one channel; the others keep their default."""
+        return {**DEFAULT_PROVIDERS, **{k.lower(): x for k, x in v.items()}}
 
     @property
     def brokers(self) -> list[str]:

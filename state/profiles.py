@@ -43,6 +43,7 @@ from cdp_triggers.records import CATEGORIES as CATEGORIES
 from cdp_triggers.records import CHANNELS as CHANNELS
 from cdp_triggers.records import Profile as Profile
 from cdp_triggers.records import ProfileUnavailable as ProfileUnavailable
+from cdp_triggers.records import _s
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,22 @@ ProfileLookup = Callable[[str], "Profile | None"]
 
 # field of each channel's contact value in the hash
 CONTACT_FIELDS = {"email": "email", "sms": "phone", "push": "push_token"}
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """Where one message goes: the address (in memory only, never logged) or, when there
+    is none, why (``no_profile``, ``no_contact``, ``contact_invalid``)."""
+
+    customer_id: str
+    channel: str
+    address: str
+    locale: str = "en"
+    reason: str = ""
+
+    def __repr__(self) -> str:  # an address must not reach a log line by accident
+        return (f"Contact({self.customer_id!r}, {self.channel!r}, "
+                f"address={'***' if self.address else ''!r}, reason={self.reason!r})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +183,25 @@ class RedisProfileStore:
             pipe.hgetall(self.prefix + cid)
         return {cid: Profile.from_redis(cid, h)
                 for cid, h in zip(ids, pipe.execute(), strict=True) if h}
+
+    def contacts_for(self, wanted: Iterable[tuple[str, str]]) -> list[Contact]:
+        """The address each ``(customer_id, channel)`` is sent to, read at send time in one
+        pipelined round trip (the gateway's only read of contact values)."""
+        wanted = list(wanted)
+        pipe = self._r.pipeline(transaction=False)
+        for cid, channel in wanted:
+            pipe.hmget(self.prefix + cid, CONTACT_FIELDS.get(channel, "-"), f"invalid:{channel}",
+                       "locale", "contacts")
+        out = []
+        for (cid, channel), (addr, invalid, locale, flags) in zip(
+                wanted, pipe.execute(), strict=True):
+            address, reason = _s(addr or b""), ""
+            if invalid is not None and _s(invalid) == "1":
+                address, reason = "", "contact_invalid"
+            elif not address:
+                reason = "no_profile" if flags is None and locale is None else "no_contact"
+            out.append(Contact(cid, channel, address, _s(locale or b"") or "en", reason))
+        return out
 
     def put_many(self, profiles: Iterable[Profile], chunk: int = 1000) -> int:
         n = 0
