@@ -45,7 +45,7 @@ from sinks.providers.base import (
 EMAIL = "anna.petrova@example.com"
 PHONE = "+79161234567"
 TOKEN = "fcm-device-token-abc"
-CALLBACK = "https://hooks.example.com/webhooks/sms"
+CALLBACK = "https://hooks.example.com/webhooks/twilio"
 
 
 def run(coro: Any) -> Any:
@@ -127,6 +127,11 @@ def test_make_provider_builds_each_adapter_from_env_style_options() -> None:
     sms = make_provider("twilio", {"account_sid": "AC1", "auth_token": "t",
                                    "messaging_service_sid": "MG1"})
     assert isinstance(sms, TwilioSms) and sms.channel == "sms"
+    # the keys of providers.env.example (CDP_PROVIDER_OPTIONS__TWILIO__FROM, …)
+    sms = make_provider("twilio", {"ACCOUNT_SID": "AC1", "AUTH_TOKEN": "t", "FROM": "+1555",
+                                   "STATUS_CALLBACK": CALLBACK})
+    assert isinstance(sms, TwilioSms)
+    assert (sms.from_number, sms.status_callback_url) == ("+1555", CALLBACK)
     push = make_provider("fcm", {"project_id": "p", "access_token": "t",
                                  "webhook_secret": "s", "timeout_s": "3"})
     assert isinstance(push, FcmPush) and push.timeout.total == 3.0
@@ -406,7 +411,7 @@ def test_twilio_callback_duplicate_same_key(twilio: TwilioSms) -> None:
 
 def test_twilio_callback_behind_proxy_uses_public_url(twilio: TwilioSms) -> None:
     body, headers = twilio_callback(_cb_url(), "tw-token")
-    seen = "http://10.0.0.5:8080/webhooks/sms?send_id=snd-1&customer_id=cust-1"
+    seen = "http://10.0.0.5:8080/webhooks/twilio?send_id=snd-1&customer_id=cust-1"
     assert [r.kind for r in twilio.parse_webhook(body, headers, seen)] == ["delivered"]
 
 
@@ -499,7 +504,7 @@ def test_fcm_timeout_is_transient(fcm: FcmPush, fcm_stand: FcmStand) -> None:
 @pytest.mark.parametrize("event", ["delivered", "opened", "clicked"])
 def test_push_callback_events(fcm: FcmPush, event: str) -> None:
     body, headers = push_callback("app-secret", event=event, url="https://s.example/p?t=1")
-    [receipt] = fcm.parse_webhook(body, headers, "/webhooks/push")
+    [receipt] = fcm.parse_webhook(body, headers, "/webhooks/fcm")
     assert (receipt.send_id, receipt.customer_id, receipt.channel, receipt.kind,
             receipt.ts) == ("s1", "c1", "push", event, 1_714_564_800_000)
     assert dict(receipt.props) == ({"url": "https://s.example/p"} if event == "clicked" else {})

@@ -5,11 +5,12 @@
 
 * ``unisender_go`` (e-mail): api_key*, base_url (https://go1.unisender.ru or go2),
   from_email, from_name, track ("1"/"0": track_links and track_read), timeout_s.
-* ``twilio`` (sms): account_sid*, auth_token*, from_number or messaging_service_sid*,
-  status_callback_url (our public ``/webhooks/sms`` URL), base_url, timeout_s.
+* ``twilio`` (sms): account_sid*, auth_token*, from_number (or ``from``) or
+  messaging_service_sid*, status_callback_url (or ``status_callback``: our public
+  ``/webhooks/twilio`` URL; send_id/customer_id are appended), base_url, timeout_s.
 * ``fcm`` (push): project_id*, access_token or access_token_file* (kept fresh by a
-  sidecar / workload identity), webhook_secret* (our app callback's HMAC key), base_url,
-  timeout_s.
+  sidecar / workload identity), webhook_secret* (HMAC key of our app's receipt callback
+  on ``/webhooks/fcm``, see ``sinks.providers.push.APP_CALLBACK``), base_url, timeout_s.
 
 (* required.) Errors name the missing key, never a value.
 """

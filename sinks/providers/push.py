@@ -23,7 +23,7 @@ identity keeps it fresh, given either as ``access_token`` or — better — as a
 A 401 is therefore Transient: the next attempt carries the refreshed token.
 
 FCM has no delivery webhook. Our mobile app reports what it saw for a send id on
-``POST /webhooks/push`` (see :data:`APP_CALLBACK` below), signed with a shared secret.
+``POST /webhooks/fcm`` (see :data:`APP_CALLBACK` below), signed with a shared secret.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from sinks.providers.base import (
 )
 
 APP_CALLBACK = """\
-POST /webhooks/push   (our app → our receiver; not an FCM API)
+POST /webhooks/fcm   (our app → our receiver, flows/webhooks.py; not an FCM API)
 Content-Type: application/json
 X-Signature: hex(HMAC-SHA256(webhook_secret, raw body))
 Body: one event or a JSON array of events, each

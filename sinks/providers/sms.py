@@ -116,13 +116,15 @@ class TwilioSms:
 
     @classmethod
     def from_options(cls, options: Mapping[str, str]) -> TwilioSms:
-        """Options: account_sid, auth_token (required), from_number or
-        messaging_service_sid, status_callback_url, base_url, timeout_s."""
+        """Options: account_sid, auth_token (required), from_number (alias ``from``) or
+        messaging_service_sid, status_callback_url (alias ``status_callback``), base_url,
+        timeout_s."""
         return cls(
             options.get("account_sid", ""), options.get("auth_token", ""),
-            from_number=options.get("from_number", ""),
+            from_number=options.get("from_number") or options.get("from", ""),
             messaging_service_sid=options.get("messaging_service_sid", ""),
-            status_callback_url=options.get("status_callback_url", ""),
+            status_callback_url=(options.get("status_callback_url")
+                                 or options.get("status_callback", "")),
             base_url=options.get("base_url") or "https://api.twilio.com",
             timeout_s=float(options.get("timeout_s") or DEFAULT_TIMEOUT_S),
         )
