@@ -7,7 +7,7 @@ import logging
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cdp_triggers.logs import mask_url
 from cdp_triggers.settings import Settings
@@ -291,6 +291,77 @@ def cmd_gateway_sim(a: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def cmd_gateway(a: argparse.Namespace, s: Settings) -> int:
+    from flows.delivery import DeliveryError, run_gateway
+
+    print(f"gateway: {s.sends_topic} → providers {s.providers} → {s.outcomes_topic} "
+          f"on {s.kafka_brokers}", flush=True)
+    try:
+        stats = run_gateway(s, idle_exit_s=a.idle_exit)
+    except DeliveryError as e:
+        print(f"gateway: {e}", file=sys.stderr)
+        return 2
+    print(f"gateway: {stats.line()}")
+    return 0
+
+
+def cmd_webhooks(a: argparse.Namespace, s: Settings) -> int:
+    from flows.delivery import DeliveryError, run_webhooks
+
+    if a.port is not None:
+        s = s.model_copy(update={"webhook_port": a.port})
+    print(f"webhooks: listening on {s.webhook_host}:{s.webhook_port} → {s.outcomes_topic}",
+          flush=True)
+    try:
+        run_webhooks(s)
+    except DeliveryError as e:
+        print(f"webhooks: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _parse_vars(pairs: list[str]) -> dict[str, Any]:
+    import orjson
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--var {pair!r}: expected NAME=VALUE")
+        try:
+            out[name] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            out[name] = value
+    return out
+
+
+def cmd_send_test(a: argparse.Namespace, s: Settings) -> int:
+    from flows.delivery import DeliveryError, send_test
+
+    try:
+        variables = _parse_vars(a.var)
+        res = send_test(s, a.template, a.channel, a.customer, variables, dry_run=a.dry_run)
+    except (DeliveryError, ValueError) as e:
+        print(f"send-test: {e}", file=sys.stderr)
+        return 2
+    o = res.outcome
+    m = o.message
+    if m is not None:
+        print(f"to: {a.channel} contact of {a.customer}"
+              + (" (present)" if m.address else " (none)"))
+        if m.provider_template_id:
+            print(f"provider template: {m.provider_template_id}")
+            print(f"substitutions: {dict(m.substitutions)}")
+        if m.subject:
+            print(f"subject: {m.subject}")
+        if m.text:
+            print(m.text)
+    verdict = {"accepted": "sent", "duplicate": "already sent"}.get(o.result, o.result)
+    print(f"send-test: {verdict} via {res.provider}" + (f" ({o.reason})" if o.reason else "")
+          + (f", provider id {o.provider_message_id}" if o.provider_message_id else ""))
+    return 0 if o.result == "accepted" else 1
+
+
 def cmd_profiles_import(a: argparse.Namespace, s: Settings) -> int:
     from flows.profiles_in import import_file
     from state.profiles import RedisProfileStore
@@ -305,10 +376,33 @@ def cmd_profiles_import(a: argparse.Namespace, s: Settings) -> int:
               file=sys.stderr)
         return 2
     print(f"profiles import: {path.name} → Redis at {mask_url(s.redis_url)}", flush=True)
-    counts = import_file(path, store, chunk=a.chunk, progress=lambda c, n: print(
-        f"  {n:,} records read: {c.line()}", flush=True))
+    counts = _with_progress(path, lambda progress: import_file(
+        path, store, chunk=a.chunk, progress=progress, every_s=0.2))
     print(f"profiles import: {counts.line()}")
     return 0
+
+
+def _with_progress(path: Path, work: Any) -> Any:
+    """Run ``work(progress)`` under a rich progress bar over the file's records (lines;
+    a CSV's header is not one). On a terminal-less run the bar is not drawn."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with path.open("rb") as f:
+        total = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    total -= path.suffix.lower() == ".csv"
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), TextColumn("{task.fields[line]}"),
+                  transient=False) as bar:
+        task = bar.add_task(path.name, total=max(total, 1), line="")
+        result = work(lambda c, n: bar.update(task, completed=n, line=c.line()))
+        bar.update(task, completed=max(total, 1), line=result.line())
+    return result
 
 
 def cmd_profiles_consume(a: argparse.Namespace, s: Settings) -> int:
@@ -401,6 +495,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-exit", type=float, default=None,
                    help="exit after this many seconds without sends (default: run forever)")
     p.set_defaults(fn=cmd_gateway_sim)
+
+    p = sub.add_parser("gateway", help="send commands to the providers: sends → e-mail/SMS/"
+                                       "push providers → receipts on outcomes")
+    p.add_argument("--idle-exit", type=float, default=None,
+                   help="exit after this many seconds without sends (default: run forever)")
+    p.set_defaults(fn=cmd_gateway)
+
+    p = sub.add_parser("webhooks", help="receive the providers' delivery webhooks → outcomes")
+    p.add_argument("--port", type=int, default=None, help="default: CDP_WEBHOOK_PORT")
+    p.set_defaults(fn=cmd_webhooks)
+
+    p = sub.add_parser("send-test", help="render one message and send it through the "
+                                         "configured provider (or print it: --dry-run)")
+    p.add_argument("--template", required=True)
+    p.add_argument("--channel", required=True, choices=["email", "sms", "push"])
+    p.add_argument("--customer", required=True, help="customer id (contacts read from Redis)")
+    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                   help="a template variable (VALUE may be JSON: items=[...])")
+    p.add_argument("--dry-run", action="store_true", help="render and print, send nothing")
+    p.set_defaults(fn=cmd_send_test)
 
     p = sub.add_parser("profiles", help="profiles from the CDP into Redis (import, consume)")
     psub = p.add_subparsers(dest="profiles_cmd", required=True)

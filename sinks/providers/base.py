@@ -35,6 +35,10 @@ class Message:
     substitutions: Mapping[str, Any] = field(default_factory=dict)  # template variables
     metadata: Mapping[str, str] = field(default_factory=dict)  # send_id, customer_id, …
 
+    def __repr__(self) -> str:  # printed in a traceback or a log line: never the address
+        return (f"Message({self.send_id!r}, {self.customer_id!r}, {self.channel!r}, "
+                f"{self.template!r}, address={'***' if self.address else ''!r})")
+
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
