@@ -207,6 +207,27 @@ def _at(path: str, key: object) -> str:
     return f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"
 
 
+def _flat_within_limits(props: dict[str, Any]) -> bool:
+    """True when ``props`` is flat (no object or list inside) and every key, string and
+    float is within its limit: the common case, for which :func:`check_limits` finds nothing
+    and need not walk."""
+    if len(props) > MAX_PROPS_KEYS:
+        return False
+    for k, v in props.items():
+        if len(k) > MAX_STRING_CHARS:
+            return False
+        t = type(v)
+        if t is str:
+            if len(v) > MAX_STRING_CHARS:
+                return False
+        elif t is float:
+            if not math.isfinite(v):
+                return False
+        elif t is not int and t is not bool and v is not None:
+            return False
+    return True
+
+
 def check_limits(props: dict[str, Any]) -> tuple[str, str] | None:
     """One iterative walk of ``props`` (no recursion): (reason, detail) for the first value
     over a limit (depth, list length, string length, key count, a non-finite number), or
@@ -259,6 +280,81 @@ def processing_error(event: Event, exc: BaseException) -> Rejected:
                     event.type[:256])
 
 
+# ---- the fast path: predicates that only ever say "pydantic would accept this as is" ----
+# A value failing one is not refused: it goes through the pydantic models above, which give
+# the reason and the message. Strings with whitespace at an end go there too (pydantic
+# strips them: Python's isspace covers every character Rust's trim removes).
+
+
+def _id(v: Any, limit: int = 256) -> bool:
+    return (type(v) is str and 0 < len(v) <= limit and not v[0].isspace()
+            and not v[-1].isspace())
+
+
+def _money(v: Any) -> bool:
+    return (type(v) is float or type(v) is int) and 0 <= v <= MAX_MONEY  # NaN compares False
+
+
+def _quantity(v: Any) -> bool:
+    return type(v) is int and 1 <= v <= MAX_QUANTITY
+
+
+def _fast_envelope(obj: dict[str, Any]) -> tuple[str, str, str, int | str, dict] | None:
+    """``(event_id, type, customer_id, ts, props)`` when the envelope is plainly valid
+    (what ``_Envelope`` would give back unchanged), else None."""
+    event_id, typ, customer_id = obj.get("event_id"), obj.get("type"), obj.get("customer_id")
+    ts = obj.get("ts")
+    props = obj.get("props", {})
+    if (_id(event_id) and _id(typ, 64) and _id(customer_id)
+            and (type(ts) is int or type(ts) is str) and type(props) is dict):
+        return event_id, typ, customer_id, ts, props  # type: ignore[return-value]
+    return None
+
+
+def _never(_props: dict[str, Any]) -> bool:
+    return False
+
+
+def _product_ok(p: dict[str, Any]) -> bool:
+    price, qty, cart = p.get("price"), p.get("quantity"), p.get("cart_id")
+    return (_id(p.get("product_id")) and (cart is None or _id(cart))
+            and (price is None or _money(price)) and (qty is None or _quantity(qty)))
+
+
+def _item_ok(i: Any) -> bool:
+    if type(i) is not dict:
+        return False
+    price = i.get("price")
+    return (_id(i.get("product_id")) and ("quantity" not in i or _quantity(i["quantity"]))
+            and (price is None or _money(price)))
+
+
+def _order_placed_ok(p: dict[str, Any]) -> bool:
+    cur, items = p.get("currency"), p.get("items", [])
+    return (_id(p.get("order_id")) and _money(p.get("total")) and type(cur) is str
+            and len(cur) == 3 and all("A" <= c <= "Z" for c in cur) and type(items) is list
+            and all(map(_item_ok, items)))
+
+
+_FAST_PROPS: dict[str, Any] = {
+    "product_viewed": _product_ok,
+    "added_to_cart": _product_ok,
+    "removed_from_cart": _product_ok,
+    "checkout_started": lambda p: p.get("cart_id") is None or _id(p["cart_id"]),
+    "order_placed": _order_placed_ok,
+    **{t: lambda p: _id(p.get("order_id"))
+       for t in ("order_paid", "order_shipped", "order_delivered", "order_cancelled")},
+    "signed_up": lambda p: True,
+    "consent_changed": lambda p: (_id(p.get("channel")) and type(p.get("granted")) is bool
+                                  and p.get("category") in ("marketing", "transactional")),
+    "product_updated": lambda p: (_id(p.get("product_id"))
+                                  and (p.get("price") is None or _money(p["price"]))
+                                  and (p.get("in_stock") is None
+                                       or type(p["in_stock"]) is bool)),
+    **{t: lambda p: _id(p.get("send_id")) and _id(p.get("channel")) for t in OUTCOME_TYPES},
+}
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -305,31 +401,35 @@ def parse_event(raw: bytes | str, source: str = "", now_ms: int | None = None,
         return reject(INVALID_JSON, f"not JSON: {e}")
     if not isinstance(obj, dict):
         return reject(NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    envelope = _fast_envelope(obj)
+    if envelope is None:  # not the plain case: pydantic decides (and explains a refusal)
+        try:
+            env = _Envelope.model_validate(obj)
+        except ValidationError as e:
+            return reject(*_describe(e), obj)
+        envelope = (env.event_id, env.type, env.customer_id, env.ts, env.props)
+    event_id, typ, customer_id, raw_ts, props = envelope
     try:
-        env = _Envelope.model_validate(obj)
-    except ValidationError as e:
-        return reject(*_describe(e), obj)
-    try:
-        ts = parse_ts(env.ts)
+        ts = parse_ts(raw_ts)
     except ValueError as e:
         return reject(INVALID_TIMESTAMP, f"ts: {e}", obj)
     if not MIN_TS_MS <= ts < MAX_TS_MS:
         hint = (" (epoch seconds? ts wants epoch milliseconds)"
                 if 0 < ts < MIN_TS_MS // 1000 * 10 else "")
-        return reject(TIMESTAMP_OUT_OF_RANGE, f"ts {env.ts!r} is outside 2000..2100{hint}", obj)
+        return reject(TIMESTAMP_OUT_OF_RANGE, f"ts {raw_ts!r} is outside 2000..2100{hint}", obj)
     if now_ms is not None and ts > now_ms + max_future_ms:
         return reject(TIMESTAMP_OUT_OF_RANGE,
-                      f"ts {env.ts!r} is more than {max_future_ms // 3_600_000} h in the future",
+                      f"ts {raw_ts!r} is more than {max_future_ms // 3_600_000} h in the future",
                       obj)
-    over = check_limits(env.props)
+    over = None if _flat_within_limits(props) else check_limits(props)
     if over is not None:
-        return reject(over[0], f"{env.type}: {over[1]}", obj)
-    model = PROPS_MODELS.get(env.type)
-    if model is not None:
+        return reject(over[0], f"{typ}: {over[1]}", obj)
+    model = PROPS_MODELS.get(typ)
+    if model is not None and not _FAST_PROPS.get(typ, _never)(props):
         try:
-            model.model_validate(env.props)
+            model.model_validate(props)
         except ValidationError as e:
             reason, detail = _describe(e, "props.")
             reason = VALUE_OUT_OF_RANGE if reason == VALUE_OUT_OF_RANGE else INVALID_PROPS
-            return reject(reason, f"{env.type}: {detail}", obj)
-    return Event(env.event_id, env.type, env.customer_id, ts, env.props, source)
+            return reject(reason, f"{typ}: {detail}", obj)
+    return Event(event_id, typ, customer_id, ts, props, source)
