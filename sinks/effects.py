@@ -29,6 +29,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from cdp_triggers.events import Rejected
@@ -37,7 +38,7 @@ from cdp_triggers.records import Send
 from sinks.clickhouse import ClickHouseBackend
 from sinks.clickhouse_schema import DISPATCHED, Record, dispatched_row, record_id, rows_for
 from sinks.clickhouse_sink import ClickHouseWriter
-from sinks.kafka_out import KafkaOut, Message, dead_letter_message, send_message
+from sinks.kafka_out import KafkaOut, Message, dead_letter_message
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,9 @@ class EffectsPartition(StatefulSinkPartition[Record, None]):
                 self.rows.setdefault(table, []).append(row)
             if self.kafka is not None:
                 if isinstance(record, Send):
-                    self.sends[record.send_id] = send_message(record).value
+                    # = send_message(record).value (orjson of asdict), without asdict's deep
+                    # copy: orjson writes a dataclass's fields in the same order
+                    self.sends[record.send_id] = orjson.dumps(record)
                 elif isinstance(record, Rejected):
                     msg = dead_letter_message(record)
                     self.dead.append((msg.key, msg.value))
