@@ -23,7 +23,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from cdp_triggers.clock import Clock, WallClock, to_datetime
 from cdp_triggers.events import Event, Rejected, processing_error
-from cdp_triggers.records import Output, Send
+from cdp_triggers.records import Output, Profile, Send
 from operators.engine import Engine, ProfileLookup
 from state.customer import CustomerState
 
@@ -97,6 +97,17 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
             self.state = state
         self.active_at = rt.wall.now_ms()
         self.partition = ""  # where this customer's latest event was read
+        self._read: tuple[str, Profile | None] | None = None  # this activation's profile
+
+    def _profile(self, customer_id: str) -> Profile | None:
+        """The profile lookup for one activation (on_batch, on_notify, on_eof): read once,
+        however many events and timers of the batch need it. Nothing this flow writes to the
+        store lands between two engine calls of one activation, so the answer would be the
+        same; a store that does not answer is asked again (as before)."""
+        read = self._read
+        if read is None or read[0] != customer_id:
+            read = self._read = (customer_id, self.rt.profiles()(customer_id))
+        return read[1]
 
     def _wake(self, customer_id: str) -> CustomerState:
         if self.state is None:
@@ -115,6 +126,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         source released it, so nothing earlier is unread), timers then by the held clock.
         An event the engine raises on becomes a ``processing_error`` dead letter."""
         rt = self.rt
+        self._read = None
         st = self._wake(values[0].customer_id)
         out: list[Output | Rejected] = []
         live = rt.mode == "live"
@@ -137,6 +149,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
     def on_notify(self) -> tuple[list[Output | Rejected], bool]:
         if self.rt.mode != "live" or (self.state is None and self.dormant is None):
             return [], self._keep_or_discard()
+        self._read = None
         now = self.rt.clock.now_ms()
         if self.state is None:  # dormant: only its next timer wakes it
             if self.dormant is None or self.dormant[0] is None or self.dormant[0] > now:
@@ -159,6 +172,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
             return [], self._keep_or_discard()
         if self.state is None and self.dormant is None:
             return [], self.DISCARD
+        self._read = None
         if self.state is None:
             assert self.dormant is not None
             if self.dormant[0] is None or self.dormant[0] > until:
@@ -237,7 +251,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         return self.RETAIN
 
     def _handle(self, event: Event | None, now: int) -> list[Output]:
-        out = self.rt.engine.handle(self.state, event, now, self.rt.profiles())
+        out = self.rt.engine.handle(self.state, event, now, self._profile)
         if self.rt.loopback is not None:
             receipts = [e for r in out if isinstance(r, Send) for e in self.rt.loopback(r)]
             if receipts:
