@@ -5,6 +5,8 @@ Measures, on synthetic retail traffic (seeded, so runs compare):
 2. engine: the pure engine alone, replay clock, in-memory profiles (events/s)
 3. flow: the whole embedded pipeline (generator → Bytewax → engine → chdb), 1 and 2 workers
 4. state: pickled bytes per customer state (what Bytewax snapshots)
+5. floors: the flow over Kafka against two floors and a naive peer, ratios from one run
+   (:mod:`bench.floors`; ``--floors`` runs only these and updates their table)
 Each part runs in a fresh subprocess so peak RSS is its own.
 """
 
@@ -216,9 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ttl-ms", type=int, default=0, help="memory part: idle TTL (0: none)")
     ap.add_argument("--memory", action="store_true",
                     help="only the memory comparison (idle TTL off vs on); updates its section")
+    ap.add_argument("--floors", action="store_true",
+                    help="only the floors/peer throughput ratios (bench.floors); updates its table")
+    ap.add_argument("--rounds", type=int, default=3, help="floors: interleaved rounds")
+    ap.add_argument("--quick", action="store_true",
+                    help="floors: 8k customers × 2 days, 1 round (a smoke check)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     a = ap.parse_args(argv)
     size = ["--customers", str(a.customers), "--days", str(a.days)]
+    if a.floors:
+        run_floors(Path(a.out), a)
+        return 0
     if a.memory:
         off = _child("memory", [*size, "--ttl-ms", "0"])
         on = _child("memory", [*size, "--ttl-ms", "2000"])
@@ -245,7 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         print(name, json.dumps(r), flush=True)
     write_report(Path(a.out), a.customers, a.days, results)
+    run_floors(Path(a.out), a)
     return 0
+
+
+def run_floors(path: Path, a: argparse.Namespace) -> None:
+    """Floors, peer and flow in interleaved rounds (bench.floors); prints and records them."""
+    from bench import floors
+
+    customers, days, rounds = ((8_000, 2.0, 1) if a.quick
+                               else (min(a.customers, 30_000), a.days, a.rounds))
+    r = floors.measure(customers, days, rounds, list(floors.CONTESTANTS))
+    table = floors.report(r)
+    print(table)
+    write_floors_table(path, r, table)
 
 
 def write_report(path: Path, customers: int, days: float, r: dict) -> None:
@@ -285,14 +308,32 @@ throughput: scale out with processes (`-i/-a`) and Kafka partitions.
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text() if path.exists() else ""
-    if MEMORY_START in old:  # kept: written by `--memory`
-        text += "\n" + MEMORY_START + old.split(MEMORY_START, 1)[1].split(MEMORY_END, 1)[0] \
-            + MEMORY_END + "\n"
+    for start, end in ((THROUGHPUT_START, THROUGHPUT_END), (MEMORY_START, MEMORY_END)):
+        if start in old:  # kept: the throughput write-up and `--memory`'s section
+            text += "\n" + start + old.split(start, 1)[1].split(end, 1)[0] + end + "\n"
     path.write_text(text)
     print(f"wrote {path}")
 
 
 MEMORY_START, MEMORY_END = "<!-- memory: bench.run --memory -->", "<!-- /memory -->"
+THROUGHPUT_START, THROUGHPUT_END = "<!-- throughput: issue 10 -->", "<!-- /throughput -->"
+FLOORS_START, FLOORS_END = "<!-- floors: bench.run --floors -->", "<!-- /floors -->"
+
+
+def write_floors_table(path: Path, r: dict, table: str) -> None:
+    """The latest floors/peer table, inside the throughput section (created if missing)."""
+    block = (f"{FLOORS_START}\nLatest `python -m bench.run --floors` ({r['events']:,} events, "
+             f"{r['customers']:,} customers × {r['days']:g} days, {r['rounds']} round(s), "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}):\n\n{table}\n{FLOORS_END}")
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if FLOORS_START in text:
+        head, rest = text.split(FLOORS_START, 1)
+        text = head + block + rest.split(FLOORS_END, 1)[1]
+    else:
+        text = (text.rstrip("\n") + f"\n\n{THROUGHPUT_START}\n## Throughput (issue 10)\n\n"
+                f"{block}\n{THROUGHPUT_END}\n")
+    path.write_text(text)
+    print(f"wrote {path}")
 
 
 def write_memory_section(path: Path, off: dict, on: dict) -> None:
