@@ -38,10 +38,16 @@ class DeliveryError(Exception):
 
 def build_providers(s: Settings, channels: tuple[str, ...] | None = None
                     ) -> dict[str, Provider]:
-    """The provider of each channel (``none`` or empty: the channel is not served)."""
+    """The provider of each channel. A channel whose provider is ``none``, or has no
+    options at all, is not served (its sends are dead-lettered ``no_provider``, and the
+    start-up log says so); options given but incomplete or wrong stop the start."""
     out: dict[str, Provider] = {}
     for channel, name in s.providers.items():
         if not name or name == "none" or (channels and channel not in channels):
+            continue
+        if not s.provider_options.get(name):
+            log.warning("%s: provider %s is not configured (no CDP_PROVIDER_OPTIONS__%s__…): "
+                        "%s sends will be dead-lettered", channel, name, name.upper(), channel)
             continue
         try:
             out[channel] = make_provider(name, s.provider_options.get(name, {}))
