@@ -82,12 +82,14 @@ def make_renderer(config: ConfigSet) -> Any:
 
 
 def build_gateway(s: Settings, config: ConfigSet | None = None, clock: Clock | None = None,
-                  dry_run: bool = False) -> Gateway:
+                  dry_run: bool = False, channels: tuple[str, ...] | None = None) -> Gateway:
+    """The gateway of a run; ``channels``: only those providers (``send-test``)."""
     config = config or load_config(s.config_dir)
     store = RedisProfileStore(s.redis_url, s.redis_key_prefix)
     ledger = SendLedger(s.redis_url, LedgerConfig(s.send_ledger_prefix, s.send_ledger_lease_ms,
                                                   s.send_ledger_ttl_s))
-    return Gateway(build_providers(s), make_renderer(config), store.contacts_for, ledger,
+    return Gateway(build_providers(s, channels), make_renderer(config), store.contacts_for,
+                   ledger,
                    clock=clock or WallClock(), concurrency=s.gateway_concurrency,
                    max_attempts=s.gateway_max_attempts, backoff_s=s.gateway_backoff_s,
                    backoff_cap_s=s.retry_cap_seconds, rate_limits=s.provider_rate_limits,
@@ -168,9 +170,13 @@ def send_test(s: Settings, template: str, channel: str, customer_id: str,
     only). Same path as the gateway: contacts from Redis, the sandbox, the ledger (a test
     send id is new each time: it includes the current time)."""
     clock = clock or WallClock()
-    gateway = build_gateway(s, clock=clock, dry_run=dry_run)
+    config = load_config(s.config_dir)
+    if template not in config.templates:
+        raise DeliveryError(f"no template {template!r} in {s.config_dir}/templates.yaml")
+    gateway = build_gateway(s, config, clock=clock, dry_run=dry_run, channels=(channel,))
     if channel not in gateway.providers and not dry_run:
-        raise DeliveryError(f"no provider configured for {channel}")
+        raise DeliveryError(f"no provider configured for {channel} "
+                            f"(CDP_PROVIDERS__{channel.upper()}, CDP_PROVIDER_OPTIONS__…)")
     now = clock.now_ms()
     send = Send(stable_id("send-test", customer_id, template, channel, now), customer_id,
                 "send_test", "transactional", "test", "send-test", 0, channel, template, "a",
@@ -183,4 +189,9 @@ def send_test(s: Settings, template: str, channel: str, customer_id: str,
             return o
 
     provider = gateway.providers.get(channel)
-    return TestSend(asyncio.run(one()), provider.name if provider else "-")
+    outcome = asyncio.run(one())
+    if outcome.dead_letter is not None:  # cannot be sent: say why, like any bad input
+        raise DeliveryError(f"{outcome.reason}: {outcome.dead_letter['detail']}")
+    if outcome.result == "dead_letter":  # dry run: the rendering failed
+        raise DeliveryError(outcome.reason)
+    return TestSend(outcome, provider.name if provider else "-")

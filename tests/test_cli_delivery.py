@@ -97,11 +97,26 @@ def test_send_test_to_a_customer_without_email_fails_with_no_contact(env, stand,
 def test_send_test_with_an_unknown_template_says_so_in_one_line(env, stand, tmp_path):
     r = cli(env, "send-test", "--template", "no_such_template", "--channel", "email",
             "--customer", "olga", cwd=tmp_path)
-    assert r.returncode != 0
+    assert r.returncode == 2  # bad input, like any other
     assert "Traceback" not in r.stdout + r.stderr
     said = [line for line in (r.stdout + r.stderr).splitlines() if "no_such_template" in line]
     assert said, r.stdout + r.stderr
     assert stand.calls == 0
+
+
+def test_a_missing_variable_is_named_and_nothing_sent(env, stand, tmp_path):
+    r = cli(env, "send-test", "--template", "order_status", "--channel", "email",
+            "--customer", "olga", "--var", "order_id=O-9", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "render_error" in r.stderr and "status" in r.stderr
+    assert stand.calls == 0
+
+
+def test_a_half_configured_sms_provider_does_not_stop_an_email_send_test(env, stand, tmp_path):
+    e = {**env, "CDP_PROVIDER_OPTIONS__TWILIO__ACCOUNT_SID": "AC" + "1" * 32}  # no token
+    r = cli(e, *SEND, "--customer", "olga", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert stand.calls == 1
 
 
 def test_send_test_with_a_malformed_var_exits_2(env, stand, tmp_path):
