@@ -12,16 +12,23 @@
   ``stats_cb`` that fold librdkafka's "connection refused" flood (~17 lines/s per client)
   into broker down / back lines, and say clearly what needs a human (a topic or partition
   that does not exist, an offset out of range: a broker that lost its data).
+- :func:`setup_logging` configures the process: text lines, or JSON lines (``ts``,
+  ``level``, ``logger``, ``message``, ``exception``) for log collectors, both redacted.
+- :func:`effective_settings` / :func:`log_effective_settings`: the start-up line with the
+  settings a process runs with, secrets masked.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import PurePath
 from typing import Any, TypeVar
 
 import orjson
@@ -315,3 +322,102 @@ def kafka_error_logger(logger: logging.Logger, name: str = "Kafka", repeat_s: fl
         return KafkaLog(logger, name, repeat_s)
     with _SHARED_LOCK:
         return _SHARED.setdefault(("kafka", name), KafkaLog(logger, name, repeat_s))
+
+
+# ---- process logging: text or JSON lines, redacted -------------------------------------
+
+TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+#: a settings (or options) key whose value is a secret whatever it looks like
+SECRET_KEY = re.compile(r"(password|passwd|pwd|secret|token|api_?key|private_?key|credential"
+                        r"|auth)", re.IGNORECASE)
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def _extra(record: logging.LogRecord) -> dict[str, Any]:
+    """Fields given with ``extra={...}``, masked like settings."""
+    return {k: mask_value(k, v) for k, v in vars(record).items()
+            if k not in _STANDARD_ATTRS and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts`` (UTC, ms), ``level``, ``logger``, ``message``,
+    ``exception`` (traceback text) when there is one, and any ``extra`` fields. Message and
+    exception text go through :func:`redact`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, UTC)
+        out: dict[str, Any] = {
+            "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        if record.exc_info:
+            out["exception"] = redact(self.formatException(record.exc_info))
+        elif record.exc_text:
+            out["exception"] = redact(record.exc_text)
+        if record.stack_info:
+            out["stack"] = redact(self.formatStack(record.stack_info))
+        for k, v in _extra(record).items():
+            out.setdefault(k, v)
+        return orjson.dumps(out, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``LEVEL logger: message`` (the CLI's format), redacted; ``extra`` fields appended
+    as JSON."""
+
+    def __init__(self, fmt: str = TEXT_FORMAT) -> None:
+        super().__init__(fmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = redact(super().format(record))
+        extra = _extra(record)
+        return f"{text} {orjson.dumps(extra, default=str).decode()}" if extra else text
+
+
+def setup_logging(level: int | str = logging.WARNING, json: bool = False,
+                  stream: Any = None) -> logging.Handler:
+    """The root logger writes to ``stream`` (stderr) at ``level``: JSON lines with ``json``
+    (``CDP_LOG_JSON=true``), else ``LEVEL logger: message``. Replaces earlier handlers;
+    returns the new one."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if json else TextFormatter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    return handler
+
+
+def mask_value(key: str, value: Any) -> Any:
+    """``value`` safe to log under ``key``: a secret key's non-empty value becomes ``***``,
+    strings have URL credentials masked, mappings and lists are walked."""
+    if isinstance(value, Mapping):
+        return {str(k): mask_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [mask_value(key, v) for v in value]
+    if SECRET_KEY.search(key) and value not in (None, "", b""):
+        return MASK
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, str):
+        return mask_url(value)
+    return value
+
+
+def effective_settings(settings: Any) -> dict[str, Any]:
+    """A settings object (pydantic model or mapping) as a dict safe to log: passwords in
+    URLs, and every value under a key naming a secret (``api_key``, ``auth_token``,
+    ``webhook_secret``, ... in ``provider_options`` too), masked."""
+    data = settings.model_dump() if hasattr(settings, "model_dump") else dict(settings)
+    return {k: mask_value(k, v) for k, v in data.items()}
+
+
+def log_effective_settings(logger: logging.Logger, settings: Any, what: str = "start",
+                           **fields: Any) -> dict[str, Any]:
+    """The start-up line: ``"<what>: effective settings"`` with the masked settings as the
+    ``settings`` field (a JSON object in JSON logs, appended JSON in text logs) and any
+    other ``fields`` (e.g. ``process_id=0, workers=2``). Logged at WARNING so it shows at
+    the default level; returns the masked dict."""
+    masked = effective_settings(settings)
+    logger.warning("%s: effective settings", what, extra={"settings": masked, **fields})
+    return masked

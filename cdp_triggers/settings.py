@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     webhook_host: str = "0.0.0.0"
     webhook_port: int = 8081
     webhook_public_url: str = ""  # what providers call, when a proxy is in front
+    # operations: JSON log lines (ts, level, logger, message) instead of text; Prometheus
+    # /metrics, /healthz, /readyz on this port (Bytewax process i: metrics_port + i)
+    log_json: bool = False
+    metrics_port: int | None = None
 
     @field_validator("providers")
     @classmethod
