@@ -110,7 +110,7 @@ def env_of(s: Settings) -> dict[str, str]:
     for name, value in s.model_dump().items():
         if value is None:
             continue
-        text = json.dumps(value) if isinstance(value, list) else str(value)
+        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
         env[f"CDP_{name.upper()}"] = text
     return env
 
