@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml
 
 # Binaries the integration tests start themselves (the Kafka broker comes from the venv).
 services:
-	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || { \
-		echo "redis-server missing: installing it with apt-get"; \
+	@{ command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ]; } && \
+	command -v chromium >/dev/null || { \
+		echo "redis-server or chromium (report screenshot test) missing: installing with apt-get"; \
 		$(SUDO) apt-get update && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server chromium; }
 
 demo: venv
 	$(BIN)/cdp-triggers demo

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     clickhouse_database: str = "cdp"
     clickhouse_batch_rows: int = 20_000
     clickhouse_batch_seconds: float = 2.0
+    dead_letter_ttl_days: int = 30  # dead letters (rejected_events) are dropped after this
+    raw_ttl_days: int | None = None  # their raw payloads cleared after this (None: with them)
     sink_partitions: int = 2  # partitions of the effects sink: at least the total workers
     retry_cap_seconds: float = 30.0  # outages: backoff doubles from 0.2 s up to this
     retry_max_attempts: int | None = None  # None: wait an outage out however long it lasts

@@ -22,6 +22,8 @@ replay skips the send ids found there, so it re-writes rows (idempotent) but not
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -47,8 +49,9 @@ OUTCOMES = "raw_outcomes"
 REJECTED = "raw_rejected_events"
 DISPATCHED = "raw_dispatched"
 START_MISSES = "raw_start_misses"
+SCHEMA_MIGRATIONS = "schema_migrations"  # which numbered migrations a database has had
 RAW_TABLES = (DECISIONS, SENDS, LIFECYCLE, CONVERSIONS, OUTCOMES, REJECTED, DISPATCHED,
-              START_MISSES)
+              START_MISSES, SCHEMA_MIGRATIONS)
 
 DEDUP_VIEWS = {
     DECISIONS: "decisions",
@@ -62,7 +65,14 @@ DEDUP_VIEWS = {
 COUNTED_VIEWS = {START_MISSES: "start_misses"}  # one row per id, the highest count
 ANALYST_VIEWS = ("trigger_funnel_daily", "suppression_reasons", "channel_summary",
                  "cascade_efficiency", "open_hour_heatmap", "conversions_by_arm",
-                 "variant_lift")
+                 "variant_lift", "send_facts", "trigger_summary", "conversion_funnel",
+                 "chain_effectiveness", "delivery_daily", "delivery_current", "delivery_report",
+                 "open_rate_by_hour", "open_hour_local", "contact_quality", "cascade_moves",
+                 "customer_history")
+#: Analyst views on ``send_facts`` must follow it (views are created in this order).
+ASSIST_WINDOW_DAYS = 7  # a chain's send this long before an order credited elsewhere assists it
+ANALYST_ROLE = "cdp_analyst"
+ANALYST_USER = "analyst"
 
 # Arms (``conversions.arm``): ``treated`` = really sent, the only arm credited with revenue;
 # ``control`` / ``holdout`` = "would have sent" (control variant / global holdout), counted
@@ -74,8 +84,10 @@ TIME = "DateTime64(3, 'UTC')"
 _INSERTED = f"inserted_at {TIME} DEFAULT now64(3)"
 TREATED = "treated"
 _ARM = f"arm {LC} DEFAULT ''"
+#: The customer's IANA time zone at decision time ('' = unknown: views read it as UTC).
+_TZ = f"tz {LC} DEFAULT ''"
 # columns added after a table's first release: (table, definition), applied to old databases
-_ADDED = [(CONVERSIONS, _ARM)]
+_ADDED = [(CONVERSIONS, _ARM), (DECISIONS, _TZ), (SENDS, _TZ)]
 
 # table -> (column definitions, PARTITION BY or "", ORDER BY)
 _TABLES: dict[str, tuple[list[str], str, str]] = {
@@ -115,7 +127,7 @@ _TABLES: dict[str, tuple[list[str], str, str]] = {
             "conversion_id String", "customer_id String", "order_id String",
             "revenue Decimal(18, 4)", f"currency {LC}", "send_id String",
             f"trigger_id {LC}", f"variant {LC}", f"channel {LC}",
-            f"sent_at {TIME}", f"ts {TIME}", _INSERTED, _ARM,
+            f"sent_at {TIME}", f"ts {TIME}", _INSERTED,
         ],
         "toYYYYMM(ts)",
         "(trigger_id, conversion_id)",
@@ -325,26 +337,382 @@ LEFT JOIN (SELECT trigger_id, sum(customers) AS n, sum(converted) AS k
     ON g.trigger_id = h.trigger_id"""
 
 
-def ddl_statements(database: str) -> list[str]:
-    """Every statement that builds ``database``, in order; each is idempotent.
+def _local(col: str, fmt: str, tz: str = "tz") -> str:
+    """Hour (``%H``) or ISO weekday (``%u``) of ``col`` in the row's time zone ('' = UTC).
 
-    Tables use ``IF NOT EXISTS`` (never dropped; a column added later is added to an
-    existing table with ``ADD COLUMN IF NOT EXISTS``, nothing else is altered); views use
-    ``CREATE OR REPLACE`` so a new definition reaches existing databases.
+    ``toTimezone``/``toHour`` want a constant zone (a per-row zone is silently ignored or
+    refused); ``formatDateTime`` takes one per row on ClickHouse ≥ 23.9 and chdb."""
+    return f"toUInt8(formatDateTime({col}, '{fmt}', if({tz} = '', 'UTC', {tz})))"
+
+
+def _send_facts(db: str) -> str:
+    return f"""
+SELECT s.send_id AS send_id, s.customer_id AS customer_id,
+       toString(s.trigger_id) AS trigger_id, toString(s.trigger_kind) AS trigger_kind,
+       s.instance_id AS instance_id, s.step AS step, toString(s.channel) AS channel,
+       toString(s.template) AS template, toString(s.variant) AS variant,
+       s.ts AS ts, toDate(s.ts) AS day, toString(s.tz) AS tz,
+       {_local("s.ts", "%H", "s.tz")} AS local_hour,
+       {_local("s.ts", "%u", "s.tz")} AS local_weekday,
+       toUInt8(o.delivered OR o.opened OR o.clicked) AS delivered,
+       toUInt8(o.opened OR o.clicked) AS opened,
+       toUInt8(o.clicked) AS clicked, toUInt8(o.bounced) AS bounced,
+       toUInt8(o.failed) AS failed,
+       toUInt8(o.delivered OR o.opened OR o.clicked OR o.bounced OR o.failed) AS receipted,
+       o.first_receipt_at AS first_receipt_at,
+       toUInt8(c.n > 0) AS converted, c.revenue AS revenue
+FROM {db}.sends AS s
+LEFT JOIN (
+    SELECT send_id,
+           max(outcome = 'delivered') AS delivered, max(outcome = 'opened') AS opened,
+           max(outcome = 'clicked') AS clicked, max(outcome = 'bounced') AS bounced,
+           max(outcome = 'failed') AS failed, min(ts) AS first_receipt_at
+    FROM {db}.outcomes GROUP BY send_id
+) AS o USING (send_id)
+LEFT JOIN (
+    SELECT send_id, count() AS n, sum(revenue) AS revenue
+    FROM {db}.conversions WHERE arm = '{TREATED}' GROUP BY send_id
+) AS c USING (send_id)"""
+
+
+_RECEIPTS = """count() AS sent,
+       sum(delivered) AS delivered, sum(opened) AS opened, sum(clicked) AS clicked,
+       sum(bounced) AS bounced, sum(failed) AS failed"""
+
+
+def _trigger_summary(db: str) -> str:
+    return f"""
+SELECT d.trigger_id AS trigger_id, d.trigger_kind AS trigger_kind,
+       d.considered AS messages_considered, d.sent AS messages_sent,
+       d.suppressed AS messages_suppressed, d.cancelled AS messages_cancelled,
+       d.customers_reached AS customers_reached,
+       f.delivered AS delivered, f.opened AS opened, f.clicked AS clicked,
+       f.converted AS conversions, f.revenue AS revenue,
+       if(d.sent > 0, f.converted / d.sent, 0) AS conversion_rate
+FROM (
+    SELECT toString(trigger_id) AS trigger_id, any(toString(trigger_kind)) AS trigger_kind,
+           count() AS considered, countIf(status = 'sent') AS sent,
+           countIf(status = 'suppressed') AS suppressed,
+           countIf(status = 'cancelled') AS cancelled,
+           uniqExactIf(customer_id, status = 'sent') AS customers_reached
+    FROM {db}.decisions GROUP BY trigger_id
+) AS d
+LEFT JOIN (
+    SELECT trigger_id, sum(delivered) AS delivered, sum(opened) AS opened,
+           sum(clicked) AS clicked, sum(converted) AS converted, sum(revenue) AS revenue
+    FROM {db}.send_facts GROUP BY trigger_id
+) AS f USING (trigger_id)"""
+
+
+def _conversion_funnel(db: str) -> str:
+    return f"""
+SELECT day, trigger_id, variant, channel, {_RECEIPTS},
+       sum(converted) AS converted, sum(revenue) AS revenue,
+       if(sent > 0, delivered / sent, 0) AS delivery_rate,
+       if(delivered > 0, opened / delivered, 0) AS open_rate,
+       if(opened > 0, clicked / opened, 0) AS click_rate,
+       if(sent > 0, converted / sent, 0) AS conversion_rate
+FROM {db}.send_facts
+GROUP BY day, trigger_id, variant, channel"""
+
+
+def _effectiveness(db: str) -> str:
+    return f"""
+SELECT s.trigger_id AS trigger_id, s.trigger_kind AS trigger_kind, s.sends AS sends,
+       s.customers AS customers_reached,
+       a.orders AS attributed_orders, a.revenue AS attributed_revenue,
+       x.orders AS assisted_orders, x.revenue AS assisted_revenue
+FROM (
+    SELECT trigger_id, any(trigger_kind) AS trigger_kind, count() AS sends,
+           uniqExact(customer_id) AS customers
+    FROM {db}.send_facts GROUP BY trigger_id
+) AS s
+LEFT JOIN (
+    SELECT toString(trigger_id) AS trigger_id, uniqExact(order_id) AS orders,
+           sum(revenue) AS revenue
+    FROM {db}.conversions WHERE arm = '{TREATED}' GROUP BY trigger_id
+) AS a USING (trigger_id)
+LEFT JOIN (
+    SELECT trigger_id, count() AS orders, sum(revenue) AS revenue
+    FROM (
+        SELECT DISTINCT toString(s.trigger_id) AS trigger_id, c.order_id AS order_id,
+               c.revenue AS revenue
+        FROM {db}.sends AS s
+        INNER JOIN (
+            SELECT customer_id, order_id, revenue, ts AS order_ts,
+                   toString(trigger_id) AS credited
+            FROM {db}.conversions WHERE arm = '{TREATED}'
+        ) AS c ON s.customer_id = c.customer_id
+        WHERE s.ts <= c.order_ts AND s.ts >= c.order_ts - INTERVAL {ASSIST_WINDOW_DAYS} DAY
+          AND toString(s.trigger_id) != c.credited
+    )
+    GROUP BY trigger_id
+) AS x USING (trigger_id)"""
+
+
+def _delivery_daily(db: str) -> str:
+    return f"""
+SELECT day, channel, trigger_id, {_RECEIPTS},
+       if(sent > 0, delivered / sent, 0) AS delivery_rate
+FROM {db}.send_facts
+GROUP BY day, channel, trigger_id"""
+
+
+def _delivery_current(db: str) -> str:
+    return f"""
+SELECT trigger_id, channel, {_RECEIPTS},
+       sent - sum(receipted) AS awaiting_receipt,
+       min(ts) AS since, max(ts) AS until
+FROM {db}.send_facts
+WHERE ts > (SELECT max(ts) FROM {db}.sends) - INTERVAL 1 DAY
+GROUP BY trigger_id, channel"""
+
+
+def _delivery_report(db: str) -> str:
+    return f"""
+SELECT trigger_id, channel, template, {_RECEIPTS},
+       sent - sum(receipted) AS no_receipt,
+       if(sent > 0, delivered / sent, 0) AS delivery_rate,
+       if(sent > 0, bounced / sent, 0) AS bounce_rate,
+       if(sent > 0, failed / sent, 0) AS failure_rate
+FROM {db}.send_facts
+GROUP BY trigger_id, channel, template"""
+
+
+def _open_rate_by_hour(db: str) -> str:
+    return f"""
+SELECT channel, local_weekday AS weekday, local_hour AS hour, {_RECEIPTS},
+       if(delivered > 0, opened / delivered, 0) AS open_rate
+FROM {db}.send_facts
+GROUP BY channel, weekday, hour"""
+
+
+def _open_hour_local(db: str) -> str:
+    return f"""
+SELECT toString(o.channel) AS channel, {_local("o.ts", "%u", "s.tz")} AS weekday,
+       {_local("o.ts", "%H", "s.tz")} AS hour, count() AS opens
+FROM {db}.outcomes AS o
+LEFT JOIN (SELECT send_id, toString(tz) AS tz FROM {db}.sends) AS s USING (send_id)
+WHERE o.outcome = 'opened'
+GROUP BY channel, weekday, hour"""
+
+
+def _contact_quality(db: str) -> str:
+    return f"""
+SELECT channel, issue, count() AS events, uniqExact(customer_id) AS customers
+FROM (
+    SELECT toString(channel) AS channel, toString(reason) AS issue, customer_id
+    FROM {db}.decisions WHERE reason IN ('no_contact', 'contact_invalid')
+    UNION ALL
+    SELECT toString(channel), 'bounced', customer_id
+    FROM {db}.outcomes WHERE outcome = 'bounced'
+)
+GROUP BY channel, issue"""
+
+
+# One row per (instance, step, channel) in the order the cascade tried them: the earliest
+# decision first; at the same instant a channel not sent comes before the one that was
+# (skips happen on the way to the channel that sends), then by name.
+def _cascade_moves(db: str) -> str:
+    return f"""
+SELECT trigger_id, step, channel, next_channel, outcome, move_reason,
+       count() AS messages, uniqExact(customer_id) AS customers
+FROM (
+    SELECT trigger_id, step, customer_id,
+           tupleElement(t, 2) AS channel,
+           if(i < length(tries), tupleElement(tries[i + 1], 2), '') AS next_channel,
+           tupleElement(t, 3) AS was_sent, tupleElement(t, 4) AS reason,
+           tupleElement(t, 5) AS ok, tupleElement(t, 6) AS bounced,
+           tupleElement(t, 7) AS failed,
+           multiIf(ok, 'success', next_channel = '', 'last_channel', 'moved') AS outcome,
+           multiIf(next_channel = '', '',
+                   NOT was_sent AND reason IN ('no_contact', 'contact_invalid'), 'no_contact',
+                   NOT was_sent, reason, bounced, 'bounce', failed, 'failure',
+                   ok, 'success', 'timeout') AS move_reason
+    FROM (
+        SELECT d.trigger_id AS trigger_id, d.step AS step, any(d.customer_id) AS customer_id,
+               arraySort(groupArray((d.first_ts, d.channel, d.sent, d.last_reason, o.ok,
+                                     o.bounced, o.failed))) AS tries
+        FROM (
+            SELECT instance_id, toString(trigger_id) AS trigger_id, step,
+                   toString(channel) AS channel, any(customer_id) AS customer_id,
+                   min(ts) AS first_ts, max(status = 'sent') AS sent,
+                   argMax(toString(reason), ts) AS last_reason,
+                   anyIf(send_id, status = 'sent') AS sent_id
+            FROM {db}.decisions
+            WHERE toString(reason) NOT IN ('control_group', 'holdout')
+            GROUP BY instance_id, trigger_id, step, channel
+        ) AS d
+        LEFT JOIN (
+            SELECT send_id, max(outcome IN ('delivered', 'opened', 'clicked')) AS ok,
+                   max(outcome = 'bounced') AS bounced, max(outcome = 'failed') AS failed
+            FROM {db}.outcomes GROUP BY send_id
+        ) AS o ON d.sent_id = o.send_id
+        GROUP BY d.instance_id, trigger_id, step
+    )
+    ARRAY JOIN tries AS t, arrayEnumerate(tries) AS i
+)
+GROUP BY trigger_id, step, channel, next_channel, outcome, move_reason"""
+
+
+_HISTORY_RANK = {"lifecycle": 0, "decision": 1, "send": 2, "receipt": 3, "conversion": 4}
+
+
+def _history(db: str) -> str:
+    r = _HISTORY_RANK
+    return f"""
+SELECT customer_id, ts, kind, trigger_id, instance_id, step, channel, what, reason,
+       detail, send_id, revenue,
+       (ts, kind_rank, step, tie, channel, id) AS sort_key
+FROM (
+    SELECT customer_id, ts, decided_at, 'lifecycle' AS kind, {r["lifecycle"]} AS kind_rank,
+           toString(trigger_id) AS trigger_id, instance_id, toUInt16(0) AS step,
+           '' AS channel, toString(action) AS what, toString(reason) AS reason,
+           if(event_id = '', '', concat('event ', event_id)) AS detail, '' AS send_id,
+           toDecimal128(0, 4) AS revenue, toUInt8(0) AS tie, lifecycle_id AS id
+    FROM {db}.lifecycle
+    UNION ALL
+    SELECT customer_id, ts, decided_at, 'decision', {r["decision"]}, toString(trigger_id),
+           instance_id, step, toString(channel), toString(status), toString(reason), detail,
+           send_id, toDecimal128(0, 4), toUInt8(status = 'sent'), decision_id
+    FROM {db}.decisions
+    UNION ALL
+    SELECT customer_id, ts, decided_at, 'send', {r["send"]}, toString(trigger_id),
+           instance_id, step, toString(channel), toString(template), toString(variant), '',
+           send_id, toDecimal128(0, 4), toUInt8(1), send_id
+    FROM {db}.sends
+    UNION ALL
+    SELECT customer_id, ts, ts, 'receipt', {r["receipt"]}, toString(trigger_id), '',
+           toUInt16(greatest(step, 0)), toString(channel), toString(outcome), '', '',
+           send_id, toDecimal128(0, 4),
+           toUInt8(indexOf(['delivered', 'opened', 'clicked', 'bounced', 'failed',
+                            'unsubscribed'], toString(outcome))), outcome_id
+    FROM {db}.outcomes
+    UNION ALL
+    SELECT customer_id, ts, ts, 'conversion', {r["conversion"]}, toString(trigger_id), '',
+           toUInt16(0), toString(channel), toString(arm), concat('order ', order_id), '',
+           send_id, toDecimal128(revenue, 4), toUInt8(0), conversion_id
+    FROM {db}.conversions
+)"""
+
+
+# ---------------------------------------------------------------- migrations, retention, roles
+
+#: Numbered migrations: (version, name, statements(db)). Every statement is idempotent, so a
+#: database that had a migration before it was recorded (or a rerun) is left as it is.
+Migration = tuple[int, str, Callable[[str], list[str]]]
+
+
+def _base_tables(db: str) -> list[str]:
+    out = []
+    for table, (cols, partition, order) in _TABLES.items():
+        part = f"\nPARTITION BY {partition}" if partition else ""
+        body = ",\n    ".join(cols)
+        out.append(f"CREATE TABLE IF NOT EXISTS {db}.{table} (\n    {body}\n)\n"
+                   f"ENGINE = ReplacingMergeTree(inserted_at){part}\nORDER BY {order}")
+    return out
+
+
+def _add(db: str, *added: tuple[str, str]) -> list[str]:
+    return [f"ALTER TABLE {db}.{t} ADD COLUMN IF NOT EXISTS {c}" for t, c in added]
+
+
+MIGRATIONS: list[Migration] = [
+    (1, "tables, conversion arms",
+     lambda db: [*_base_tables(db), *_add(db, (CONVERSIONS, _ARM))]),
+    (2, "customer time zone on decisions and sends",
+     lambda db: _add(db, (DECISIONS, _TZ), (SENDS, _TZ))),
+]
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long dead letters live, and their raw payloads (which may hold contacts) within.
+
+    ``raw_days=None``: a payload lives as long as its dead letter."""
+
+    dead_letter_days: int = 30
+    raw_days: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dead_letter_days < 1 or (self.raw_days is not None and self.raw_days < 1):
+            raise ValueError("retention days must be at least 1")
+
+    @classmethod
+    def from_settings(cls) -> Retention:
+        """``CDP_DEAD_LETTER_TTL_DAYS`` / ``CDP_RAW_TTL_DAYS`` (see Settings)."""
+        from cdp_triggers.settings import Settings
+
+        s = Settings()
+        return cls(s.dead_letter_ttl_days, s.raw_ttl_days)
+
+
+def retention_statements(db: str, retention: Retention) -> list[str]:
+    """TTLs of the dead letters table and its ``raw`` column, counted from when a row was
+    stored (``inserted_at``: a backfill of old events keeps its dead letters the full time);
+    re-applied on every start so a changed setting reaches existing databases."""
+    raw_days = min(retention.raw_days or retention.dead_letter_days,
+                   retention.dead_letter_days)
+    at = "toDateTime(inserted_at)"
+    return [
+        f"ALTER TABLE {db}.{REJECTED} MODIFY TTL {at} + INTERVAL "
+        f"{retention.dead_letter_days} DAY",
+        f"ALTER TABLE {db}.{REJECTED} MODIFY COLUMN raw String TTL {at} + INTERVAL "
+        f"{raw_days} DAY",
+    ]
+
+
+def analyst_statements(database: str, password: str, user: str = ANALYST_USER) -> list[str]:
+    """A read-only analyst: role ``cdp_analyst`` (SELECT on the database, nothing else) and
+    a user holding it with ``readonly = 2`` (no writes or DDL; per-query settings allowed,
+    which Grafana's plugin sends). Servers only: run as a user with access management;
+    chdb has no user directory (see :func:`apply_analyst_role`)."""
+    if not (database.isidentifier() and user.isidentifier()):
+        raise ValueError("database and user must be plain identifiers")
+    pw = password.replace("\\", "\\\\").replace("'", "\\'")
+    return [
+        f"CREATE ROLE IF NOT EXISTS {ANALYST_ROLE}",
+        f"GRANT SELECT ON {database}.* TO {ANALYST_ROLE}",
+        f"CREATE USER IF NOT EXISTS {user} IDENTIFIED WITH sha256_password BY '{pw}' "
+        f"DEFAULT ROLE {ANALYST_ROLE} SETTINGS readonly = 2",
+        f"GRANT {ANALYST_ROLE} TO {user}",
+    ]
+
+
+def apply_analyst_role(backend: Any, database: str, password: str) -> bool:
+    """Create the analyst role and user on a server; on chdb (no user directory) do nothing
+    and return False."""
+    if type(backend).__name__ == "ChdbBackend":
+        return False
+    for sql in analyst_statements(database, password):
+        backend.command(sql)
+    return True
+
+
+def ddl_statements(database: str, retention: Retention | None = None) -> list[str]:
+    """Every statement that brings ``database`` up to date, in order; each is idempotent.
+
+    The schema is :data:`MIGRATIONS`, applied in version order: tables use ``IF NOT EXISTS``
+    (never dropped), later columns ``ADD COLUMN IF NOT EXISTS``; each migration is then
+    recorded in ``schema_migrations`` unless it already is, so applying twice changes
+    nothing. Then the dead-letter TTLs (``retention``, default: from the settings) and the
+    views, with ``CREATE OR REPLACE`` so a new definition reaches existing databases.
     """
     if not database.isidentifier():
         raise ValueError(f"database name must be a plain identifier, got {database!r}")
     db = database
-    out = [f"CREATE DATABASE IF NOT EXISTS {db}"]
-    for table, (columns, partition, order) in _TABLES.items():
-        part = f"\nPARTITION BY {partition}" if partition else ""
-        cols = ",\n    ".join(columns)
-        out.append(
-            f"CREATE TABLE IF NOT EXISTS {db}.{table} (\n    {cols}\n)\n"
-            f"ENGINE = ReplacingMergeTree(inserted_at){part}\nORDER BY {order}"
-        )
-    for table, column in _ADDED:  # a database made before the column existed
-        out.append(f"ALTER TABLE {db}.{table} ADD COLUMN IF NOT EXISTS {column}")
+    out = [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        f"CREATE TABLE IF NOT EXISTS {db}.{SCHEMA_MIGRATIONS} (\n"
+        f"    version UInt32, name String, applied_at {TIME} DEFAULT now64(3)\n)\n"
+        f"ENGINE = ReplacingMergeTree\nORDER BY version",
+    ]
+    for version, name, statements in MIGRATIONS:
+        out.extend(statements(db))
+        out.append(f"INSERT INTO {db}.{SCHEMA_MIGRATIONS} (version, name) "
+                   f"SELECT {version}, '{name}' WHERE {version} NOT IN "
+                   f"(SELECT version FROM {db}.{SCHEMA_MIGRATIONS})")
+    out.extend(retention_statements(db, retention or Retention.from_settings()))
     for table, view in DEDUP_VIEWS.items():
         out.append(f"CREATE OR REPLACE VIEW {db}.{view} AS SELECT * FROM {db}.{table} FINAL")
     out.append(f"""CREATE OR REPLACE VIEW {db}.{COUNTED_VIEWS[START_MISSES]} AS
@@ -352,15 +720,25 @@ SELECT miss_id, any(customer_id) AS customer_id, any(trigger_id) AS trigger_id,
        any(reason) AS reason, any(day) AS day, max(count) AS count,
        min(first_ts) AS first_ts, max(last_ts) AS last_ts
 FROM {db}.{START_MISSES} GROUP BY miss_id""")
-    bodies = (_funnel, _suppression, _channels, _cascade, _heatmap, _by_arm, _lift)
+    bodies = (_funnel, _suppression, _channels, _cascade, _heatmap, _by_arm, _lift,
+              _send_facts, _trigger_summary, _conversion_funnel, _effectiveness,
+              _delivery_daily, _delivery_current, _delivery_report, _open_rate_by_hour,
+              _open_hour_local, _contact_quality, _cascade_moves, _history)
     for view, body in zip(ANALYST_VIEWS, bodies, strict=True):
         out.append(f"CREATE OR REPLACE VIEW {db}.{view} AS{body(db)}")
     return out
 
 
+def migration_versions() -> list[int]:
+    """The versions a database up to date has recorded in ``schema_migrations``."""
+    return [m[0] for m in MIGRATIONS]
+
+
 def columns(table: str) -> list[str]:
-    """Column names of a raw table (including the server-filled ``inserted_at``)."""
-    return [c.split(" ", 1)[0] for c in _TABLES[table][0]]
+    """Column names of a raw table once migrated (including the server-filled
+    ``inserted_at``)."""
+    return [c.split(" ", 1)[0] for c in _TABLES[table][0]] + [
+        c.split(" ", 1)[0] for t, c in _ADDED if t == table]
 
 
 # ---------------------------------------------------------------- row mappers
@@ -435,6 +813,9 @@ def _now_ms() -> int:
 def rows_for(record: Record, received_at: int | None = None) -> tuple[str, dict[str, Any]]:
     """``(raw table, JSON-ready row)`` for ``INSERT INTO db.table FORMAT JSONEachRow``.
 
+    Decisions and sends carry the customer's time zone as ``tz`` once the records have a
+    ``tz`` field (the engine fills it from the profile); until then ``''`` (read as UTC).
+
     ``received_at`` (epoch ms; default: now) stamps dead letters and duplicates, which
     carry no engine time of their own; it is not part of their id.
     """
@@ -448,7 +829,7 @@ def rows_for(record: Record, received_at: int | None = None) -> tuple[str, dict[
                 "channel": record.channel, "template": record.template,
                 "variant": record.variant, "status": record.status, "reason": record.reason,
                 "ts": iso(record.ts), "decided_at": iso(record.decided_at),
-                "detail": record.detail,
+                "detail": record.detail, "tz": getattr(record, "tz", ""),
             }
         case Send():
             variables = orjson.dumps(record.variables, default=str,
@@ -460,6 +841,7 @@ def rows_for(record: Record, received_at: int | None = None) -> tuple[str, dict[
                 "step": record.step, "channel": record.channel, "template": record.template,
                 "variant": record.variant, "variables": variables,
                 "ts": iso(record.ts), "decided_at": iso(record.decided_at),
+                "tz": getattr(record, "tz", ""),
             }
         case Lifecycle():
             return LIFECYCLE, {
