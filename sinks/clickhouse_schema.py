@@ -512,26 +512,28 @@ GROUP BY channel, issue"""
 
 # One row per (instance, step, channel) in the order the cascade tried them: the earliest
 # decision first; at the same instant a channel not sent comes before the one that was
-# (skips happen on the way to the channel that sends), then by name.
+# (skips happen on the way to the channel that sends), then by name. A sent channel followed
+# by another moved on for a bounce, a failure, or a timeout (no success receipt in time: the
+# step's success receipt may be an open or a click, so a delivered message can time out).
 def _cascade_moves(db: str) -> str:
     return f"""
 SELECT trigger_id, step, channel, next_channel, outcome, move_reason,
        count() AS messages, uniqExact(customer_id) AS customers
 FROM (
     SELECT trigger_id, step, customer_id,
-           tupleElement(t, 2) AS channel,
-           if(i < length(tries), tupleElement(tries[i + 1], 2), '') AS next_channel,
-           tupleElement(t, 3) AS was_sent, tupleElement(t, 4) AS reason,
+           tupleElement(t, 3) AS channel,
+           if(i < length(tries), tupleElement(tries[i + 1], 3), '') AS next_channel,
+           tupleElement(t, 2) AS was_sent, tupleElement(t, 4) AS reason,
            tupleElement(t, 5) AS ok, tupleElement(t, 6) AS bounced,
            tupleElement(t, 7) AS failed,
-           multiIf(ok, 'success', next_channel = '', 'last_channel', 'moved') AS outcome,
+           multiIf(next_channel != '', 'moved', ok, 'success', 'last_channel') AS outcome,
            multiIf(next_channel = '', '',
                    NOT was_sent AND reason IN ('no_contact', 'contact_invalid'), 'no_contact',
                    NOT was_sent, reason, bounced, 'bounce', failed, 'failure',
-                   ok, 'success', 'timeout') AS move_reason
+                   'timeout') AS move_reason
     FROM (
         SELECT d.trigger_id AS trigger_id, d.step AS step, any(d.customer_id) AS customer_id,
-               arraySort(groupArray((d.first_ts, d.channel, d.sent, d.last_reason, o.ok,
+               arraySort(groupArray((d.first_ts, d.sent, d.channel, d.last_reason, o.ok,
                                      o.bounced, o.failed))) AS tries
         FROM (
             SELECT instance_id, toString(trigger_id) AS trigger_id, step,
@@ -666,7 +668,8 @@ def analyst_statements(database: str, password: str, user: str = ANALYST_USER) -
     """A read-only analyst: role ``cdp_analyst`` (SELECT on the database, nothing else) and
     a user holding it with ``readonly = 2`` (no writes or DDL; per-query settings allowed,
     which Grafana's plugin sends). Servers only: run as a user with access management;
-    chdb has no user directory (see :func:`apply_analyst_role`)."""
+    chdb has no user directory (see :func:`apply_analyst_role`). Compose loads the same
+    user from ``deploy/clickhouse/users.d/analyst.xml``."""
     if not (database.isidentifier() and user.isidentifier()):
         raise ValueError("database and user must be plain identifiers")
     pw = password.replace("\\", "\\\\").replace("'", "\\'")
@@ -674,8 +677,9 @@ def analyst_statements(database: str, password: str, user: str = ANALYST_USER) -
         f"CREATE ROLE IF NOT EXISTS {ANALYST_ROLE}",
         f"GRANT SELECT ON {database}.* TO {ANALYST_ROLE}",
         f"CREATE USER IF NOT EXISTS {user} IDENTIFIED WITH sha256_password BY '{pw}' "
-        f"DEFAULT ROLE {ANALYST_ROLE} SETTINGS readonly = 2",
+        f"SETTINGS readonly = 2",
         f"GRANT {ANALYST_ROLE} TO {user}",
+        f"ALTER USER {user} DEFAULT ROLE {ANALYST_ROLE}",
     ]
 
 
