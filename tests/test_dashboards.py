@@ -28,7 +28,7 @@ def demo_database(chdb_dir: str, prefix: str) -> str:
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     settings = Settings(clickhouse_url=f"chdb://{chdb_dir}", clickhouse_database=name)
     run_demo(load_config(), settings, SyntheticConfig(customers=300, days=2, seed=11),
-             use_redis=False, say=lambda *_: None)
+             use_redis=False, say=lambda *_, **__: None)
     return name
 
 
