@@ -299,7 +299,11 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
         self.consumer = Consumer({
             "bootstrap.servers": ",".join(brokers), "group.id": f"cdp-triggers-{shard}",
             "enable.auto.commit": False, "enable.partition.eof": True,
-            "auto.offset.reset": "earliest", **self.klog.config(), **(extra or {})})
+            "auto.offset.reset": "earliest",
+            # live: a fetch on a quiet partition returns within 20 ms, not librdkafka's
+            # 500 ms default, so a lone transactional event is read at once
+            **({"fetch.wait.max.ms": 20} if tail else {}),
+            **self.klog.config(), **(extra or {})})
         self._check_offsets(tps)
         self.consumer.assign([TopicPartition(t, p, self.offsets.get(f"{t}:{p}",
                                                                      OFFSET_BEGINNING))
@@ -360,6 +364,8 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
                                    "by event_id", stream, expected, off)
             self.offsets[stream] = off + 1
             al.offer(stream, parse_event(m.value() or b"", f"{stream}:{off}", wall))
+        if self.tail and msgs:
+            self._caught_up_by_high_watermark(msgs)
         if not msgs and time.monotonic() - self.last_data > 30.0 and not all(
                 al.marks[s].done or al.marks[s].caught_up for s in al.marks):
             self.stall.down("no data and no end-of-partition from the broker for 30 s")
@@ -369,6 +375,19 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
         if not out and not self.tail and al.finished():
             raise StopIteration
         return out
+
+    def _caught_up_by_high_watermark(self, msgs: list[Any]) -> None:
+        """A busy live partition rarely reports end-of-partition (each fetch brings data), so
+        it would hold the watermark ``max_out_of_orderness_ms`` behind its newest event: a
+        stream whose last read message is its partition's last (the high watermark of the
+        latest fetch, cached by librdkafka: no broker call) is caught up now."""
+        for stream in {f"{m.topic()}:{m.partition()}" for m in msgs if m.error() is None}:
+            try:
+                _low, high = self.consumer.get_watermark_offsets(self._tp[stream], cached=True)
+            except Exception:  # no fetch answer cached yet: wait for the end-of-partition
+                continue
+            if high >= 0 and self.offsets.get(stream, -1) >= high:
+                self.aligner.caught_up(stream)
 
     def _data_seen(self) -> None:
         self.last_data = time.monotonic()
