@@ -1,19 +1,105 @@
-"""``cdp-triggers``: demo, run, replay, preview, validate, schema, sql, generate."""
+"""``cdp-triggers``: demo, run, replay, preview, explain, validate, schema, sql, generate, and
+the delivery loop (gateway, webhooks, send-test, profiles)."""
 
 from __future__ import annotations
 
-import argparse
+import csv
+import fcntl
+import io
 import logging
+import os
+import re
 import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TextIO
+from urllib.parse import unquote, urlparse
 
-from cdp_triggers.logs import mask_url
+import typer
+
+from cdp_triggers.logs import mask_url, redact
 from cdp_triggers.settings import Settings
+from cdp_triggers.synthetic import SyntheticConfig
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from flows.preview import Diff, Summary
+    from sinks.clickhouse import ClickHouseBackend
+
+app = typer.Typer(name="cdp-triggers", no_args_is_help=True, rich_markup_mode="markdown",
+                  add_completion=False, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+profiles_app = typer.Typer(help="Profiles from the CDP into Redis (import, consume).",
+                           rich_markup_mode="markdown",
+                           no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
+
+# ---- output: rich tables, plain text when stdout is not a terminal --------------------
+
+
+def console(file: TextIO | None = None) -> Console:
+    """A rich console on ``file`` (stdout): colours on a terminal; elsewhere plain text, no
+    control codes, and no wrapping (the width is unlimited)."""
+    from rich.console import Console
+
+    file = file or sys.stdout
+    tty = file.isatty()
+    return Console(file=file, force_terminal=tty, color_system="auto" if tty else None,
+                   no_color=not tty, highlight=False, emoji=False, markup=False,
+                   width=None if tty else 100_000, soft_wrap=not tty)
+
+
+def _numeric(v: object) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int | float):
+        return True
+    s = str(v).replace(",", "").removesuffix("%")
+    return s.removeprefix("+").replace(".", "", 1).replace("-", "", 1).isdigit()
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                file: TextIO | None = None, title: str | None = None) -> None:
+    """A rich table: header, a rule, one line per row; numeric columns right-aligned.
+    Off a terminal: plain text, trailing spaces stripped, nothing wrapped."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    file = file or sys.stdout
+    cells = [["" if v is None else str(v) for v in r] for r in rows]
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold",
+                  title=title, title_justify="left")
+    for i, name in enumerate(columns):
+        col = [r[i] for r in cells if r[i] != ""]
+        table.add_column(Text(str(name)), overflow="fold",
+                         justify="right" if col and all(map(_numeric, col)) else "left")
+    for r in cells:
+        table.add_row(*map(Text, r))
+    if file.isatty():
+        console(file).print(table)
+        return
+    buf = io.StringIO()
+    buf.isatty = lambda: False  # type: ignore[method-assign]
+    console(buf).print(table)
+    file.write("".join(line.rstrip() + "\n" for line in buf.getvalue().splitlines()))
+
+
+def _err(command: str, message: str) -> int:
+    """One line on stderr (credentials masked); the exit code of a user error."""
+    print(f"cdp-triggers {command}: {redact(message)}", file=sys.stderr)
+    return 2
+
+
+# ---- settings and config -------------------------------------------------------------
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    return ctx.obj
 
 
 def _config(settings: Settings):
@@ -28,182 +114,395 @@ def _config(settings: Settings):
         raise SystemExit(2) from None
 
 
-def print_table(columns: list[str], rows: list[tuple], out=None) -> None:
-    out = out or sys.stdout
-    cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+@app.callback()
+def _root(ctx: typer.Context,
+          config_dir: Annotated[Path | None, typer.Option(
+              "--config-dir", help="Trigger configs (default: CDP_CONFIG_DIR or the "
+                                   "packaged config/).")] = None,
+          verbose: Annotated[bool, typer.Option("-v", "--verbose",
+                                                help="Debug logging.")] = False) -> None:
+    """Trigger and service communications engine of a retail CDP.
 
-    def line(r: list[str]) -> str:
-        return "  ".join(
-            v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(r, widths, strict=False)
-        )
-
-    print(line(cells[0]), file=out)
-    print("  ".join("-" * w for w in widths), file=out)
-    for r in cells[1:]:
-        print(line(r), file=out)
-
-
-def _numeric(v: str) -> bool:
-    return v.removeprefix("+").replace(".", "", 1).replace("-", "", 1).isdigit()
+    Embedded demo and replays, the live flow, marketers' preview and explain, analysts'
+    sql, and the delivery loop (gateway, webhooks, send-test, profiles)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    s = Settings()
+    if config_dir:
+        s = s.model_copy(update={"config_dir": config_dir})
+    ctx.obj = s
 
 
-def cmd_demo(a: argparse.Namespace, s: Settings) -> int:
-    from cdp_triggers.synthetic import SyntheticConfig
+# ---- ClickHouse for reading: an existing database, one-line errors --------------------
+
+
+class DatabaseError(Exception):
+    """A database the CLI cannot read, said in one line."""
+
+
+_CH_MESSAGE = re.compile(r"Code: (\d+)\. DB::Exception: ([^\n]*)")
+
+
+def server_message(exc: BaseException) -> str:
+    """The first line of ClickHouse's own message (``Code: N. DB::Exception:`` dropped),
+    else the exception's first line; stack traces and driver prefixes are left out."""
+    text = str(exc)
+    m = _CH_MESSAGE.search(text)
+    if m:
+        line = m.group(2).strip()
+        line = re.sub(r"\s*Stack trace:.*$", "", line)
+        line = re.sub(r"(Expected one of: (?:[^,]*, ){4})[^()]*", r"\1… ", line)  # 50 tokens
+        return re.sub(r"\s*\(version [^)]*\)\s*$", "", line)
+    line = next((x.strip() for x in text.splitlines() if x.strip()), "")
+    return line or type(exc).__name__
+
+
+def chdb_dir(url: str) -> str | None:
+    """The embedded database directory of a ``chdb://`` (or bare path) URL, else None."""
+    u = urlparse(url)
+    if u.scheme == "chdb":
+        return unquote(u.netloc + u.path)
+    if u.scheme in ("", "file"):
+        return url.removeprefix("file://")
+    return None
+
+
+def _locked(path: str) -> bool:
+    """True when a ClickHouse engine (another process) holds ``path``: its ``status`` file is
+    flock-ed while an embedded or server engine runs on the directory."""
+    try:
+        fd = os.open(os.path.join(path, "status"), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock we got
+    return False
+
+
+@contextmanager
+def _stderr_captured() -> Iterator[io.StringIO]:
+    """Send file descriptor 2 to a buffer (chdb's engine prints its start-up errors there)."""
+    out = io.StringIO()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.write(tmp.read().decode(errors="replace"))
+
+
+def open_existing(url: str, database: str, origin: str) -> ClickHouseBackend:
+    """A backend on a database that already exists: never creates a chdb directory or the
+    database. ``origin`` says where ``url`` came from (for the messages). Raises
+    :class:`DatabaseError` with one line: missing directory or database, a directory held by
+    another process, an unreachable server."""
+    from sinks.clickhouse import open_backend
+
+    path = chdb_dir(url)
+    if path is not None:
+        full = os.path.abspath(path)
+        where = f"{full} ({origin} {mask_url(url)}, relative to the current directory)" \
+            if not os.path.isabs(path) else f"{full} ({origin})"
+        if not os.path.isdir(os.path.join(full, "metadata")):
+            raise DatabaseError(
+                f"no embedded ClickHouse database at {where}; make one with `cdp-triggers demo "
+                f"--clickhouse-url chdb://{full}` (or `replay FILE.jsonl --clickhouse-url …`), "
+                f"or point --clickhouse-url / CDP_CLICKHOUSE_URL at an existing one")
+        held = (f"the embedded database {full} is in use by another process (e.g. "
+                f"`cdp-triggers run`); chdb lets one process open a directory at a time: stop "
+                f"it, or run ClickHouse as a server and query it with --clickhouse-url "
+                f"http://… (clickhouse-connect)")
+        if _locked(full):
+            raise DatabaseError(held)
+        try:
+            with _stderr_captured() as said:
+                backend = open_backend(url)
+        except Exception as e:
+            if "Cannot lock file" in said.getvalue() or _locked(full):
+                raise DatabaseError(held) from None
+            raise DatabaseError(f"cannot open {where}: {server_message(e)}") from None
+    else:
+        backend = open_backend(url)
+    try:
+        found = backend.query_rows(
+            f"SELECT count() FROM system.databases WHERE name = '{database}'")[0][0]
+    except Exception as e:
+        backend.close()
+        raise DatabaseError(f"ClickHouse at {mask_url(url)} ({origin}): "
+                            f"{server_message(e)}") from None
+    if not found:
+        backend.close()
+        raise DatabaseError(
+            f"no database {database!r} at {mask_url(url)} ({origin}); set CDP_CLICKHOUSE_DATABASE "
+            f"or fill it with `cdp-triggers demo` / `replay` / `run`")
+    return backend
+
+
+def _ch_url(s: Settings, option: str | None) -> tuple[str, str]:
+    """The ClickHouse URL to read and where it came from."""
+    return (option, "--clickhouse-url") if option else (s.clickhouse_url, "CDP_CLICKHOUSE_URL")
+
+
+# ---- commands --------------------------------------------------------------------------
+
+ClickHouseUrl = Annotated[str | None, typer.Option(
+    "--clickhouse-url", help="chdb://DIR (embedded) or http(s)://host:8123 (default: "
+                             "CDP_CLICKHOUSE_URL, chdb://data/clickhouse).")]
+HorizonMs = Annotated[int | None, typer.Option(
+    "--horizon-ms", help="Fire timers due up to here (default: the latest event time).")]
+IdleExit = Annotated[float | None, typer.Option(
+    "--idle-exit", help="Exit after this many seconds without input (default: run forever).")]
+
+
+def _done(code: int) -> None:
+    """End a command with its exit code (typer ignores return values)."""
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(ctx: typer.Context,
+         customers: Annotated[int, typer.Option(help="Synthetic customers.")] = 20_000,
+         days: Annotated[float, typer.Option(help="Days of traffic.")] = 3.0,
+         seed: Annotated[int, typer.Option(help="Generator seed.")] = 7,
+         clickhouse_url: ClickHouseUrl = None,
+         no_redis: Annotated[bool, typer.Option(
+             "--no-redis", help="Do not try Redis for profiles.")] = False,
+         keep: Annotated[bool, typer.Option(
+             "--keep", help="Keep the previous demo's rows.")] = False) -> None:
+    """Embedded demo: generator → engine → chdb, no servers."""
     from flows.demo import run_demo
     from flows.summary import demo_summary
     from sinks.clickhouse import open_backend
 
+    s = _settings(ctx)
     config = _config(s)
-    if a.clickhouse_url:
-        s = s.model_copy(update={"clickhouse_url": a.clickhouse_url})
+    if clickhouse_url:
+        s = s.model_copy(update={"clickhouse_url": clickhouse_url})
     url = s.clickhouse_url
     backend = open_backend(url)
-    if not a.keep:
+    if not keep:
         backend.command(f"DROP DATABASE IF EXISTS {s.clickhouse_database}")
-    syn = SyntheticConfig(customers=a.customers, days=a.days, seed=a.seed)
+    syn = SyntheticConfig(customers=customers, days=days, seed=seed)
     print(f"cdp-triggers demo: {syn.customers:,} customers × {syn.days:g} days of synthetic "
           f"retail traffic (seed {syn.seed}) → engine (replay clock) → ClickHouse at "
           f"{mask_url(url)}")
     print(f"config {config.version}: triggers {', '.join(t.id for t in config.triggers)}")
-    result = run_demo(config, s, syn, use_redis=not a.no_redis)
-    ok = demo_summary(backend, s.clickhouse_database, result)
+    result = run_demo(config, s, syn, use_redis=not no_redis)
+    summary = demo_summary(backend, s.clickhouse_database, result)
+    print_demo_summary(summary)
     print(f'\nexplore: cdp-triggers sql "SELECT count() FROM sends"'
           f"  (database {s.clickhouse_database})")
-    return 0 if ok else 1
+    _done(0 if summary.balanced else 1)
 
 
-def cmd_run(a: argparse.Namespace, s: Settings) -> int:
+@app.command()
+def run(ctx: typer.Context,
+        workers: Annotated[int, typer.Option("-w", "--workers",
+                                             help="Workers in this process.")] = 1,
+        process_id: Annotated[int | None, typer.Option(
+            "-i", "--process-id", help="This process's index among --addresses.")] = None,
+        addresses: Annotated[str | None, typer.Option(
+            "-a", "--addresses", help="host:port;host:port of all processes.")] = None) -> None:
+    """Live flow: Kafka → engine → ClickHouse + sends topic."""
     from bytewax._bytewax import cli_main
 
     from flows.app import RunError, build_run, prepare_recovery
 
+    s = _settings(ctx)
     _config(s)
     try:
         recovery = prepare_recovery(s)
         flow = build_run(s, "kafka").flow
     except RunError as e:
         print(f"cdp-triggers run: {e}", file=sys.stderr)
-        return 2
-    cli_main(flow, workers_per_process=a.workers, process_id=a.process_id,
-             addresses=a.addresses.split(";") if a.addresses else None,
+        _done(2)
+    cli_main(flow, workers_per_process=workers, process_id=process_id,
+             addresses=addresses.split(";") if addresses else None,
              epoch_interval=timedelta(seconds=s.epoch_seconds), recovery_config=recovery)
-    return 0
+    _done(0)
 
 
-def cmd_replay(a: argparse.Namespace, s: Settings) -> int:
+@app.command()
+def replay(ctx: typer.Context,
+           files: Annotated[list[str], typer.Argument(help="JSONL files of recorded events.")],
+           horizon_ms: HorizonMs = None, clickhouse_url: ClickHouseUrl = None) -> None:
+    """Replay JSONL files through the engine (event-time clock) into ClickHouse.
+
+    The horizon is the latest event time, or --horizon-ms."""
     from bytewax.testing import run_main
 
     from flows.app import build_run
     from flows.sources import latest_event_ts
 
+    s = _settings(ctx)
     config = _config(s)
-    horizon = a.horizon_ms
+    missing = [p for p in files if not Path(p).is_file()]
+    if missing:
+        _done(_err("replay", f"no such events file: {', '.join(missing)}"))
+    horizon = horizon_ms
     if horizon is None:  # default: the latest valid event time in the files
-        horizon = latest_event_ts(a.files)[0]
-    if a.clickhouse_url:
-        s = s.model_copy(update={"clickhouse_url": a.clickhouse_url})
+        horizon = latest_event_ts(files)[0]
+    if clickhouse_url:
+        s = s.model_copy(update={"clickhouse_url": clickhouse_url})
     s = s.model_copy(update={"clock": "replay", "horizon_ms": horizon, "recovery_dir": None})
-    run = build_run(s, "files", files=a.files, config=config, profiles="empty",
+    run = build_run(s, "files", files=files, config=config, profiles="empty",
                     outputs="clickhouse")
     for note in run.notes:
         print(note, file=sys.stderr if run.profiles_from == "none" else sys.stdout)
     run_main(run.flow)
-    print(f"replayed {len(a.files)} file(s) up to horizon {horizon} into "
+    print(f"replayed {len(files)} file(s) up to horizon {horizon} into "
           f"{mask_url(s.clickhouse_url)}")
-    return 0
+    _done(0)
 
 
-def cmd_validate(a: argparse.Namespace, s: Settings) -> int:
-    config = _config(s)
+@app.command()
+def validate(ctx: typer.Context) -> None:
+    """Validate the trigger configs.
+
+    On an error: exit 2, each issue as file:line:col field: message."""
+    config = _config(_settings(ctx))
     for f in config.files:
         print(f"ok  {f}")
     print(f"{len(config.triggers)} trigger(s) valid; config version {config.version}")
-    return 0
+    _done(0)
 
 
-def cmd_preview(a: argparse.Namespace, s: Settings) -> int:
+Events = Annotated[list[Path] | None, typer.Option(
+    "--events", help="A JSONL file of recorded events (repeat it, or list more files after "
+                     "it).")]
+MoreEvents = Annotated[list[Path] | None, typer.Argument(
+    help="More events files (as in --events a.jsonl b.jsonl).", show_default=False)]
+NoRedis = Annotated[bool, typer.Option(
+    "--no-redis", help="Assume every customer reachable instead of reading Redis profiles.")]
+
+
+@app.command()
+def preview(ctx: typer.Context,
+            more: MoreEvents = None,
+            events: Events = None,
+            config: Annotated[Path | None, typer.Option(
+                help="Config set (default: --config-dir or config/).")] = None,
+            against: Annotated[Path | None, typer.Option(
+                help="Another config set: print a diff table.")] = None,
+            examples: Annotated[int, typer.Option(help="Example customers per trigger.")] = 3,
+            horizon_ms: HorizonMs = None,
+            no_redis: NoRedis = False) -> None:
+    """What would this config do on recorded events? --against: compare two configs.
+
+    Replays the files in memory through the production dataflow (replay clock); nothing is
+    written or sent."""
     from cdp_triggers.clock import to_datetime
     from config.loader import _display
     from flows.preview import diff, run_preview, summarize
     from flows.sources import latest_event_ts
 
-    base = _config(s.model_copy(update={"config_dir": a.config or s.config_dir}))
-    other = _config(s.model_copy(update={"config_dir": a.against})) if a.against else None
-    missing = [p for p in a.events if not Path(p).is_file()]
+    s = _settings(ctx)
+    files = [*(events or ()), *(more or ())]
+    if not files:
+        _done(_err("preview", "--events FILE.jsonl is required"))
+    base = _config(s.model_copy(update={"config_dir": config or s.config_dir}))
+    other = _config(s.model_copy(update={"config_dir": against})) if against else None
+    missing = [p for p in files if not Path(p).is_file()]
     if missing:
         print(f"no such events file: {', '.join(map(str, missing))}", file=sys.stderr)
-        return 2
-    latest, valid, bad = latest_event_ts(a.events)
-    horizon = a.horizon_ms if a.horizon_ms is not None else latest
-    names = ", ".join(Path(p).name for p in a.events)
+        _done(2)
+    latest, valid, bad = latest_event_ts(files)
+    horizon = horizon_ms if horizon_ms is not None else latest
+    names = ", ".join(Path(p).name for p in files)
     print(f"preview on {names}: {valid:,} events, {bad:,} rejected; replay clock up to "
           f"{to_datetime(horizon):%Y-%m-%d %H:%M:%S} UTC")
-    fallback = "assume" if a.no_redis else "reachable"
-    if a.no_redis:
+    fallback = "assume" if no_redis else "reachable"
+    if no_redis:
         print("profiles: ASSUMED reachable (--no-redis): every customer has every contact "
               "and consent; consent_changed events still apply")
     summaries = {}
-    for label, cfg, where in (("base", base, a.config or s.config_dir),
-                              ("other", other, a.against)):
+    for label, cfg, where in (("base", base, config or s.config_dir), ("other", other, against)):
         if cfg is None:
             continue
         print(f"{label}: config {cfg.version} ({_display(where)}): "
               f"{len(cfg.triggers)} trigger(s)")
-        records, notes = run_preview(cfg, a.events, s, horizon, fallback)
+        records, notes = run_preview(cfg, files, s, horizon, fallback)
         for note in notes if label == "base" else ():
             print(note)
-        summaries[label] = summarize(records, a.examples, cfg.triggers)
+        summaries[label] = summarize(records, examples, cfg.triggers)
     print()
     if other is None:
         print_summary(summaries["base"])
     else:
         print_diff(diff(summaries["base"], summaries["other"]))
-    return 0
+    _done(0)
 
 
-def cmd_explain(a: argparse.Namespace, s: Settings) -> int:
-    """One customer's timeline: on recorded events (why each trigger started or not), or
-    from a run's ClickHouse rows."""
-    if a.events:
+@app.command()
+def explain(ctx: typer.Context,
+            customer: Annotated[str, typer.Option(help="The customer id.")],
+            more: MoreEvents = None,
+            events: Annotated[list[Path] | None, typer.Option(
+                "--events", help="Recorded JSONL events (default: a run's ClickHouse rows).")
+            ] = None,
+            trigger: Annotated[str | None, typer.Option(help="Only this trigger.")] = None,
+            horizon_ms: HorizonMs = None,
+            no_redis: Annotated[bool, typer.Option(
+                "--no-redis", help="Assume the customer reachable instead of reading Redis.")
+            ] = False,
+            clickhouse_url: ClickHouseUrl = None) -> None:
+    """Why did a customer (not) get a message? Their timeline per trigger.
+
+    From recorded events (--events), or from a run's ClickHouse rows."""
+    s = _settings(ctx)
+    files = [*(events or ()), *(more or ())]
+    if files:
         from flows.app import open_profiles
         from flows.explain import explain_events
         from flows.sources import latest_event_ts
 
-        missing = [p for p in a.events if not Path(p).is_file()]
+        missing = [p for p in files if not Path(p).is_file()]
         if missing:
             print(f"no such events file: {', '.join(map(str, missing))}", file=sys.stderr)
-            return 2
+            _done(2)
         config = _config(s)
-        horizon = a.horizon_ms if a.horizon_ms is not None else latest_event_ts(a.events)[0]
-        store, _origin, note = open_profiles(s, "assume" if a.no_redis else "reachable")
+        horizon = horizon_ms if horizon_ms is not None else latest_event_ts(files)[0]
+        store, _origin, note = open_profiles(s, "assume" if no_redis else "reachable")
         if note:
             print(note)
-        lines = explain_events(config, a.events, a.customer, store.get, horizon)
-        source = f"recorded events ({', '.join(Path(p).name for p in a.events)})"
+        lines = explain_events(config, files, customer, store.get, horizon)
+        source = f"recorded events ({', '.join(Path(p).name for p in files)})"
     else:
         from flows.explain import explain_clickhouse
-        from sinks.clickhouse import open_backend
 
-        backend = open_backend(a.clickhouse_url or s.clickhouse_url)
+        url, origin = _ch_url(s, clickhouse_url)
         try:
-            lines = explain_clickhouse(backend, s.clickhouse_database, a.customer)
+            backend = open_existing(url, s.clickhouse_database, origin)
+        except DatabaseError as e:
+            _done(_err("explain", str(e)))
+        try:
+            lines = explain_clickhouse(backend, s.clickhouse_database, customer)
+        except Exception as e:
+            _done(_err("explain", server_message(e)))
         finally:
             backend.close()
-        source = (f"ClickHouse {mask_url(a.clickhouse_url or s.clickhouse_url)} database "
-                  f"{s.clickhouse_database}")
-    if a.trigger:  # its lines, and the events that did something to it
-        lines = [x for i, x in enumerate(lines) if x.trigger_id == a.trigger or (
-            x.what == "event" and any(y.trigger_id == a.trigger for y in lines[i + 1:i + 4]
+        source = f"ClickHouse {mask_url(url)} database {s.clickhouse_database}"
+    if trigger:  # its lines, and the events that did something to it
+        lines = [x for i, x in enumerate(lines) if x.trigger_id == trigger or (
+            x.what == "event" and any(y.trigger_id == trigger for y in lines[i + 1:i + 4]
                                       if y.ts == x.ts))]
     triggers = sorted({x.trigger_id for x in lines if x.trigger_id})
-    print(f"customer {a.customer}: {len(lines)} lines from {source}; "
+    print(f"customer {customer}: {len(lines)} lines from {source}; "
           f"triggers: {', '.join(triggers) or 'none'}")
     if not lines:
-        return 1
+        _done(1)
     print_table(["time (UTC)", "trigger", "what", "detail"],
                 [(x.at, x.trigger_id, x.what, x.text) for x in lines])
-    return 0
+    _done(0)
 
 
 def json_schemas() -> dict[str, dict]:
@@ -242,17 +541,21 @@ def json_schemas() -> dict[str, dict]:
     return out
 
 
-def cmd_schema(a: argparse.Namespace, s: Settings) -> int:
+@app.command()
+def schema(ctx: typer.Context,
+           out: Annotated[Path | None, typer.Option(
+               help="Directory (default: config/schema/).")] = None) -> None:
+    """Write JSON Schemas of the config files (for editors)."""
     import json
 
     from config.loader import _display
 
-    out = a.out or s.config_dir / "schema"
+    out = out or _settings(ctx).config_dir / "schema"
     out.mkdir(parents=True, exist_ok=True)
-    for name, schema in json_schemas().items():
-        (out / name).write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
+    for name, js in json_schemas().items():
+        (out / name).write_text(json.dumps(js, indent=2, ensure_ascii=False) + "\n")
         print(f"wrote {_display(out / name)}")
-    out = _display(out)
+    shown = _display(out)
     print(f"""
 editors (VS Code with the YAML extension by Red Hat; any yaml-language-server editor):
   first line of a trigger file in config/triggers/:
@@ -261,63 +564,193 @@ editors (VS Code with the YAML extension by Red Hat; any yaml-language-server ed
     # yaml-language-server: $schema=./schema/policy.schema.json
     # yaml-language-server: $schema=./schema/templates.schema.json
   or once for the workspace, in .vscode/settings.json:
-    "yaml.schemas": {{"{out}/trigger.schema.json": "config/triggers/*.yaml",
-                     "{out}/policy.schema.json": "config/policy.yaml",
-                     "{out}/templates.schema.json": "config/templates.yaml"}}
+    "yaml.schemas": {{"{shown}/trigger.schema.json": "config/triggers/*.yaml",
+                     "{shown}/policy.schema.json": "config/policy.yaml",
+                     "{shown}/templates.schema.json": "config/templates.yaml"}}
 the schema checks keys, types and durations as you type; `cdp-triggers validate` also checks
 templates, channels, variables and unreachable steps across files.""")
-    return 0
+    _done(0)
 
 
-def cmd_sql(a: argparse.Namespace, s: Settings) -> int:
-    from sinks.clickhouse import open_backend
+# ---- sql -------------------------------------------------------------------------------
 
-    backend = open_backend(a.clickhouse_url or s.clickhouse_url)
-    backend.command(f"CREATE DATABASE IF NOT EXISTS {s.clickhouse_database}")
-    backend.command(f"USE {s.clickhouse_database}")
-    cols, rows = backend.query(a.query)
-    print_table(cols, rows)
-    return 0
+Format = Literal["table", "csv", "json", "tsv"]
+
+#: ClickHouse FORMAT names `sql` accepts at the end of a query → (format, header line).
+_FORMATS: dict[str, tuple[Format, bool]] = {
+    "csv": ("csv", False), "csvwithnames": ("csv", True),
+    "tsv": ("tsv", False), "tabseparated": ("tsv", False),
+    "tsvwithnames": ("tsv", True), "tabseparatedwithnames": ("tsv", True),
+    "json": ("json", False), "jsoneachrow": ("json", False), "jsonlines": ("json", False),
+    "ndjson": ("json", False),
+}
+_FORMAT_CLAUSE = re.compile(r"\s+FORMAT\s+([A-Za-z]+)\s*;?\s*$", re.IGNORECASE)
 
 
-def cmd_gateway_sim(a: argparse.Namespace, s: Settings) -> int:
+def split_format(query: str) -> tuple[str, tuple[Format, bool] | None, str | None]:
+    """``(query without its FORMAT clause, (format, header) or None, the clause's name)``;
+    Pretty* formats are the table."""
+    m = _FORMAT_CLAUSE.search(query)
+    if not m:
+        return query, None, None
+    name = m.group(1)
+    key = name.lower()
+    fmt = ("table", True) if key.startswith("pretty") else _FORMATS.get(key)
+    return query[:m.start()], fmt, name
+
+
+def _cell(v: Any) -> str:
+    import orjson
+
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list | dict):
+        return orjson.dumps(v).decode()
+    return str(v)
+
+
+def _tsv(v: Any) -> str:
+    if v is None:
+        return "\\N"
+    return (_cell(v).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
+
+
+def write_rows(cols: list[str], rows: list[tuple[Any, ...]], fmt: Format, header: bool = True,
+               out: TextIO | None = None) -> None:
+    """Query results as a table, CSV, TSV (ClickHouse escaping, NULL as ``\\N``) or JSON
+    lines (one object per row)."""
+    import orjson
+
+    out = out or sys.stdout
+    if fmt == "table":
+        print_table(cols, rows, out)
+        return
+    if fmt == "csv":
+        w = csv.writer(out, lineterminator="\n")
+        if header:
+            w.writerow(cols)
+        w.writerows([_cell(v) for v in r] for r in rows)
+    elif fmt == "tsv":
+        lines = [[_tsv(c) for c in cols]] if header else []
+        out.writelines("\t".join(x) + "\n" for x in [*lines, *([_tsv(v) for v in r]
+                                                               for r in rows)])
+    else:
+        opt = orjson.OPT_NON_STR_KEYS
+        out.writelines(orjson.dumps(dict(zip(cols, r, strict=True)), option=opt).decode() + "\n"
+                       for r in rows)
+    out.flush()
+
+
+@app.command()
+def sql(ctx: typer.Context,
+        query: Annotated[str, typer.Argument(help="A ClickHouse query (tables of "
+                                                  "CDP_CLICKHOUSE_DATABASE without a prefix).")],
+        fmt: Annotated[Format | None, typer.Option(
+            "--format", "-f", help="Output: table (default), csv and tsv (with a header "
+                                   "line), json (one object per line). A trailing FORMAT "
+                                   "CSV / CSVWithNames / TSV / TabSeparated[WithNames] / "
+                                   "JSONEachRow / Pretty clause works too.")] = None,
+        clickhouse_url: ClickHouseUrl = None) -> None:
+    """Query ClickHouse (embedded chdb or a server) as a table, CSV, TSV or JSON.
+
+    The database must exist: `cdp-triggers demo`, `replay` or `run` make it; `sql` never
+    creates one. Errors (missing or busy database, bad SQL, unknown table) are one line on
+    stderr, exit 2."""
+    s = _settings(ctx)
+    body, clause, name = split_format(query)
+    if name and clause is None:
+        _done(_err("sql", f"FORMAT {name} is not supported here; use --format "
+                          f"table|csv|json|tsv (or FORMAT CSV, TSV, JSONEachRow, Pretty)"))
+    if clause and fmt and clause[0] != fmt:
+        _done(_err("sql", f"the query says FORMAT {name} and --format says {fmt}: use one"))
+    out_fmt, header = clause or (fmt or "table", True)
+    url, origin = _ch_url(s, clickhouse_url)
+    db = s.clickhouse_database
+    try:
+        backend = open_existing(url, db, origin)
+    except DatabaseError as e:
+        _done(_err("sql", str(e)))
+    try:
+        backend.command(f"USE {db}")
+        cols, rows = backend.query(body)
+    except Exception as e:
+        msg = server_message(e)
+        if "UNKNOWN_TABLE" in msg:
+            try:
+                tables = [r[0] for r in backend.query_rows(
+                    f"SELECT name FROM system.tables WHERE database = '{db}' ORDER BY name")]
+                msg += f"; tables in {db}: {', '.join(tables) or 'none'}"
+            except Exception:  # the message is enough
+                pass
+        backend.close()
+        _done(_err("sql", msg))
+    backend.close()
+    write_rows(cols, rows, out_fmt, header)
+    if out_fmt == "table":
+        print(f"({len(rows):,} row{'s' if len(rows) != 1 else ''})", file=sys.stderr)
+    _done(0)
+
+
+# ---- delivery loop -----------------------------------------------------------------------
+
+
+@app.command("gateway-sim")
+def gateway_sim(ctx: typer.Context,
+                outcomes_topic: Annotated[str, typer.Option(
+                    help="Topic the receipts go to.")] = "outcomes",
+                seed: Annotated[int, typer.Option(help="Receipt randomness seed.")] = 7,
+                time_scale: Annotated[float, typer.Option(
+                    help="Compress receipt delays (60: a minute passes in a second).")] = 1.0,
+                idle_exit: IdleExit = None) -> None:
+    """Simulate channel gateways: sends topic → outcomes."""
     from cdp_triggers.gateway_sim import serve
 
-    print(f"gateway-sim: {s.sends_topic} → {a.outcomes_topic} on {s.kafka_brokers} "
-          f"(seed {a.seed}, time scale {a.time_scale:g})", flush=True)
-    made = serve(s.kafka_brokers, s.sends_topic, a.outcomes_topic, a.seed, a.time_scale,
-                 a.idle_exit)
+    s = _settings(ctx)
+    print(f"gateway-sim: {s.sends_topic} → {outcomes_topic} on {s.kafka_brokers} "
+          f"(seed {seed}, time scale {time_scale:g})", flush=True)
+    made = serve(s.kafka_brokers, s.sends_topic, outcomes_topic, seed, time_scale, idle_exit)
     print(f"gateway-sim: produced {made:,} receipts")
-    return 0
+    _done(0)
 
 
-def cmd_gateway(a: argparse.Namespace, s: Settings) -> int:
+@app.command()
+def gateway(ctx: typer.Context, idle_exit: IdleExit = None) -> None:
+    """Send commands to the providers: sends → e-mail/SMS/push → receipts on outcomes."""
     from flows.delivery import DeliveryError, run_gateway
 
+    s = _settings(ctx)
     print(f"gateway: {s.sends_topic} → providers {s.providers} → {s.outcomes_topic} "
           f"on {s.kafka_brokers}", flush=True)
     try:
-        stats = run_gateway(s, idle_exit_s=a.idle_exit)
+        stats = run_gateway(s, idle_exit_s=idle_exit)
     except DeliveryError as e:
         print(f"gateway: {e}", file=sys.stderr)
-        return 2
+        _done(2)
     print(f"gateway: {stats.line()}")
-    return 0
+    _done(0)
 
 
-def cmd_webhooks(a: argparse.Namespace, s: Settings) -> int:
+@app.command()
+def webhooks(ctx: typer.Context,
+             port: Annotated[int | None, typer.Option(
+                 help="Listening port (default: CDP_WEBHOOK_PORT).")] = None) -> None:
+    """Receive the providers' delivery webhooks → outcomes."""
     from flows.delivery import DeliveryError, run_webhooks
 
-    if a.port is not None:
-        s = s.model_copy(update={"webhook_port": a.port})
+    s = _settings(ctx)
+    if port is not None:
+        s = s.model_copy(update={"webhook_port": port})
     print(f"webhooks: listening on {s.webhook_host}:{s.webhook_port} → {s.outcomes_topic}",
           flush=True)
     try:
         run_webhooks(s)
     except DeliveryError as e:
         print(f"webhooks: {e}", file=sys.stderr)
-        return 2
-    return 0
+        _done(2)
+    _done(0)
 
 
 def _parse_vars(pairs: list[str]) -> dict[str, Any]:
@@ -335,20 +768,36 @@ def _parse_vars(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def cmd_send_test(a: argparse.Namespace, s: Settings) -> int:
-    from flows.delivery import DeliveryError, send_test
+@app.command("send-test")
+def send_test(ctx: typer.Context,
+              template: Annotated[str, typer.Option(help="Template id (config/templates.yaml).")],
+              channel: Annotated[Literal["email", "sms", "push"], typer.Option(
+                  help="Channel.")],
+              customer: Annotated[str, typer.Option(
+                  help="Customer id (contacts read from Redis).")],
+              var: Annotated[list[str] | None, typer.Option(
+                  "--var", metavar="NAME=VALUE",
+                  help="A template variable (VALUE may be JSON: items=[...]); repeat it.")
+              ] = None,
+              dry_run: Annotated[bool, typer.Option(
+                  "--dry-run", help="Render and print, send nothing.")] = False) -> None:
+    """Render one message and send it through its provider (--dry-run: print it).
 
+    Exit 0 sent, 1 not sent (reason printed), 2 bad input."""
+    from flows.delivery import DeliveryError
+    from flows.delivery import send_test as deliver_test
+
+    s = _settings(ctx)
     try:
-        variables = _parse_vars(a.var)
-        res = send_test(s, a.template, a.channel, a.customer, variables, dry_run=a.dry_run)
+        variables = _parse_vars(var or [])
+        res = deliver_test(s, template, channel, customer, variables, dry_run=dry_run)
     except (DeliveryError, ValueError) as e:
         print(f"send-test: {e}", file=sys.stderr)
-        return 2
+        _done(2)
     o = res.outcome
     m = o.message
     if m is not None:
-        print(f"to: {a.channel} contact of {a.customer}"
-              + (" (present)" if m.address else " (none)"))
+        print(f"to: {channel} contact of {customer}" + (" (present)" if m.address else " (none)"))
         if m.provider_template_id:
             print(f"provider template: {m.provider_template_id}")
             print(f"substitutions: {dict(m.substitutions)}")
@@ -359,185 +808,126 @@ def cmd_send_test(a: argparse.Namespace, s: Settings) -> int:
     verdict = {"accepted": "sent", "duplicate": "already sent"}.get(o.result, o.result)
     print(f"send-test: {verdict} via {res.provider}" + (f" ({o.reason})" if o.reason else "")
           + (f", provider id {o.provider_message_id}" if o.provider_message_id else ""))
-    return 0 if o.result == "accepted" else 1
+    _done(0 if o.result == "accepted" else 1)
 
 
-def cmd_profiles_import(a: argparse.Namespace, s: Settings) -> int:
+@profiles_app.command("import")
+def profiles_import(ctx: typer.Context,
+                    file: Annotated[Path, typer.Argument(help="FILE.jsonl or FILE.csv")],
+                    chunk: Annotated[int, typer.Option(
+                        help="Writes per pipelined round trip.")] = 1000) -> None:
+    """Bulk load a JSONL or CSV file of profiles (with a progress bar)."""
     from flows.profiles_in import import_file
     from state.profiles import RedisProfileStore
 
-    path = Path(a.file)
-    if not path.is_file():
-        print(f"no such file: {path}", file=sys.stderr)
-        return 2
+    s = _settings(ctx)
+    if not file.is_file():
+        print(f"no such file: {file}", file=sys.stderr)
+        _done(2)
     store = RedisProfileStore(s.redis_url, s.redis_key_prefix)
     if not store.ping():
         print(f"profiles import: Redis is not reachable at {mask_url(s.redis_url)}",
               file=sys.stderr)
-        return 2
-    print(f"profiles import: {path.name} → Redis at {mask_url(s.redis_url)}", flush=True)
-    counts = _with_progress(path, lambda progress: import_file(
-        path, store, chunk=a.chunk, progress=progress, every_s=0.2))
+        _done(2)
+    print(f"profiles import: {file.name} → Redis at {mask_url(s.redis_url)}", flush=True)
+    counts = _with_progress(file, lambda progress: import_file(
+        file, store, chunk=chunk, progress=progress, every_s=0.2))
     print(f"profiles import: {counts.line()}")
-    return 0
+    _done(0)
+
+
+def _progress(*columns: Any, file: TextIO | None = None) -> Any:
+    """A rich progress bar: description, bar, then ``columns`` (drawn on a terminal; off
+    one, only its last state is printed)."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), *columns,
+                    console=console(file or sys.stdout), transient=False)
 
 
 def _with_progress(path: Path, work: Any) -> Any:
-    """Run ``work(progress)`` under a rich progress bar over the file's records (lines;
-    a CSV's header is not one). On a terminal-less run the bar is not drawn."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    """Run ``work(progress)`` under a progress bar over the file's records (lines; a CSV's
+    header is not one)."""
+    from rich.progress import MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     with path.open("rb") as f:
         total = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
     total -= path.suffix.lower() == ".csv"
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.fields[line]}"),
-                  transient=False) as bar:
+    with _progress(MofNCompleteColumn(), TimeRemainingColumn(),
+                   TextColumn("{task.fields[line]}")) as bar:
         task = bar.add_task(path.name, total=max(total, 1), line="")
         result = work(lambda c, n: bar.update(task, completed=n, line=c.line()))
         bar.update(task, completed=max(total, 1), line=result.line())
     return result
 
 
-def cmd_profiles_consume(a: argparse.Namespace, s: Settings) -> int:
+@profiles_app.command("consume")
+def profiles_consume(ctx: typer.Context,
+                     group: Annotated[str, typer.Option(
+                         help="Kafka consumer group.")] = "cdp-profiles",
+                     idle_exit: IdleExit = None) -> None:
+    """Apply the profiles topic (CDP_PROFILES_TOPIC) to Redis."""
     from flows.profiles_in import consume
     from state.profiles import RedisProfileStore
 
+    s = _settings(ctx)
     store = RedisProfileStore(s.redis_url, s.redis_key_prefix)
-    print(f"profiles consume: {s.profiles_topic} on {s.kafka_brokers} (group {a.group}) → "
+    print(f"profiles consume: {s.profiles_topic} on {s.kafka_brokers} (group {group}) → "
           f"Redis at {mask_url(s.redis_url)}", flush=True)
-    counts = consume(s.kafka_brokers, s.profiles_topic, store, group=a.group,
-                     idle_exit_s=a.idle_exit)
+    counts = consume(s.kafka_brokers, s.profiles_topic, store, group=group,
+                     idle_exit_s=idle_exit)
     print(f"profiles consume: {counts.line()}")
-    return 0
+    _done(0)
 
 
-def cmd_generate(a: argparse.Namespace, s: Settings) -> int:
-    from cdp_triggers.synthetic import main
-
-    return main(a.args)
+_SYN = SyntheticConfig()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="cdp-triggers", description=__doc__)
-    ap.add_argument("--config-dir", type=Path,
-                    help="trigger configs (default: the packaged config/)")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+@app.command()
+def generate(customers: Annotated[int, typer.Option(help="Customers.")] = _SYN.customers,
+             days: Annotated[float, typer.Option(help="Days of traffic.")] = _SYN.days,
+             seed: Annotated[int, typer.Option(help="Seed (same seed, same bytes).")] = _SYN.seed,
+             start_ms: Annotated[int, typer.Option(
+                 help="Event time of the start (epoch ms, UTC).")] = _SYN.start_ms,
+             sessions_per_day: Annotated[float, typer.Option(
+                 help="Mean sessions per customer and day.")
+             ] = _SYN.sessions_per_customer_per_day,
+             bad_rate: Annotated[float, typer.Option(
+                 help="Bad payloads per good event (dead-letter material).")
+             ] = _SYN.bad_event_rate,
+             dup_rate: Annotated[float, typer.Option(
+                 help="Exact duplicates per good event.")] = _SYN.duplicate_rate,
+             out: Annotated[str, typer.Option(
+                 help="Output JSONL file, or - for stdout.")] = "-") -> None:
+    """Write synthetic retail events as JSONL.
 
-    p = sub.add_parser("demo", help="embedded demo: generator → engine → chdb, no servers")
-    p.add_argument("--customers", type=int, default=20_000)
-    p.add_argument("--days", type=float, default=3.0)
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--clickhouse-url", help="default: CDP_CLICKHOUSE_URL or chdb://data/clickhouse")
-    p.add_argument("--no-redis", action="store_true", help="do not try Redis for profiles")
-    p.add_argument("--keep", action="store_true", help="keep the previous demo's rows")
-    p.set_defaults(fn=cmd_demo)
+    A progress bar (event time) and the counts go to stderr."""
+    from cdp_triggers.synthetic import generate_cli
 
-    p = sub.add_parser("run", help="live flow: Kafka → engine → ClickHouse + sends topic")
-    p.add_argument("-w", "--workers", type=int, default=1, help="workers in this process")
-    p.add_argument("-i", "--process-id", type=int, default=None)
-    p.add_argument("-a", "--addresses", default=None, help="host:port;host:port of all processes")
-    p.set_defaults(fn=cmd_run)
+    cfg = SyntheticConfig(customers=customers, days=days, seed=seed, start_ms=start_ms,
+                          sessions_per_customer_per_day=sessions_per_day,
+                          bad_event_rate=bad_rate, duplicate_rate=dup_rate)
+    if out == "-":
+        _done(generate_cli(cfg, out))
+    from rich.progress import TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    p = sub.add_parser("replay", help="replay JSONL files through the engine (event-time clock)")
-    p.add_argument("files", nargs="+")
-    p.add_argument("--horizon-ms", type=int, default=None)
-    p.add_argument("--clickhouse-url")
-    p.set_defaults(fn=cmd_replay)
+    span = max(cfg.end_ms - cfg.start_ms, 1)
+    with _progress(TaskProgressColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[events]:,} events"), file=sys.stderr) as bar:
+        task = bar.add_task(f"{Path(out).name} (event time)", total=span, events=0)
 
-    p = sub.add_parser("validate", help="validate the trigger configs")
-    p.set_defaults(fn=cmd_validate)
+        def progress(n: int, ts: int) -> None:
+            bar.update(task, completed=min(max(ts - cfg.start_ms, 0), span), events=n)
 
-    p = sub.add_parser("preview", help="what would this config do on recorded events? "
-                                       "(replay in memory; --against: compare two configs)")
-    p.add_argument("--config", type=Path, help="config set (default: --config-dir or config/)")
-    p.add_argument("--events", nargs="+", required=True, help="JSONL file(s) of recorded events")
-    p.add_argument("--against", type=Path, help="another config set: print a diff table")
-    p.add_argument("--examples", type=int, default=3, help="example customers per trigger")
-    p.add_argument("--horizon-ms", type=int, default=None,
-                   help="fire timers due up to here (default: the latest event time)")
-    p.add_argument("--no-redis", action="store_true",
-                   help="assume every customer reachable instead of reading Redis profiles")
-    p.set_defaults(fn=cmd_preview)
-
-    p = sub.add_parser("explain", help="why did a customer (not) get a message? their "
-                                       "timeline per trigger")
-    p.add_argument("--customer", required=True)
-    p.add_argument("--events", nargs="*", help="recorded JSONL events (default: ClickHouse)")
-    p.add_argument("--trigger", help="only this trigger")
-    p.add_argument("--horizon-ms", type=int, default=None)
-    p.add_argument("--no-redis", action="store_true",
-                   help="assume the customer reachable instead of reading Redis")
-    p.add_argument("--clickhouse-url")
-    p.set_defaults(fn=cmd_explain)
-
-    p = sub.add_parser("schema", help="write JSON Schemas of the config files (for editors)")
-    p.add_argument("--out", type=Path, help="directory (default: config/schema/)")
-    p.set_defaults(fn=cmd_schema)
-
-    p = sub.add_parser("sql", help="query ClickHouse (embedded chdb by default)")
-    p.add_argument("query")
-    p.add_argument("--clickhouse-url")
-    p.set_defaults(fn=cmd_sql)
-
-    p = sub.add_parser("gateway-sim", help="simulate channel gateways: sends topic → outcomes")
-    p.add_argument("--outcomes-topic", default="outcomes")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--time-scale", type=float, default=1.0,
-                   help="compress receipt delays (60: a minute passes in a second)")
-    p.add_argument("--idle-exit", type=float, default=None,
-                   help="exit after this many seconds without sends (default: run forever)")
-    p.set_defaults(fn=cmd_gateway_sim)
-
-    p = sub.add_parser("gateway", help="send commands to the providers: sends → e-mail/SMS/"
-                                       "push providers → receipts on outcomes")
-    p.add_argument("--idle-exit", type=float, default=None,
-                   help="exit after this many seconds without sends (default: run forever)")
-    p.set_defaults(fn=cmd_gateway)
-
-    p = sub.add_parser("webhooks", help="receive the providers' delivery webhooks → outcomes")
-    p.add_argument("--port", type=int, default=None, help="default: CDP_WEBHOOK_PORT")
-    p.set_defaults(fn=cmd_webhooks)
-
-    p = sub.add_parser("send-test", help="render one message and send it through the "
-                                         "configured provider (or print it: --dry-run)")
-    p.add_argument("--template", required=True)
-    p.add_argument("--channel", required=True, choices=["email", "sms", "push"])
-    p.add_argument("--customer", required=True, help="customer id (contacts read from Redis)")
-    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
-                   help="a template variable (VALUE may be JSON: items=[...])")
-    p.add_argument("--dry-run", action="store_true", help="render and print, send nothing")
-    p.set_defaults(fn=cmd_send_test)
-
-    p = sub.add_parser("profiles", help="profiles from the CDP into Redis (import, consume)")
-    psub = p.add_subparsers(dest="profiles_cmd", required=True)
-    q = psub.add_parser("import", help="bulk load a JSONL or CSV file of profiles")
-    q.add_argument("file", help="FILE.jsonl or FILE.csv")
-    q.add_argument("--chunk", type=int, default=1000, help="writes per pipelined round trip")
-    q.set_defaults(fn=cmd_profiles_import)
-    q = psub.add_parser("consume", help="apply the profiles topic (CDP_PROFILES_TOPIC)")
-    q.add_argument("--group", default="cdp-profiles", help="Kafka consumer group")
-    q.add_argument("--idle-exit", type=float, default=None,
-                   help="exit after this many seconds without records (default: run forever)")
-    q.set_defaults(fn=cmd_profiles_consume)
-
-    p = sub.add_parser("generate", help="write synthetic events as JSONL (see --help)")
-    p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=cmd_generate)
-    return ap
+        code = generate_cli(cfg, out, progress)
+        bar.update(task, completed=span)
+    _done(code)
 
 
-# ---- preview printing (flows.preview returns data, the CLI prints) -----------------------
+# ---- printing what flows return (flows return data, the CLI prints) -------------------
 
 
-def print_summary(s: Summary, out=None) -> None:
+def print_summary(s: Summary, out: TextIO | None = None) -> None:
     """Per trigger: lifecycle counts; per step: sent, suppressed, skipped; examples."""
     out = out or sys.stdout
     life = ("started", "cancelled", "completed", "expired")
@@ -566,12 +956,12 @@ def print_summary(s: Summary, out=None) -> None:
                 print(f"    {cid.ljust(width)}  {story}", file=out)
 
 
-def print_diff(d: Diff, out=None) -> None:
+def print_diff(d: Diff, out: TextIO | None = None) -> None:
     """The rows of every trigger with a changed count; unchanged triggers are named."""
     out = out or sys.stdout
     changed = {r.trigger for r in d.rows if r.delta}
     print_table(["trigger", "step", "metric", "base", "other", "delta"],
-                [(r.trigger, r.step, r.metric, r.base, r.other,
+                [(r.trigger, r.step, r.metric.strip(), r.base, r.other,
                   f"{r.delta:+d}" if r.delta else "0") for r in d.rows if r.trigger in changed],
                 out)
     same = sorted({r.trigger for r in d.rows} - changed)
@@ -583,19 +973,41 @@ def print_diff(d: Diff, out=None) -> None:
     print(f"{n} of {len(d.rows)} counts differ", file=out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = build_parser()
-    a, extra = ap.parse_known_args(argv)
-    if extra and a.cmd != "generate":
-        ap.error(f"unrecognized arguments: {' '.join(extra)}")
-    if a.cmd == "generate":  # its options belong to the generator (argparse stops at "--x")
-        a.args = extra + a.args
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    s = Settings()
-    if a.config_dir:
-        s = s.model_copy(update={"config_dir": a.config_dir})
-    return a.fn(a, s)
+def print_demo_summary(s: Any, out: TextIO | None = None) -> None:
+    """The demo's closing tables (:class:`flows.summary.DemoSummary`): counts, balance, lift."""
+    out = out or sys.stdout
+    print(file=out)
+    print_table(["summary", ""], s.rows, out)
+    print(f"  {s.balance}", file=out)
+    if s.lift:
+        print("\nlift (conversions within the attribution window; each arm counts only its "
+              "own; pp = percentage points, 95% CI)", file=out)
+        print_table(["trigger", "arm", "customers", "converted", "rate", "vs control (pp)",
+                     "vs holdout (pp)"],
+                    [(x.trigger_id, x.arm, f"{x.customers:,}", f"{x.converted:,}",
+                      f"{x.rate * 100:.2f}%", x.vs_control, x.vs_holdout) for x in s.lift], out)
+
+
+# ---- entry point ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; the command's exit code (2 for a usage error). A config error raises
+    ``SystemExit(2)`` after printing its issues."""
+    from typer.exceptions import Abort, TyperException
+
+    try:
+        code = app(args=list(argv) if argv is not None else None, prog_name="cdp-triggers",
+                   standalone_mode=False)
+    except TyperException as e:  # a usage error: the message, as typer shows it
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(e)  # type: ignore[arg-type]
+        return e.exit_code
+    except Abort:
+        print("Aborted!", file=sys.stderr)
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

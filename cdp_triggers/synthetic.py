@@ -29,7 +29,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -592,8 +592,50 @@ def write_jsonl(path: str | Path, config: SyntheticConfig | None = None) -> Synt
     return gen.stats
 
 
+def generate_cli(cfg: SyntheticConfig, out: str = "-",
+                 progress: Callable[[int, int], None] | None = None) -> int:
+    """Write the events of ``cfg`` to ``out`` (a JSONL file, or stdout for ``-``) and report the
+    counts on stderr. ``progress(events written, event time ms)`` is called every few
+    thousand events."""
+    t0 = time.perf_counter()
+    gen = SyntheticRetail(cfg)
+    f = sys.stdout.buffer if out == "-" else open(out, "wb")  # noqa: SIM115
+    try:
+        buf: list[bytes] = []
+        n = 0
+        for raw in gen.events():
+            buf.append(raw)
+            if len(buf) >= 4096:
+                f.write(b"\n".join(buf) + b"\n")
+                n += len(buf)
+                buf.clear()
+                if progress is not None:
+                    progress(n, _event_ts(raw, cfg.start_ms))
+        if buf:
+            f.write(b"\n".join(buf) + b"\n")
+        f.flush()
+    finally:
+        if f is not sys.stdout.buffer:
+            f.close()
+    stats = gen.stats
+    dt = time.perf_counter() - t0
+    print(f"read={stats.read} good={stats.good} bad={stats.bad} duplicates={stats.duplicates} "
+          f"in {dt:.2f}s ({stats.read / max(dt, 1e-9):,.0f}/s) end_ms={cfg.end_ms}",
+          file=sys.stderr)
+    return 0
+
+
+def _event_ts(raw: bytes, default: int) -> int:
+    """The ``ts`` of a payload, or ``default`` for a bad one."""
+    try:
+        ts = orjson.loads(raw)["ts"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return default
+    return ts if isinstance(ts, int) else default
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI: write a JSONL file (or stdout with ``--out -``) and report counts on stderr."""
+    """``python -m cdp_triggers.synthetic``: the options of ``cdp-triggers generate``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     d = SyntheticConfig()
     ap.add_argument("--customers", type=int, default=d.customers)
@@ -605,23 +647,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dup-rate", type=float, default=d.duplicate_rate)
     ap.add_argument("--out", default="-")
     a = ap.parse_args(argv)
-    cfg = SyntheticConfig(customers=a.customers, days=a.days, seed=a.seed, start_ms=a.start_ms,
-                          sessions_per_customer_per_day=a.sessions_per_day,
-                          bad_event_rate=a.bad_rate, duplicate_rate=a.dup_rate)
-    t0 = time.perf_counter()
-    if a.out == "-":
-        gen = SyntheticRetail(cfg)
-        out = sys.stdout.buffer
-        for raw in gen.events():
-            out.write(raw + b"\n")
-        stats = gen.stats
-    else:
-        stats = write_jsonl(a.out, cfg)
-    dt = time.perf_counter() - t0
-    print(f"read={stats.read} good={stats.good} bad={stats.bad} duplicates={stats.duplicates} "
-          f"in {dt:.2f}s ({stats.read / max(dt, 1e-9):,.0f}/s) end_ms={cfg.end_ms}",
-          file=sys.stderr)
-    return 0
+    return generate_cli(SyntheticConfig(
+        customers=a.customers, days=a.days, seed=a.seed, start_ms=a.start_ms,
+        sessions_per_customer_per_day=a.sessions_per_day, bad_event_rate=a.bad_rate,
+        duplicate_rate=a.dup_rate), a.out)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,45 @@
-"""The demo's closing table, read back from ClickHouse (what analysts would see)."""
+"""The demo's closing figures, read back from ClickHouse (what analysts would see).
+
+Data only: :func:`demo_summary` returns a :class:`DemoSummary`; the CLI prints it.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from cdp_triggers.events import DUPLICATE
 from flows.demo import DemoResult
 from sinks.clickhouse import ClickHouseBackend
 
 
-def demo_summary(backend: ClickHouseBackend, db: str, r: DemoResult, say=print) -> bool:
-    """Print the summary; True when the counts balance (read = accepted + rejected + dups)."""
+@dataclass(frozen=True)
+class LiftRow:
+    """One arm of a marketing trigger: customers, converted, and the lift of a treated
+    variant vs control and holdout (``+1.2 [-0.3, +2.7]`` percentage points, 95 % CI)."""
+
+    trigger_id: str
+    arm: str  # "treated A", "control", "holdout"
+    customers: int
+    converted: int
+    rate: float
+    vs_control: str
+    vs_holdout: str
+
+
+@dataclass
+class DemoSummary:
+    """``rows``: (label, value) lines, sub-items indented; ``balance``: the balance sentence;
+    ``balanced``: read = accepted + rejected + duplicates; ``lift``: per trigger and arm."""
+
+    rows: list[tuple[str, str]]
+    balance: str
+    balanced: bool
+    lift: list[LiftRow] = field(default_factory=list)
+
+
+def demo_summary(backend: ClickHouseBackend, db: str, r: DemoResult) -> DemoSummary:
+    """The demo's figures from ClickHouse; ``balanced`` when the counts balance
+    (read = accepted + rejected + duplicates, as many bad and duplicates as generated)."""
 
     def one(sql: str) -> int | float:
         rows = backend.query_rows(sql)
@@ -62,15 +93,11 @@ def demo_summary(backend: ClickHouseBackend, db: str, r: DemoResult, say=print) 
         ("profiles from", r.profiles_from),
         ("throughput", f"{r.read / max(r.seconds, 1e-9):,.0f} events/s ({r.seconds:.1f} s)"),
     ]
-    width = max(len(k) for k, _ in rows)
-    say("\nsummary")
-    for k, v in rows:
-        say(f"  {k.ljust(width)}  {v}")
-    say(f"  counts {'balance' if balanced else 'DO NOT balance'}: read {r.read:,} = accepted "
-        f"{accepted:,} + rejected {rejected:,} + duplicates {dups:,} "
-        f"(generator made {r.generated_bad:,} bad, {r.generated_duplicates:,} duplicates)")
-    lift_table(backend, db, say)
-    return balanced
+    balance = (f"counts {'balance' if balanced else 'DO NOT balance'}: read {r.read:,} = "
+               f"accepted {accepted:,} + rejected {rejected:,} + duplicates {dups:,} "
+               f"(generator made {r.generated_bad:,} bad, {r.generated_duplicates:,} "
+               f"duplicates)")
+    return DemoSummary(rows, balance, balanced, lift_rows(backend, db))
 
 
 def _pp(x: float | None) -> str:
@@ -85,25 +112,16 @@ def _vs(r: dict, base: str) -> str:
             f"{_pp(r[f'lift_vs_{base}_ci_high'])}]")
 
 
-def lift_table(backend: ClickHouseBackend, db: str, say=print) -> None:
+def lift_rows(backend: ClickHouseBackend, db: str) -> list[LiftRow]:
     """Per marketing trigger and arm: customers, converted, rate, and the lift of each
     treated variant against control and holdout (percentage points, 95 % interval)."""
     cols, rows = backend.query(
         f"SELECT * FROM {db}.variant_lift ORDER BY trigger_id, "
         f"indexOf(['treated', 'control', 'holdout'], arm), variant")
-    if not rows:
-        return
-    head = ("arm", "customers", "converted", "rate", "vs control (pp, 95% CI)",
-            "vs holdout (pp, 95% CI)")
-    say("\nlift (conversions within the attribution window; each arm counts only its own)")
-    trigger = None
+    out = []
     for row in rows:
         r = dict(zip(cols, row, strict=True))
-        if r["trigger_id"] != trigger:
-            trigger = r["trigger_id"]
-            say(f"  {trigger}")
-            say(f"    {head[0]:<18} {head[1]:>9} {head[2]:>9} {head[3]:>7}  "
-                f"{head[4]:<26} {head[5]}")
         arm = r["arm"] + (f" {r['variant']}" if r["arm"] != "holdout" else "")
-        say(f"    {arm:<18} {r['customers']:>9,} {r['converted_customers']:>9,} "
-            f"{r['conversion_rate'] * 100:>6.2f}%  {_vs(r, 'control'):<26} {_vs(r, 'holdout')}")
+        out.append(LiftRow(r["trigger_id"], arm, r["customers"], r["converted_customers"],
+                           r["conversion_rate"], _vs(r, "control"), _vs(r, "holdout")))
+    return out
