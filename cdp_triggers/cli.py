@@ -125,9 +125,10 @@ def _root(ctx: typer.Context,
 
     Embedded demo and replays, the live flow, marketers' preview and explain, analysts'
     sql, and the delivery loop (gateway, webhooks, send-test, profiles)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from cdp_triggers.logs import setup_logging
+
     s = Settings()
+    setup_logging(logging.DEBUG if verbose else logging.WARNING, json=s.log_json)
     if config_dir:
         s = s.model_copy(update={"config_dir": config_dir})
     ctx.obj = s
@@ -315,20 +316,37 @@ def run(ctx: typer.Context,
     """Live flow: Kafka → engine → ClickHouse + sends topic."""
     from bytewax._bytewax import cli_main
 
+    from cdp_triggers import shutdown
+    from cdp_triggers.logs import log_effective_settings
     from flows.app import RunError, build_run, prepare_recovery
 
     s = _settings(ctx)
     _config(s)
+    peers = addresses.split(";") if addresses else None
+    log_effective_settings(logging.getLogger("cdp_triggers.run"), s, "run",
+                           process_id=process_id, workers=workers)
     try:
         recovery = prepare_recovery(s)
         flow = build_run(s, "kafka").flow
     except RunError as e:
         print(f"cdp-triggers run: {e}", file=sys.stderr)
         _done(2)
-    cli_main(flow, workers_per_process=workers, process_id=process_id,
-             addresses=addresses.split(";") if addresses else None,
+    _serve_metrics(s, process_id, peers)
+    shutdown.install()  # SIGTERM/SIGINT: end the input, flush, snapshot, exit 0
+    cli_main(flow, workers_per_process=workers, process_id=process_id, addresses=peers,
              epoch_interval=timedelta(seconds=s.epoch_seconds), recovery_config=recovery)
     _done(0)
+
+
+def _serve_metrics(s: Settings, process_id: int | None = None,
+                   peers: list[str] | None = None) -> None:
+    """/metrics, /healthz, /readyz on CDP_METRICS_PORT (+ the process id when processes
+    share a host), when set."""
+    if s.metrics_port is None:
+        return
+    from cdp_triggers import metrics
+
+    metrics.start_server(metrics.process_port(s.metrics_port, process_id, peers))
 
 
 @app.command()
@@ -697,6 +715,31 @@ def sql(ctx: typer.Context,
 # ---- delivery loop -----------------------------------------------------------------------
 
 
+@app.command()
+def report(ctx: typer.Context,
+           out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")]
+           = Path("report.html"),
+           clickhouse_url: ClickHouseUrl = None) -> None:
+    """A self-contained HTML report (charts and tables, no network needed to open it) from
+    the same SQL as the Grafana dashboards."""
+    from flows.report import build_report
+
+    s = _settings(ctx)
+    url, origin = _ch_url(s, clickhouse_url)
+    try:
+        backend = open_existing(url, s.clickhouse_database, origin)
+    except DatabaseError as e:
+        _done(_err("report", str(e)))
+    try:
+        path = build_report(backend, s.clickhouse_database, out)
+    except Exception as e:
+        _done(_err("report", server_message(e)))
+    finally:
+        backend.close()
+    print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    _done(0)
+
+
 @app.command("gateway-sim")
 def gateway_sim(ctx: typer.Context,
                 outcomes_topic: Annotated[str, typer.Option(
@@ -719,11 +762,14 @@ def gateway_sim(ctx: typer.Context,
 @app.command()
 def gateway(ctx: typer.Context, idle_exit: IdleExit = None) -> None:
     """Send commands to the providers: sends → e-mail/SMS/push → receipts on outcomes."""
+    from cdp_triggers import metrics
     from flows.delivery import DeliveryError, run_gateway
 
     s = _settings(ctx)
     print(f"gateway: {s.sends_topic} → providers {s.providers} → {s.outcomes_topic} "
           f"on {s.kafka_brokers}", flush=True)
+    if s.metrics_port is not None:  # the gateway is ready once it runs
+        metrics.start_server(s.metrics_port, ready=lambda: True)
     try:
         stats = run_gateway(s, idle_exit_s=idle_exit)
     except DeliveryError as e:

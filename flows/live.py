@@ -27,8 +27,12 @@ def __getattr__(name: str) -> Dataflow:
     """``flows.live:flow`` is built on first access (by ``python -m bytewax.run``), so
     importing this module stays cheap."""
     if name == "flow":
+        from cdp_triggers import shutdown
+
         s = Settings()
         check_bytewax_run_recovery(s)
         prepare_recovery(s)
-        return build_live_flow(s)
+        flow = build_live_flow(s)
+        shutdown.install()  # bytewax.run builds the flow in its main thread
+        return flow
     raise AttributeError(name)

@@ -30,10 +30,12 @@ from typing import Any, NamedTuple
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from cdp_triggers import metrics
 from cdp_triggers.clock import WallClock, WatermarkClock
 from cdp_triggers.events import Event, Rejected, parse_event
 from cdp_triggers.logs import KafkaLog, RateLimited, StateLog
-from operators.align import DONE, Aligner
+from cdp_triggers.shutdown import STOP
+from operators.align import DONE, NEVER, Aligner
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +312,9 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
                               for t, p in tps])
         if opts.clock is not None:
             opts.clock.claim(shard, names)
+        self.read_counters = {t: metrics.events_read(t) for t, _ in tps}
+        self.wm = metrics.WatermarkGauges(shard)
+        metrics.READY.set("sources")
 
     def _check_offsets(self, tps: list[tuple[str, int]]) -> None:
         """A resumed offset past a partition's end means the broker lost data (or the topic
@@ -337,6 +342,8 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
     def next_batch(self) -> list[Event | Rejected]:
         from confluent_kafka import KafkaError
 
+        if STOP.is_set():  # graceful stop: this input ends here; the snapshot resumes it
+            raise StopIteration
         al = self.aligner
         live = self.opts.live
         msgs = self.consumer.consume(self.batch, 0.05)
@@ -366,12 +373,20 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
             al.offer(stream, parse_event(m.value() or b"", f"{stream}:{off}", wall))
         if self.tail and msgs:
             self._caught_up_by_high_watermark(msgs)
+        if msgs:
+            per_topic: dict[str, int] = {}
+            for m in msgs:
+                per_topic[m.topic()] = per_topic.get(m.topic(), 0) + 1
+            for t, n in per_topic.items():
+                self.read_counters[t].inc(n)
         if not msgs and time.monotonic() - self.last_data > 30.0 and not all(
                 al.marks[s].done or al.marks[s].caught_up for s in al.marks):
             self.stall.down("no data and no end-of-partition from the broker for 30 s")
         self._bound_memory(wall)
         out = al.release(wall)
         _publish(self.opts, self.shard, al, wall)
+        if msgs and NEVER < (w := al.watermark(wall)) < DONE:
+            self.wm.update(w, wall if wall is not None else self.wall.now_ms())
         if not out and not self.tail and al.finished():
             raise StopIteration
         return out

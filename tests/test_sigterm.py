@@ -42,13 +42,6 @@ class DiedOfSigterm(AssertionError):
     """The run was killed by SIGTERM instead of stopping gracefully."""
 
 
-SIGTERM_XFAIL = pytest.mark.xfail(
-    strict=True, raises=DiedOfSigterm,
-    reason="`cdp-triggers run` dies of SIGTERM (returncode -15): no handler turns it into "
-           "Bytewax's graceful stop (finish the epoch, flush sinks, snapshot, exit 0); "
-           "see docs/operations.md 'SIGTERM'")
-
-
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory, redis_server) -> Traffic:
     return Traffic(tmp_path_factory.mktemp("sigterm"), redis_server.url, customers=800, days=2,
@@ -85,7 +78,6 @@ def _wait_for_sends(p: subprocess.Popen, kafka, topic: str, timeout: float = 120
     return False
 
 
-@SIGTERM_XFAIL
 def test_sigterm_mid_run_exits_cleanly_and_a_restart_continues(traffic, kafka, redis_server,
                                                                tmp_path):
     """A tailing live run gets SIGTERM once send commands flow; then the same recovery
