@@ -308,8 +308,9 @@ throughput: scale out with processes (`-i/-a`) and Kafka partitions.
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text() if path.exists() else ""
-    for start, end in ((THROUGHPUT_START, THROUGHPUT_END), (MEMORY_START, MEMORY_END)):
-        if start in old:  # kept: the throughput write-up and `--memory`'s section
+    for start, end in ((THROUGHPUT_START, THROUGHPUT_END), (MEMORY_START, MEMORY_END),
+                       ("<!-- delivery: bench.delivery -->", "<!-- /delivery -->")):
+        if start in old:  # kept: sections other commands write (throughput, memory, delivery)
             text += "\n" + start + old.split(start, 1)[1].split(end, 1)[0] + end + "\n"
     path.write_text(text)
     print(f"wrote {path}")
