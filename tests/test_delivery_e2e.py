@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -48,9 +49,11 @@ CASCADE = """
 """
 
 
-def _config() -> Any:
-    """The shipped triggers (neutral policy) with order_status cascading e-mail → SMS."""
-    root = trigger_semantics_dir()
+def _config(tmp: Path) -> Path:
+    """A copy of the shipped triggers (neutral policy) with order_status cascading e-mail →
+    SMS (a copy: the neutral config directory is shared by the whole test session)."""
+    root = tmp / "config"
+    shutil.copytree(trigger_semantics_dir(), root)
     path = root / "triggers" / "order_status.yaml"
     text = path.read_text()
     assert "channels: [email, sms]\n" in text
@@ -89,7 +92,7 @@ def test_order_shipped_to_provider_to_webhook_to_cascade(kafka, redis_server, ch
                                                          tmp_path):
     run = uuid.uuid4().hex[:8]
     topics = {"orders": f"orders_{run}", "outcomes": f"outcomes_{run}"}
-    config = _config()
+    config = _config(tmp_path)
     with UnisenderStand("ugo-key") as ugo, TwilioStand(auth_token="tw-token") as tw:
         base = dict(
             kafka_brokers=kafka.bootstrap, input_topics=list(topics.values()),
@@ -203,7 +206,6 @@ def test_order_shipped_to_provider_to_webhook_to_cascade(kafka, redis_server, ch
         assert sorted(r.form["To"] for r in tw.requests) == ["+4915123456780",
                                                              "+4915123456781"]
         assert ugo.violations == [] and tw.violations == []
-    shutil.rmtree(config.parent, ignore_errors=True)
 
 
 def _store(s: Settings) -> Any:
