@@ -106,6 +106,7 @@ class Decision:
     ts: int
     decided_at: int
     detail: str = ""  # e.g. which cap rule capped it
+    tz: str = ""  # the customer's zone (not personal data): local-time reports
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,7 @@ class Send:
     variables: dict[str, Any] = field(default_factory=dict)
     ts: int = 0
     decided_at: int = 0
+    tz: str = ""  # the customer's zone: local-time reports, smart send time
 
 
 @dataclass(frozen=True, slots=True)

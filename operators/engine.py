@@ -348,7 +348,7 @@ class Engine:
             out.append(Send(d.send_id, state.customer_id, trig.id, trig.kind,
                             self.config.version, inst.instance_id, inst.step, channel,
                             d.template, d.variant, self._variables(state, inst, step, t), t,
-                            now))
+                            now, d.tz))
         state.sent_log.append(Sent(t, trig.id, channel, trig.kind))
         state.touches.append(Touch(d.send_id, trig.id, d.variant, channel, t,
                                    trig.attribution_window, inst.instance_id, inst.step,
@@ -663,7 +663,14 @@ class Engine:
                                                                           step.template)
         return Decision(stable_id(send_id, status, reason, t), send_id, state.customer_id,
                         trig.id, trig.kind, self.config.version, inst.instance_id, inst.step,
-                        channel, template, inst.variant, status, reason, t, now, detail)
+                        channel, template, inst.variant, status, reason, t, now, detail,
+                        self._zone_name(state))
+
+    def _zone_name(self, state: CustomerState) -> str:
+        """The zone the customer's local time is read in (last profile read, else the
+        policy's default): stored on rows for local-time reports."""
+        p = state.profile
+        return (p.timezone if p is not None else "") or self.config.policy.default_timezone
 
     def _life(self, state: CustomerState, inst: Instance, action: str, reason: str,
               event_id: str, t: int, now: int) -> Lifecycle:

@@ -24,6 +24,7 @@ from bytewax.operators import StatefulBatchLogic
 from cdp_triggers.clock import Clock, WallClock, to_datetime
 from cdp_triggers.events import Event, Rejected, processing_error
 from cdp_triggers.records import Output, Profile, Send
+from cdp_triggers.shutdown import STOP
 from operators.engine import Engine, ProfileLookup
 from state.customer import CustomerState
 
@@ -164,6 +165,9 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
     def on_eof(self) -> tuple[list[Output | Rejected], bool]:
         """Input ended (a finite run): replay fires what is due up to the horizon; live
         fires what is due by the wall clock (no more input can hold it back)."""
+        if STOP.is_set():  # a graceful stop is not an end of input: keep every timer
+            return [], (self.DISCARD if self.state is None and self.dormant is None
+                        else self.RETAIN)
         if self.rt.mode == "live":
             until = self.rt.wall.now_ms()
         elif self.rt.horizon_ms is not None:
