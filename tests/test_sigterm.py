@@ -18,7 +18,6 @@ from chaos_helpers import (
     ROOT,
     TOPICS,
     Traffic,
-    ids,
     settings,
     topic_names,
     topic_send_ids,
@@ -65,7 +64,15 @@ def cdp_run(s: Settings) -> subprocess.Popen:
 
 
 def _rows(chdb: str, db: str) -> set[str]:
-    return ids(chdb, db, "SELECT send_id FROM {db}.sends")
+    """Send ids of the run's own chdb directory, read by another process (this test
+    process may already run an embedded engine on another directory: one per process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDP_")}
+    env["CDP_CLICKHOUSE_DATABASE"] = db
+    r = subprocess.run([sys.executable, "-m", "cdp_triggers.cli", "sql", "--format", "csv",
+                        "--clickhouse-url", chdb, "SELECT send_id FROM sends"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return set(r.stdout.split()[1:])  # after the header line
 
 
 def _wait_for_sends(p: subprocess.Popen, kafka, topic: str, timeout: float = 120.0) -> bool:
