@@ -259,14 +259,14 @@ def bench_service(urls: dict[str, str], redis_url: str, prefix: str, customers: 
 
     from cdp_triggers.logs import RetryPolicy
     from flows.delivery import build_gateway
-    from flows.gateway import _Stop, run_service, send_json
-    from sinks.kafka_out import KafkaOut
+    from flows.gateway import _Stop, run_service
+    from sinks.kafka_out import KafkaOut, send_message
 
     tag = uuid.uuid4().hex[:8]
     topic = f"sends-{tag}"
     broker.create_topics([topic, "outcomes", "send_dead_letters"], partitions=4)
     produce(broker.bootstrap, topic,
-            ((s.send_id.encode(), send_json(s)) for s in commands(n, customers, tag)))
+            ((s.send_id.encode(), send_message(s).value) for s in commands(n, customers, tag)))
     gw = build_gateway(settings(urls, redis_url, prefix, concurrency))
     consumer = _TimedConsumer(Consumer({
         "bootstrap.servers": broker.bootstrap, "group.id": f"bench-gw-{tag}",

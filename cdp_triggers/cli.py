@@ -264,6 +264,22 @@ IdleExit = Annotated[float | None, typer.Option(
     "--idle-exit", help="Exit after this many seconds without input (default: run forever).")]
 
 
+def _with_database(command: str, s: Settings, clickhouse_url: str | None,
+                   work: Any) -> Any:
+    """``work(backend)`` on an existing database; any failure is one line, exit 2."""
+    url, origin = _ch_url(s, clickhouse_url)
+    try:
+        backend = open_existing(url, s.clickhouse_database, origin)
+    except DatabaseError as e:
+        _done(_err(command, str(e)))
+    try:
+        return work(backend)
+    except Exception as e:
+        _done(_err(command, server_message(e)))
+    finally:
+        backend.close()
+
+
 def _done(code: int) -> None:
     """End a command with its exit code (typer ignores return values)."""
     raise typer.Exit(code)
@@ -497,17 +513,9 @@ def explain(ctx: typer.Context,
     else:
         from flows.explain import explain_clickhouse
 
-        url, origin = _ch_url(s, clickhouse_url)
-        try:
-            backend = open_existing(url, s.clickhouse_database, origin)
-        except DatabaseError as e:
-            _done(_err("explain", str(e)))
-        try:
-            lines = explain_clickhouse(backend, s.clickhouse_database, customer)
-        except Exception as e:
-            _done(_err("explain", server_message(e)))
-        finally:
-            backend.close()
+        url = _ch_url(s, clickhouse_url)[0]
+        lines = _with_database("explain", s, clickhouse_url,
+                               lambda b: explain_clickhouse(b, s.clickhouse_database, customer))
         source = f"ClickHouse {mask_url(url)} database {s.clickhouse_database}"
     if trigger:  # its lines, and the events that did something to it
         lines = [x for i, x in enumerate(lines) if x.trigger_id == trigger or (
@@ -725,17 +733,8 @@ def report(ctx: typer.Context,
     from flows.report import build_report
 
     s = _settings(ctx)
-    url, origin = _ch_url(s, clickhouse_url)
-    try:
-        backend = open_existing(url, s.clickhouse_database, origin)
-    except DatabaseError as e:
-        _done(_err("report", str(e)))
-    try:
-        path = build_report(backend, s.clickhouse_database, out)
-    except Exception as e:
-        _done(_err("report", server_message(e)))
-    finally:
-        backend.close()
+    path = _with_database("report", s, clickhouse_url,
+                          lambda b: build_report(b, s.clickhouse_database, out))
     print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     _done(0)
 

@@ -30,7 +30,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
@@ -271,15 +271,9 @@ class Gateway:
         ev = receipt_event(send.send_id, send.customer_id, send.channel, "failed", now,
                            "gateway", reason=reason)
         dl = {"reason": reason, "detail": detail, "source": "gateway", "at": now,
-              "send": orjson.loads(send_json(send))}
+              "send": asdict(send)}
         return Outcome(send, DEAD_LETTER, reason, receipts=(ev,), dead_letter=dl,
                        message=message)
-
-
-def send_json(send: Send) -> bytes:
-    from dataclasses import asdict
-
-    return orjson.dumps(asdict(send))
 
 
 def parse_send(raw: bytes) -> Send:
