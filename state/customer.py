@@ -7,33 +7,14 @@ restore gives back exactly what the engine had. The engine owns all changes to i
 from __future__ import annotations
 
 import pickle
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-
-class _Upgradable:
-    """A field a snapshot written before it existed left unset reads as its default, so a
-    restart after an upgrade restores old snapshots. Costs nothing on the normal path:
-    Python calls ``__getattr__`` only when the slot is empty."""
-
-    __slots__ = ()
-
-    def __getattr__(self, name: str) -> Any:
-        for f in fields(self):  # type: ignore[arg-type]
-            if f.name == name:
-                if f.default is not MISSING:
-                    value = f.default
-                elif f.default_factory is not MISSING:
-                    value = f.default_factory()
-                else:
-                    break
-                object.__setattr__(self, name, value)
-                return value
-        raise AttributeError(name)
+from state.compact import Upgradable
 
 
 @dataclass(slots=True)
-class Instance(_Upgradable):
+class Instance(Upgradable):
     """One live run of a trigger for this customer (customer × trigger × key)."""
 
     trigger_id: str
@@ -58,7 +39,7 @@ class Instance(_Upgradable):
 
 
 @dataclass(slots=True)
-class Touch(_Upgradable):
+class Touch(Upgradable):
     """A send (or a control/holdout "would have sent"), remembered for last-touch
     conversion attribution. A touch from before ``arm``/``kind`` existed reads as a sent
     marketing message."""
@@ -76,7 +57,7 @@ class Touch(_Upgradable):
 
 
 @dataclass(slots=True)
-class CustomerState(_Upgradable):
+class CustomerState(Upgradable):
     customer_id: str
     instances: dict[str, Instance] = field(default_factory=dict)  # by "trigger\x1fkey"
     last_entry: dict[str, int] = field(default_factory=dict)  # trigger → ts of its last first send
