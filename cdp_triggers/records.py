@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import orjson
+
 CHANNELS = ("push", "email", "sms")
 CATEGORIES = ("marketing", "transactional")
 
@@ -225,8 +227,40 @@ class Duplicate:
     ts: int
 
 
+#: props never stored with an input: contact details a producer may have put there
+CONTACT_PROPS = frozenset({"email", "phone", "phone_number", "msisdn", "address", "name",
+                           "first_name", "last_name", "push_token", "device_token"})
+MAX_INPUT_PROPS = 4096  # bytes of props JSON kept with an input (longer: cut, marked)
+
+
+@dataclass(frozen=True, slots=True)
+class InputSeen:
+    """An input event that mattered to this customer's decisions — it started, reset or
+    cancelled an instance, or was a conversion, receipt or consent — kept for the customer's
+    history (raw table with the raw-payload retention). ``effect`` names what it did
+    (comma-joined, sorted); ``props`` is JSON without contact details."""
+
+    event_id: str
+    customer_id: str
+    type: str
+    ts: int
+    source: str
+    props: str
+    effect: str
+
+    @classmethod
+    def of(cls, event: Any, effects: set[str]) -> InputSeen:
+        """From a parsed ``cdp_triggers.events.Event``."""
+        props = {k: v for k, v in event.props.items() if k not in CONTACT_PROPS}
+        text = orjson.dumps(props, default=str, option=orjson.OPT_SORT_KEYS).decode()
+        if len(text) > MAX_INPUT_PROPS:
+            text = orjson.dumps({"truncated": True, "bytes": len(text)}).decode()
+        return cls(event.event_id, event.customer_id, event.type, event.ts, event.source,
+                   text, ",".join(sorted(effects)))
+
+
 Output = (Decision | Send | Lifecycle | Conversion | Outcome | ProfileUpdate | Duplicate
-          | StartMiss)
+          | StartMiss | InputSeen)
 
 
 def to_dict(record: Output) -> dict[str, Any]:

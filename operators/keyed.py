@@ -23,7 +23,18 @@ from bytewax.operators import StatefulBatchLogic
 
 from cdp_triggers.clock import Clock, WallClock, to_datetime
 from cdp_triggers.events import Event, Rejected, processing_error
-from cdp_triggers.records import Output, Profile, Send
+from cdp_triggers.records import (
+    Conversion,
+    Decision,
+    Duplicate,
+    InputSeen,
+    Lifecycle,
+    Outcome,
+    Output,
+    Profile,
+    ProfileUpdate,
+    Send,
+)
 from cdp_triggers.shutdown import STOP
 from operators.engine import Engine, ProfileLookup
 from state.customer import CustomerState
@@ -255,7 +266,17 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         return self.RETAIN
 
     def _handle(self, event: Event | None, now: int) -> list[Output]:
-        out = self.rt.engine.handle(self.state, event, now, self._profile)
+        st, engine = self.state, self.rt.engine
+        if event is None:
+            out = engine.handle(st, None, now, self._profile)
+        else:
+            out = engine.handle(st, None, now, self._profile) if st.instances else []
+            before = {s: i.activity_at for s, i in st.instances.items()}
+            caused = engine.handle(st, event, now, self._profile)
+            seen = input_seen(event, caused, before, st)
+            out += caused
+            if seen is not None:
+                out.append(seen)
         if self.rt.loopback is not None:
             receipts = [e for r in out if isinstance(r, Send) for e in self.rt.loopback(r)]
             if receipts:
@@ -290,6 +311,32 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         if self.state is None:
             return self.RETAIN if self.dormant is not None else self.DISCARD
         return self.DISCARD if self.state.is_empty() else self.RETAIN
+
+
+#: what an event did, by the records it caused (a start miss or a duplicate is not an effect)
+_EFFECT = {Conversion: "converted", Outcome: "receipt", Decision: "decided",
+           ProfileUpdate: "profile"}
+_FACT_TYPES = {"order_placed": "order", "consent_changed": "consent"}
+
+
+def input_seen(event: Event, caused: list[Output], activity: dict[str, int],
+               state: CustomerState) -> InputSeen | None:
+    """The history record of an input that mattered: it caused records (started,
+    cancelled or completed an instance, a decision, a conversion, a receipt) or reset an
+    instance's inactivity wait (``activity``: each live instance's activity time before
+    it), or is a fact later decisions read (an order, a consent); else None."""
+    effects = {r.action if isinstance(r, Lifecycle) else _EFFECT.get(type(r), "")
+               for r in caused}
+    effects.discard("")
+    if any(isinstance(r, Duplicate) for r in caused):
+        return None
+    fact = _FACT_TYPES.get(event.type)
+    if fact:
+        effects.add(fact)
+    if any(activity.get(s, i.activity_at) != i.activity_at
+           for s, i in state.instances.items()):
+        effects.add("reset")
+    return InputSeen.of(event, effects) if effects else None
 
 
 def partition_of(event: Event) -> str:

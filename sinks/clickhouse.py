@@ -33,7 +33,12 @@ import orjson
 
 from cdp_triggers.logs import DEFAULT_RETRY, RetryPolicy, mask_url, shared_state_log, wait_out
 from cdp_triggers.logs import is_outage as default_is_outage
-from sinks.clickhouse_schema import DISPATCHED, ddl_statements
+from sinks.clickhouse_schema import (
+    DISPATCHED,
+    SCHEMA_MIGRATIONS,
+    applied_versions_sql,
+    ddl_statements,
+)
 
 log = logging.getLogger(__name__)
 
@@ -282,16 +287,30 @@ def backend_name(backend: ClickHouseBackend) -> str:
 
 def ensure_schema(backend: ClickHouseBackend, database: str,
                   policy: RetryPolicy = DEFAULT_RETRY) -> None:
-    """Create the database, tables and views if missing (idempotent).
+    """Bring the database up to date: the migrations it has not recorded yet, then TTLs
+    and views (idempotent).
 
     Waits a ClickHouse outage out (backoff, one log line per state change, see
     :func:`cdp_triggers.logs.wait_out`) instead of failing start-up; errors that retrying
     cannot fix are raised at once.
     """
     state = shared_state_log(log, backend_name(backend), policy.repeat_s)
-    for sql in ddl_statements(database):
+    applied = wait_out(lambda: applied_versions(backend, database), state, is_outage, policy)
+    for sql in ddl_statements(database, applied=applied):
         wait_out(lambda sql=sql: backend.command(sql), state, is_outage, policy,
                  detail=lambda _: f"schema of {database} applied")
+
+
+def applied_versions(backend: ClickHouseBackend, database: str) -> frozenset[int]:
+    """The migration versions ``database`` has recorded (none for a new database)."""
+    if not database.isidentifier():
+        raise ValueError(f"database name must be a plain identifier, got {database!r}")
+    exists = backend.query_rows(
+        f"SELECT count() FROM system.tables WHERE database = '{database}' "
+        f"AND name = '{SCHEMA_MIGRATIONS}'")[0][0]
+    if not exists:
+        return frozenset()
+    return frozenset(int(r[0]) for r in backend.query_rows(applied_versions_sql(database)))
 
 
 def has_dispatched(backend: ClickHouseBackend, database: str) -> int:

@@ -21,47 +21,38 @@ replay skips the send ids found there, so it re-writes rows (idempotent) but not
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from cdp_triggers.clock import iso
-from cdp_triggers.events import DUPLICATE, Rejected
-from cdp_triggers.ids import stable_id
-from cdp_triggers.records import (
-    Conversion,
-    Decision,
-    Duplicate,
-    Lifecycle,
-    Outcome,
-    Send,
-    StartMiss,
+from sinks.catalogue import (  # noqa: F401  (re-exported: the sinks' one import)
+    BY_NAME,
+    CONVERSIONS,
+    DECISIONS,
+    DISPATCHED,
+    INPUTS,
+    LC,
+    LIFECYCLE,
+    OUTCOMES,
+    REJECTED,
+    SENDS,
+    START_MISSES,
+    TABLES,
+    TIME,
+    Record,
+    Table,
+    dispatched_row,
+    duplicate_id,
+    record_id,
+    rejected_id,
+    rows_for,
+    table_for,
 )
 
-DECISIONS = "raw_decisions"
-SENDS = "raw_sends"
-LIFECYCLE = "raw_lifecycle"
-CONVERSIONS = "raw_conversions"
-OUTCOMES = "raw_outcomes"
-REJECTED = "raw_rejected_events"
-DISPATCHED = "raw_dispatched"
-START_MISSES = "raw_start_misses"
 SCHEMA_MIGRATIONS = "schema_migrations"  # which numbered migrations a database has had
-RAW_TABLES = (DECISIONS, SENDS, LIFECYCLE, CONVERSIONS, OUTCOMES, REJECTED, DISPATCHED,
-              START_MISSES, SCHEMA_MIGRATIONS)
+RAW_TABLES = (*(t.name for t in TABLES), SCHEMA_MIGRATIONS)
 
-DEDUP_VIEWS = {
-    DECISIONS: "decisions",
-    SENDS: "sends",
-    LIFECYCLE: "lifecycle",
-    CONVERSIONS: "conversions",
-    OUTCOMES: "outcomes",
-    REJECTED: "rejected_events",
-    DISPATCHED: "dispatched",
-}
+DEDUP_VIEWS = {t.name: t.view for t in TABLES if t.view}
 COUNTED_VIEWS = {START_MISSES: "start_misses"}  # one row per id, the highest count
 ANALYST_VIEWS = ("trigger_funnel_daily", "suppression_reasons", "channel_summary",
                  "cascade_efficiency", "open_hour_heatmap", "conversions_by_arm",
@@ -78,93 +69,7 @@ ANALYST_USER = "analyst"
 # ``control`` / ``holdout`` = "would have sent" (control variant / global holdout), counted
 # only in their own arm. A conversion row written before the column existed reads ``''``
 # and is left out of every arm-based view.
-
-LC = "LowCardinality(String)"
-TIME = "DateTime64(3, 'UTC')"
-_INSERTED = f"inserted_at {TIME} DEFAULT now64(3)"
 TREATED = "treated"
-_ARM = f"arm {LC} DEFAULT ''"
-#: The customer's IANA time zone at decision time ('' = unknown: views read it as UTC).
-_TZ = f"tz {LC} DEFAULT ''"
-# columns added after a table's first release: (table, definition), applied to old databases
-_ADDED = [(CONVERSIONS, _ARM), (DECISIONS, _TZ), (SENDS, _TZ)]
-
-# table -> (column definitions, PARTITION BY or "", ORDER BY)
-_TABLES: dict[str, tuple[list[str], str, str]] = {
-    DECISIONS: (
-        [
-            "decision_id String", "send_id String", "customer_id String",
-            f"trigger_id {LC}", f"trigger_kind {LC}", f"config_version {LC}",
-            "instance_id String", "step UInt16", f"channel {LC}", f"template {LC}",
-            f"variant {LC}", f"status {LC}", f"reason {LC}",
-            f"ts {TIME}", f"decided_at {TIME}", "detail String DEFAULT ''", _INSERTED,
-        ],
-        "toYYYYMM(ts)",
-        "(trigger_id, decision_id)",
-    ),
-    SENDS: (
-        [
-            "send_id String", "customer_id String",
-            f"trigger_id {LC}", f"trigger_kind {LC}", f"config_version {LC}",
-            "instance_id String", "step UInt16", f"channel {LC}", f"template {LC}",
-            f"variant {LC}", "variables String",
-            f"ts {TIME}", f"decided_at {TIME}", _INSERTED,
-        ],
-        "toYYYYMM(ts)",
-        "(trigger_id, send_id)",
-    ),
-    LIFECYCLE: (
-        [
-            "lifecycle_id String", "customer_id String", f"trigger_id {LC}",
-            "instance_id String", "instance_key String", f"action {LC}", f"reason {LC}",
-            "event_id String", f"ts {TIME}", f"decided_at {TIME}", _INSERTED,
-        ],
-        "toYYYYMM(ts)",
-        "(trigger_id, lifecycle_id)",
-    ),
-    CONVERSIONS: (
-        [
-            "conversion_id String", "customer_id String", "order_id String",
-            "revenue Decimal(18, 4)", f"currency {LC}", "send_id String",
-            f"trigger_id {LC}", f"variant {LC}", f"channel {LC}",
-            f"sent_at {TIME}", f"ts {TIME}", _INSERTED,
-        ],
-        "toYYYYMM(ts)",
-        "(trigger_id, conversion_id)",
-    ),
-    OUTCOMES: (
-        [
-            "outcome_id String", "send_id String", "customer_id String", f"channel {LC}",
-            f"outcome {LC}", f"trigger_id {LC}", f"variant {LC}", "step Int16",
-            f"sent_at {TIME}", f"ts {TIME}", _INSERTED,
-        ],
-        "toYYYYMM(ts)",
-        "(trigger_id, outcome_id)",
-    ),
-    REJECTED: (
-        [
-            "rejected_id String", f"reason {LC}", "detail String", "raw String",
-            "source String", "customer_id String", "event_id String", f"event_type {LC}",
-            f"event_ts Nullable({TIME})", f"received_at {TIME}", _INSERTED,
-        ],
-        "",
-        "(reason, rejected_id)",
-    ),
-    DISPATCHED: (
-        ["send_id String", f"dispatched_at {TIME}", _INSERTED],
-        "",
-        "send_id",
-    ),
-    # re-written with a growing count: the view takes the highest (not FINAL's last insert)
-    START_MISSES: (
-        [
-            "miss_id String", "customer_id String", f"trigger_id {LC}", f"reason {LC}",
-            "day Date", "count UInt32", f"first_ts {TIME}", f"last_ts {TIME}", _INSERTED,
-        ],
-        "toYYYYMM(day)",
-        "(trigger_id, miss_id)",
-    ),
-}
 
 
 def _funnel(db: str) -> str:
@@ -557,7 +462,8 @@ FROM (
 GROUP BY trigger_id, step, channel, next_channel, outcome, move_reason"""
 
 
-_HISTORY_RANK = {"lifecycle": 0, "decision": 1, "send": 2, "receipt": 3, "conversion": 4}
+_HISTORY_RANK = {"input": 0, "lifecycle": 1, "decision": 2, "send": 3, "receipt": 4,
+                 "conversion": 5}
 
 
 def _history(db: str) -> str:
@@ -567,11 +473,17 @@ SELECT customer_id, ts, kind, trigger_id, instance_id, step, channel, what, reas
        detail, send_id, revenue,
        (ts, kind_rank, step, tie, channel, id) AS sort_key
 FROM (
-    SELECT customer_id, ts, decided_at, 'lifecycle' AS kind, {r["lifecycle"]} AS kind_rank,
-           toString(trigger_id) AS trigger_id, instance_id, toUInt16(0) AS step,
-           '' AS channel, toString(action) AS what, toString(reason) AS reason,
-           if(event_id = '', '', concat('event ', event_id)) AS detail, '' AS send_id,
-           toDecimal128(0, 4) AS revenue, toUInt8(0) AS tie, lifecycle_id AS id
+    SELECT customer_id, ts, ts AS decided_at, 'input' AS kind, {r["input"]} AS kind_rank,
+           '' AS trigger_id, '' AS instance_id, toUInt16(0) AS step, '' AS channel,
+           toString(type) AS what, toString(effect) AS reason,
+           concat('event ', event_id, ' ', props) AS detail, '' AS send_id,
+           toDecimal128(0, 4) AS revenue, toUInt8(0) AS tie, event_id AS id
+    FROM {db}.inputs
+    UNION ALL
+    SELECT customer_id, ts, decided_at, 'lifecycle', {r["lifecycle"]},
+           toString(trigger_id), instance_id, toUInt16(0), '', toString(action),
+           toString(reason), if(event_id = '', '', concat('event ', event_id)), '',
+           toDecimal128(0, 4), toUInt8(0), lifecycle_id
     FROM {db}.lifecycle
     UNION ALL
     SELECT customer_id, ts, decided_at, 'decision', {r["decision"]}, toString(trigger_id),
@@ -605,31 +517,41 @@ FROM (
 Migration = tuple[int, str, Callable[[str], list[str]]]
 
 
-def _base_tables(db: str) -> list[str]:
-    out = []
-    for table, (cols, partition, order) in _TABLES.items():
-        part = f"\nPARTITION BY {partition}" if partition else ""
-        body = ",\n    ".join(cols)
-        out.append(f"CREATE TABLE IF NOT EXISTS {db}.{table} (\n    {body}\n)\n"
-                   f"ENGINE = ReplacingMergeTree(inserted_at){part}\nORDER BY {order}")
-    return out
+def _create(db: str, table: Table) -> str:
+    """CREATE TABLE with the columns of the table's own migration (later ones are added)."""
+    body = ",\n    ".join(c.ddl for c in table.columns if c.since <= table.since)
+    part = f"\nPARTITION BY {table.partition_by}" if table.partition_by else ""
+    return (f"CREATE TABLE IF NOT EXISTS {db}.{table.name} (\n    {body}\n)\n"
+            f"ENGINE = ReplacingMergeTree(inserted_at){part}\nORDER BY {table.order_by}")
 
 
-def _add(db: str, *added: tuple[str, str]) -> list[str]:
-    return [f"ALTER TABLE {db}.{t} ADD COLUMN IF NOT EXISTS {c}" for t, c in added]
+def _migration(version: int) -> Callable[[str], list[str]]:
+    """Migration ``version`` from the catalogue: the tables it creates, then the columns it
+    adds to older tables (``ADD COLUMN IF NOT EXISTS``, appended in catalogue order)."""
+    def statements(db: str) -> list[str]:
+        out = [_create(db, t) for t in TABLES if t.since == version]
+        out += [f"ALTER TABLE {db}.{t.name} ADD COLUMN IF NOT EXISTS {c.ddl}"
+                for t in TABLES if t.since <= version for c in t.columns
+                if c.since == version and c.altered]
+        return out
+    return statements
 
 
+#: Numbered migrations: (version, name, statements(db)), derived from the catalogue's
+#: ``since`` marks. Every statement is idempotent, so a database that had a migration before
+#: it was recorded (or a rerun) is left as it is.
+Migration = tuple[int, str, Callable[[str], list[str]]]
 MIGRATIONS: list[Migration] = [
-    (1, "tables, conversion arms",
-     lambda db: [*_base_tables(db), *_add(db, (CONVERSIONS, _ARM))]),
-    (2, "customer time zone on decisions and sends",
-     lambda db: _add(db, (DECISIONS, _TZ), (SENDS, _TZ))),
+    (1, "tables, conversion arms", _migration(1)),
+    (2, "customer time zone on decisions and sends", _migration(2)),
+    (3, "input events that mattered (customer history)", _migration(3)),
 ]
 
 
 @dataclass(frozen=True)
 class Retention:
-    """How long dead letters live, and their raw payloads (which may hold contacts) within.
+    """How long dead letters live, and their raw payloads (which may hold contacts) within;
+    stored input events (``raw_inputs``) live ``raw_days``.
 
     ``raw_days=None``: a payload lives as long as its dead letter."""
 
@@ -650,15 +572,18 @@ class Retention:
 
 
 def retention_statements(db: str, retention: Retention) -> list[str]:
-    """TTLs of the dead letters table and its ``raw`` column, counted from when a row was
-    stored (``inserted_at``: a backfill of old events keeps its dead letters the full time);
+    """TTLs of the tables the catalogue marks (dead letters; raw inputs, which live as long
+    as raw payloads) and of the dead letters' ``raw`` column, counted from when a row was
+    stored (``inserted_at``: a backfill of old events keeps its rows the full time);
     re-applied on every start so a changed setting reaches existing databases."""
     raw_days = min(retention.raw_days or retention.dead_letter_days,
                    retention.dead_letter_days)
+    days = {"dead_letter": retention.dead_letter_days,
+            "raw": retention.raw_days or retention.dead_letter_days}
     at = "toDateTime(inserted_at)"
     return [
-        f"ALTER TABLE {db}.{REJECTED} MODIFY TTL {at} + INTERVAL "
-        f"{retention.dead_letter_days} DAY",
+        *(f"ALTER TABLE {db}.{t.name} MODIFY TTL {at} + INTERVAL {days[t.ttl]} DAY"
+          for t in TABLES if t.ttl),
         f"ALTER TABLE {db}.{REJECTED} MODIFY COLUMN raw String TTL {at} + INTERVAL "
         f"{raw_days} DAY",
     ]
@@ -693,13 +618,15 @@ def apply_analyst_role(backend: Any, database: str, password: str) -> bool:
     return True
 
 
-def ddl_statements(database: str, retention: Retention | None = None) -> list[str]:
+def ddl_statements(database: str, retention: Retention | None = None,
+                   applied: frozenset[int] | set[int] = frozenset()) -> list[str]:
     """Every statement that brings ``database`` up to date, in order; each is idempotent.
 
-    The schema is :data:`MIGRATIONS`, applied in version order: tables use ``IF NOT EXISTS``
-    (never dropped), later columns ``ADD COLUMN IF NOT EXISTS``; each migration is then
-    recorded in ``schema_migrations`` unless it already is, so applying twice changes
-    nothing. Then the dead-letter TTLs (``retention``, default: from the settings) and the
+    The schema is :data:`MIGRATIONS`, applied in version order, skipping the versions in
+    ``applied`` (what ``schema_migrations`` already records, see :func:`applied_versions`):
+    tables use ``IF NOT EXISTS`` (never dropped), later columns ``ADD COLUMN IF NOT
+    EXISTS``; each migration is then recorded unless it already is, so applying twice
+    changes nothing. Then the TTLs (``retention``, default: from the settings) and the
     views, with ``CREATE OR REPLACE`` so a new definition reaches existing databases.
     """
     if not database.isidentifier():
@@ -712,6 +639,8 @@ def ddl_statements(database: str, retention: Retention | None = None) -> list[st
         f"ENGINE = ReplacingMergeTree\nORDER BY version",
     ]
     for version, name, statements in MIGRATIONS:
+        if version in applied:
+            continue
         out.extend(statements(db))
         out.append(f"INSERT INTO {db}.{SCHEMA_MIGRATIONS} (version, name) "
                    f"SELECT {version}, '{name}' WHERE {version} NOT IN "
@@ -733,6 +662,12 @@ FROM {db}.{START_MISSES} GROUP BY miss_id""")
     return out
 
 
+def applied_versions_sql(database: str) -> str:
+    """The query for the migration versions a database has recorded (its table may be
+    missing: ask ``system.tables`` first, see ``sinks.clickhouse.ensure_schema``)."""
+    return f"SELECT version FROM {database}.{SCHEMA_MIGRATIONS} FINAL"
+
+
 def migration_versions() -> list[int]:
     """The versions a database up to date has recorded in ``schema_migrations``."""
     return [m[0] for m in MIGRATIONS]
@@ -741,160 +676,4 @@ def migration_versions() -> list[int]:
 def columns(table: str) -> list[str]:
     """Column names of a raw table once migrated (including the server-filled
     ``inserted_at``)."""
-    return [c.split(" ", 1)[0] for c in _TABLES[table][0]] + [
-        c.split(" ", 1)[0] for t, c in _ADDED if t == table]
-
-
-# ---------------------------------------------------------------- row mappers
-
-Record = Decision | Send | Lifecycle | Conversion | Outcome | Duplicate | Rejected | StartMiss
-
-_TABLE_OF: dict[type, str] = {
-    Decision: DECISIONS,
-    Send: SENDS,
-    Lifecycle: LIFECYCLE,
-    Conversion: CONVERSIONS,
-    Outcome: OUTCOMES,
-    Duplicate: REJECTED,
-    Rejected: REJECTED,
-    StartMiss: START_MISSES,
-}
-
-
-def table_for(record: Record) -> str:
-    """The raw table a record goes to."""
-    try:
-        return _TABLE_OF[type(record)]
-    except KeyError:
-        raise TypeError(f"no ClickHouse table for {type(record).__name__}") from None
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray) else raw
-
-
-def rejected_id(record: Rejected) -> str:
-    """Deterministic id of a dead letter: its source position and payload."""
-    return stable_id(record.source, _text(record.raw))
-
-
-def duplicate_id(record: Duplicate) -> str:
-    """Deterministic id of a dropped duplicate event."""
-    return stable_id("dup", record.customer_id, record.event_id, record.source)
-
-
-def record_id(record: Record) -> str:
-    """The id a record is deduplicated on."""
-    match record:
-        case Decision():
-            return record.decision_id
-        case Send():
-            return record.send_id
-        case Lifecycle():
-            return record.lifecycle_id
-        case Conversion():
-            return record.conversion_id
-        case Outcome():
-            return record.outcome_id
-        case Duplicate():
-            return duplicate_id(record)
-        case Rejected():
-            return rejected_id(record)
-        case StartMiss():
-            return record.miss_id
-    raise TypeError(f"no ClickHouse table for {type(record).__name__}")
-
-
-def dispatched_row(send_id: str, at_ms: int) -> dict[str, Any]:
-    """An outbox row: ``send_id`` was produced to the sends topic and delivered at ``at_ms``."""
-    return {"send_id": send_id, "dispatched_at": iso(at_ms)}
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def rows_for(record: Record, received_at: int | None = None) -> tuple[str, dict[str, Any]]:
-    """``(raw table, JSON-ready row)`` for ``INSERT INTO db.table FORMAT JSONEachRow``.
-
-    Decisions and sends carry the customer's time zone as ``tz`` once the records have a
-    ``tz`` field (the engine fills it from the profile); until then ``''`` (read as UTC).
-
-    ``received_at`` (epoch ms; default: now) stamps dead letters and duplicates, which
-    carry no engine time of their own; it is not part of their id.
-    """
-    match record:
-        case Decision():
-            return DECISIONS, {
-                "decision_id": record.decision_id, "send_id": record.send_id,
-                "customer_id": record.customer_id, "trigger_id": record.trigger_id,
-                "trigger_kind": record.trigger_kind, "config_version": record.config_version,
-                "instance_id": record.instance_id, "step": record.step,
-                "channel": record.channel, "template": record.template,
-                "variant": record.variant, "status": record.status, "reason": record.reason,
-                "ts": iso(record.ts), "decided_at": iso(record.decided_at),
-                "detail": record.detail, "tz": getattr(record, "tz", ""),
-            }
-        case Send():
-            variables = orjson.dumps(record.variables, default=str,
-                                     option=orjson.OPT_SORT_KEYS).decode()
-            return SENDS, {
-                "send_id": record.send_id, "customer_id": record.customer_id,
-                "trigger_id": record.trigger_id, "trigger_kind": record.trigger_kind,
-                "config_version": record.config_version, "instance_id": record.instance_id,
-                "step": record.step, "channel": record.channel, "template": record.template,
-                "variant": record.variant, "variables": variables,
-                "ts": iso(record.ts), "decided_at": iso(record.decided_at),
-                "tz": getattr(record, "tz", ""),
-            }
-        case Lifecycle():
-            return LIFECYCLE, {
-                "lifecycle_id": record.lifecycle_id, "customer_id": record.customer_id,
-                "trigger_id": record.trigger_id, "instance_id": record.instance_id,
-                "instance_key": record.instance_key, "action": record.action,
-                "reason": record.reason, "event_id": record.event_id,
-                "ts": iso(record.ts), "decided_at": iso(record.decided_at),
-            }
-        case Conversion():
-            return CONVERSIONS, {
-                "conversion_id": record.conversion_id, "customer_id": record.customer_id,
-                "order_id": record.order_id, "revenue": record.revenue,
-                "currency": record.currency, "send_id": record.send_id,
-                "trigger_id": record.trigger_id, "variant": record.variant,
-                "channel": record.channel, "sent_at": iso(record.sent_at), "ts": iso(record.ts),
-                "arm": record.arm,
-            }
-        case Outcome():
-            return OUTCOMES, {
-                "outcome_id": record.outcome_id, "send_id": record.send_id,
-                "customer_id": record.customer_id, "channel": record.channel,
-                "outcome": record.outcome, "trigger_id": record.trigger_id,
-                "variant": record.variant, "step": record.step,
-                "sent_at": iso(record.sent_at), "ts": iso(record.ts),
-            }
-        case Duplicate():
-            return REJECTED, {
-                "rejected_id": duplicate_id(record), "reason": DUPLICATE,
-                "detail": f"event_id {record.event_id!r} already seen for this customer",
-                "raw": "", "source": record.source, "customer_id": record.customer_id,
-                "event_id": record.event_id, "event_type": record.event_type,
-                "event_ts": iso(record.ts),
-                "received_at": iso(_now_ms() if received_at is None else received_at),
-            }
-        case StartMiss():
-            return START_MISSES, {
-                "miss_id": record.miss_id, "customer_id": record.customer_id,
-                "trigger_id": record.trigger_id, "reason": record.reason,
-                "day": time.strftime("%Y-%m-%d", time.gmtime(record.day * 86_400)),
-                "count": record.count, "first_ts": iso(record.first_ts),
-                "last_ts": iso(record.last_ts),
-            }
-        case Rejected():
-            return REJECTED, {
-                "rejected_id": rejected_id(record), "reason": record.reason,
-                "detail": record.detail, "raw": _text(record.raw), "source": record.source,
-                "customer_id": record.customer_id, "event_id": record.event_id,
-                "event_type": record.event_type, "event_ts": None,
-                "received_at": iso(_now_ms() if received_at is None else received_at),
-            }
-    raise TypeError(f"no ClickHouse table for {type(record).__name__}")
+    return BY_NAME[table].column_names()
