@@ -259,8 +259,23 @@ class InputSeen:
                    text, ",".join(sorted(effects)))
 
 
+@dataclass(frozen=True, slots=True)
+class SegmentChange:
+    """A customer entered or left a dynamic segment (config/segments) at event time ``ts``;
+    the engine also applies it as a ``segment_entered`` / ``segment_left`` event whose
+    ``event_id`` is this ``change_id``."""
+
+    change_id: str
+    customer_id: str
+    segment: str
+    action: str  # entered | left
+    ts: int
+    decided_at: int
+    config_version: str
+
+
 Output = (Decision | Send | Lifecycle | Conversion | Outcome | ProfileUpdate | Duplicate
-          | StartMiss | InputSeen)
+          | StartMiss | InputSeen | SegmentChange)
 
 
 def to_dict(record: Output) -> dict[str, Any]:

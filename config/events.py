@@ -1,13 +1,14 @@
 """The event registry: every event type a trigger may name, with the props it carries.
 
 Built in: the event contract (:data:`cdp_triggers.events.PROPS_MODELS`) and the events the
-product step derives (``price_dropped``, ``back_in_stock``). ``config/events.yaml`` adds
+engine derives (``price_dropped``, ``back_in_stock`` from the product step;
+``segment_entered``, ``segment_left`` from ``config/segments``). ``config/events.yaml`` adds
 custom events (no code) and extra props of built-in ones::
 
     events:
-      segment_entered:
-        description: the segmentation system put the customer into a segment
-        props: {segment: string}
+      review_submitted:
+        description: the customer reviewed a product of an order
+        props: {order_id: string, product_id: string, rating: integer}
       order_placed:                 # built in: adds props (here to each item)
         props:
           items: [{category: string}]
@@ -34,10 +35,13 @@ SCALARS = ("string", "number", "integer", "boolean", "any")
 # A prop type: a scalar name, {name: type} (an object) or [type] (a list of that type).
 PropType = str | dict[str, Any] | list[Any]
 
-# Events the engine's product step makes (operators/interest.py), one per interested customer.
+# Events the engine makes: the product step (operators/interest.py), one per interested
+# customer; segment membership changes (operators/segments.py, config/segments/*.yaml).
 DERIVED: dict[str, dict[str, PropType]] = {
     "price_dropped": {"product_id": "string", "price": "number", "old_price": "number"},
     "back_in_stock": {"product_id": "string"},
+    "segment_entered": {"segment": "string"},
+    "segment_left": {"segment": "string"},
 }
 
 

@@ -26,7 +26,7 @@ from config.documents import (
     yaml_marks,
 )
 from config.events import EVENTS_FILE, EventRegistry, EventsFile, build_registry
-from config.schema import Policy, Trigger, bare_durations
+from config.schema import Policy, Rfm, Segment, Trigger, bare_durations
 from config.templates import TEMPLATES_FILE, Template, TemplateRegistry
 
 __all__ = ["DEFAULT_CONFIG_DIR", "ConfigError", "ConfigIssue", "ConfigSet", "display_path",
@@ -53,6 +53,11 @@ class ConfigSet:
     events: EventRegistry | None = field(default=None, compare=False)  # None: no events.yaml
     # the parsed trigger file of each trigger id (positions for the cross-file checks)
     documents: dict[str, Document] = field(default_factory=dict, compare=False, repr=False)
+    segments: tuple[Segment, ...] = ()  # config/segments/*.yaml
+    rfm: Rfm = field(default_factory=Rfm)  # config/rfm.yaml (defaults when absent)
+    # the parsed segment file of each segment id
+    segment_documents: dict[str, Document] = field(default_factory=dict, compare=False,
+                                                   repr=False)
 
     def trigger(self, trigger_id: str) -> Trigger | None:
         return next((t for t in self.triggers if t.id == trigger_id), None)
@@ -138,10 +143,33 @@ class _Reader:
         return parsed, doc
 
 
+RFM_FILE = "rfm.yaml"
+
+
+def _load_segments(reader: _Reader, folder: Path) -> tuple[list[Segment], dict[str, Document]]:
+    """``segments/*.yaml`` (optional folder): one segment per file, ids unique."""
+    segments: list[Segment] = []
+    documents: dict[str, Document] = {}
+    for path in sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml")):
+        segment, doc = reader.read(path, Segment)
+        if segment is None or doc is None:
+            continue
+        if segment.id in documents:
+            reader.issues.append(doc.issue(
+                ("id",), "id",
+                f"duplicate segment id '{segment.id}' (also in {documents[segment.id].name})"))
+            continue
+        documents[segment.id] = doc
+        segments.append(segment)
+    return segments, documents
+
+
 def load_config(config_dir: str | Path = DEFAULT_CONFIG_DIR) -> ConfigSet:
-    """Load ``policy.yaml``, ``templates.yaml`` and ``events.yaml`` (when present) and every
-    ``triggers/*.yaml``, run the cross-file checks; raise ConfigError listing all issues."""
+    """Load ``policy.yaml``, ``templates.yaml``, ``events.yaml`` and ``rfm.yaml`` (when
+    present), every ``triggers/*.yaml`` and ``segments/*.yaml``, run the cross-file checks;
+    raise ConfigError listing all issues."""
     from config.checks import check_documents
+    from config.metric_checks import check_metrics
 
     root = Path(config_dir)
     reader = _Reader(root)
@@ -175,9 +203,13 @@ def load_config(config_dir: str | Path = DEFAULT_CONFIG_DIR) -> ConfigSet:
             continue
         documents[trigger.id] = doc
         triggers.append(trigger)
+    rfm = Rfm()
+    if (root / RFM_FILE).exists():
+        rfm = reader.read(root / RFM_FILE, Rfm)[0] or rfm
+    segments, segment_docs = _load_segments(reader, root / "segments")
     config = ConfigSet(tuple(triggers), policy, reader.digest.hexdigest(), tuple(reader.files),
-                       templates, events, documents)
-    issues = reader.issues + check_documents(config)
+                       templates, events, documents, tuple(segments), rfm, segment_docs)
+    issues = reader.issues + check_documents(config) + check_metrics(config)
     if issues:
         raise ConfigError(issues)
     return config

@@ -43,16 +43,28 @@ class _Strict(BaseModel):
 
 
 CUSTOMER_METRICS = ("orders_count", "total_spent", "last_order_at", "days_since_last_order",
-                    "cart_items", "cart_total")
-INSTANCE_FIELDS = ("ordered", "key", "age_hours")
+                    "cart_items", "cart_total",
+                    # operators/metrics.py: orders, RFM (over config/rfm.yaml's window), segments
+                    "aov", "first_order_at", "days_since_first_order", "recency_days",
+                    "frequency", "monetary", "rfm_recency", "rfm_frequency", "rfm_monetary",
+                    "rfm_score", "rfm_segment", "segments")
+#: metrics whose value changes as time passes (a segment over them is re-checked daily)
+TIME_METRICS = ("days_since_last_order", "days_since_first_order", "recency_days",
+                "frequency", "monetary", "rfm_recency", "rfm_frequency", "rfm_monetary",
+                "rfm_score", "rfm_segment")
+EVENTS_FIELD = "customer.events."  # + an event type: how often the customer sent it
+MAX_EVENT_COUNT = 50  # an event-count condition compares with at most this many events
+INSTANCE_FIELDS = ("ordered", "key", "age_hours", "repurchased")
 VAR_SOURCES = ("cart.items", "cart.total", "instance.key", "event.type", "event.props.<path>",
-               "customer.<metric>")
+               "customer.<metric>", "customer.events.<event type>")
 _PATH = r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*"
 _PROPS = re.compile(rf"^props\.{_PATH}$")
+_EVENT_TYPE = r"[a-z][a-z0-9_]{0,63}"
 _FIELD = (rf"^(type|customer_id|props\.{_PATH}"
-          rf"|customer\.({'|'.join(CUSTOMER_METRICS)})|instance\.({'|'.join(INSTANCE_FIELDS)}))$")
+          rf"|customer\.({'|'.join(CUSTOMER_METRICS)}|events\.{_EVENT_TYPE})"
+          rf"|instance\.({'|'.join(INSTANCE_FIELDS)}))$")
 _VAR_SOURCE = (rf"^(cart\.items|cart\.total|instance\.key|event\.type|event\.props\.{_PATH}"
-               rf"|customer\.({'|'.join(CUSTOMER_METRICS)}))$")
+               rf"|customer\.({'|'.join(CUSTOMER_METRICS)}|events\.{_EVENT_TYPE}))$")
 
 
 def _hint(word: str, choices: Iterable[str]) -> str:
@@ -67,7 +79,11 @@ def _named(kind: str, name: str, valid: tuple[str, ...]) -> str:
 def check_field(field: str) -> str:
     """A condition's field, or a message naming what is valid."""
     head, _, rest = field.partition(".")
-    if head == "customer" and rest not in CUSTOMER_METRICS:
+    if head == "customer" and rest.startswith("events."):
+        if not re.match(rf"^{_EVENT_TYPE}$", rest[7:]):
+            raise ValueError(f"'{field}' does not name an event type (write e.g. "
+                             "customer.events.product_viewed)")
+    elif head == "customer" and rest not in CUSTOMER_METRICS:
         raise ValueError(_named("customer metric", rest, CUSTOMER_METRICS))
     if head == "instance" and rest not in INSTANCE_FIELDS:
         raise ValueError(_named("instance field", rest, INSTANCE_FIELDS))
@@ -83,7 +99,7 @@ def check_field(field: str) -> str:
 def check_var_source(source: str) -> str:
     """A step variable's source, or a message naming the valid ones."""
     head, _, rest = source.partition(".")
-    if head == "customer" and rest not in CUSTOMER_METRICS:
+    if head == "customer" and not rest.startswith("events.") and rest not in CUSTOMER_METRICS:
         raise ValueError(_named("customer metric", rest, CUSTOMER_METRICS))
     if not re.match(_VAR_SOURCE, source):
         fixed = ("cart.items", "cart.total", "instance.key", "event.type")
@@ -138,20 +154,57 @@ class ItemCondition(_Test):
 
 
 class Condition(_Test):
-    """``field`` is ``type``, ``props.x`` (the event), ``customer.<metric>`` or
-    ``instance.<field>``; ``op`` compares it with ``value``. A list field (e.g.
-    ``props.items``) is tested with ``any:``/``all:`` conditions on its items instead."""
+    """``field`` is ``type``, ``props.x`` (the event), ``customer.<metric>``,
+    ``customer.events.<event type>`` (how many such events the customer sent: ever, or
+    ``within`` a duration, or ``since: instance_start``; ``key`` counts only those whose
+    props path equals the instance's key) or ``instance.<field>``; ``op`` compares it with
+    ``value``. A list field (``props.items``, ``customer.segments``) is tested with
+    ``any:``/``all:`` conditions on its items instead."""
 
     field: Annotated[str, AfterValidator(check_field)] = Field(
         json_schema_extra={"pattern": _FIELD}, description=(
             "type | customer_id | props.<path> | customer.<" + "|".join(CUSTOMER_METRICS)
-            + "> | instance.<" + "|".join(INSTANCE_FIELDS) + ">"))
+            + "> | customer.events.<event type> | instance.<" + "|".join(INSTANCE_FIELDS)
+            + ">"))
+    within: Duration | None = Field(default=None, description=(
+        "customer.events.<type> only: count the events of the last <duration>"))
+    since: Literal["instance_start"] | None = Field(default=None, description=(
+        "customer.events.<type> only: count the events since the instance started "
+        "(in a step's when)"))
+    key: str | None = Field(default=None, pattern=rf"^props\.{_PATH}$", description=(
+        "customer.events.<type> only: count the events whose props path equals the "
+        "instance's key, e.g. props.order_id (in a step's when)"))
+
+    @property
+    def counted(self) -> str | None:
+        """The event type an event-count condition counts, else None."""
+        return self.field[len(EVENTS_FIELD):] if self.field.startswith(EVENTS_FIELD) else None
 
     @model_validator(mode="after")
     def _quantified_field_is_props(self) -> Condition:
-        if self.quantifier and not self.field.startswith("props."):
+        if self.quantifier and not (self.field.startswith("props.")
+                                    or self.field == "customer.segments"):
             raise ValueError("'any'/'all' test the items of a list: the field must be "
-                             "props.<path>")
+                             "props.<path> or customer.segments")
+        counted = self.counted
+        given = [k for k in ("within", "since", "key") if getattr(self, k) is not None]
+        if counted is None and given:
+            raise ValueError(f"'{given[0]}' only applies to customer.events.<event type>")
+        if counted is not None:
+            if self.within is not None and self.since is not None:
+                raise ValueError("set one of 'within' or 'since', not both")
+            if self.within == 0:
+                raise ValueError("'within' must be longer than 0")
+            if self.op not in ("eq", "ne", "gt", "gte", "lt", "lte", "in"):
+                raise ValueError(f"op '{self.op}' does not compare a count "
+                                 "(use eq, ne, gt, gte, lt, lte or in)")
+            values = self.value if isinstance(self.value, list) else [self.value]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                       for v in values):
+                raise ValueError("an event count is compared with whole numbers ≥ 0")
+            if max(values, default=0) > MAX_EVENT_COUNT:
+                raise ValueError(f"an event count is compared with at most {MAX_EVENT_COUNT} "
+                                 "(the engine remembers that many events per type)")
         return self
 
 
@@ -303,6 +356,51 @@ class Trigger(_Strict):
             raise ValueError("variant ids must be unique")
         if self.kind == "transactional" and any(v.control for v in self.variants):
             raise ValueError("a transactional trigger cannot have a control variant")
+        return self
+
+
+class Segment(_Strict):
+    """A dynamic segment (``config/segments/*.yaml``): a customer is a member while every
+    condition holds. Conditions read customer metrics only (``customer.<metric>``,
+    ``customer.events.<type>`` with ``within``); membership is re-evaluated after each of
+    the customer's events and, when a condition depends on time passing, daily at 00:00
+    UTC. A change emits ``segment_entered`` / ``segment_left`` (props: ``segment``)."""
+
+    id: Ident
+    description: str = ""
+    conditions: list[Condition] = Field(min_length=1)
+
+
+def _ascending(v: list[float]) -> list[float]:
+    if any(b >= a for a, b in zip(v[1:], v, strict=False)):
+        raise ValueError(f"boundaries must be strictly ascending, got {v}")
+    return v
+
+
+Boundaries = Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=4, max_length=4),
+                       AfterValidator(_ascending)]
+
+
+class Rfm(_Strict):
+    """RFM scoring (``config/rfm.yaml``). Each score is 1–5 from four ascending boundaries:
+    recency (days since the last order): ≤ b1 → 5, ≤ b2 → 4, ≤ b3 → 3, ≤ b4 → 2, else 1;
+    frequency (orders in ``window``) and monetary (their total): ≤ b1 → 1, ≤ b2 → 2,
+    ≤ b3 → 3, ≤ b4 → 4, else 5. Quintile boundaries can be computed from ClickHouse
+    (``operators.metrics.rfm_boundaries_from_clickhouse``); these are the demo's."""
+
+    window: Duration = Field(default=parse_duration("365d"), description=(
+        "frequency and monetary count the orders of this last period"))
+    max_orders: int = Field(default=32, ge=2, le=256, description=(
+        "orders remembered per customer within the window (frequency saturates there)"))
+    recency_days: Boundaries = Field(default_factory=lambda: [30.0, 90.0, 180.0, 365.0])
+    frequency: Boundaries = Field(default_factory=lambda: [1.0, 2.0, 3.0, 5.0])
+    monetary: Boundaries = Field(default_factory=lambda: [50.0, 150.0, 400.0, 1000.0])
+
+    @model_validator(mode="after")
+    def _fits(self) -> Rfm:
+        if self.frequency[-1] >= self.max_orders:
+            raise ValueError(f"the top frequency boundary ({self.frequency[-1]:g}) must be "
+                             f"below max_orders ({self.max_orders})")
         return self
 
 

@@ -1,7 +1,8 @@
 """Evaluate config conditions against an event, the customer's metrics and an instance.
 
 Field paths (validated by the schema): ``type``, ``customer_id``, ``props.a.b`` (the event),
-``customer.<metric>`` (from CustomerState), ``instance.<field>`` (a running instance).
+``customer.<metric>`` and ``customer.events.<type>`` (from CustomerState, through
+:mod:`operators.metrics`), ``instance.<field>`` (a running instance).
 A list field is tested item by item with ``any``/``all`` (item conditions, paths inside
 the item). Pure: no I/O.
 """
@@ -12,22 +13,29 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from cdp_triggers.clock import DAY, HOUR
+from cdp_triggers.clock import HOUR
 from cdp_triggers.events import Event
 from config.schema import Condition, EventMatch, ItemCondition
+from operators import metrics
+from operators.metrics import MISSING, Tracking
 from state.customer import CustomerState, Instance
 
-MISSING = object()
+__all__ = ["MISSING", "Scope", "all_hold", "cart_items", "cart_total", "customer_metric",
+           "holds", "key_of", "matches", "value_of"]
+
+_DEFAULT = Tracking()
 
 
 @dataclass(slots=True)
 class Scope:
-    """What a condition can see. Any part may be absent."""
+    """What a condition can see. Any part may be absent. ``metrics``: what the config
+    tracks (RFM boundaries; the defaults when absent)."""
 
     event: Event | None = None
     state: CustomerState | None = None
     instance: Instance | None = None
     now: int = 0
+    metrics: Tracking | None = None
 
 
 def _props_path(props: dict[str, Any], rest: str) -> Any:
@@ -39,21 +47,14 @@ def _props_path(props: dict[str, Any], rest: str) -> Any:
     return value
 
 
-def customer_metric(state: CustomerState, name: str, now: int) -> Any:
+def customer_metric(state: CustomerState, name: str, now: int,
+                    tracking: Tracking | None = None) -> Any:
     match name:
-        case "orders_count":
-            return state.orders_count
-        case "total_spent":
-            return round(state.total_spent, 2)
-        case "last_order_at":
-            return state.last_order_at if state.last_order_at else MISSING
-        case "days_since_last_order":
-            return (now - state.last_order_at) / DAY if state.last_order_at else MISSING
         case "cart_items":
             return sum(int(line["quantity"]) for line in state.cart.values())
         case "cart_total":
             return cart_total(state)
-    return MISSING
+    return metrics.metric(tracking or _DEFAULT, state, name, now)
 
 
 def cart_total(state: CustomerState) -> float:
@@ -72,7 +73,7 @@ def value_of(path: str, scope: Scope) -> Any:
     if head in ("type", "customer_id") and not rest:
         return getattr(scope.event, head) if scope.event else MISSING
     if head == "customer" and scope.state is not None:
-        return customer_metric(scope.state, rest, scope.now)
+        return customer_metric(scope.state, rest, scope.now, scope.metrics)
     if head == "instance" and scope.instance is not None:
         inst = scope.instance
         if rest == "ordered":
@@ -81,6 +82,8 @@ def value_of(path: str, scope: Scope) -> Any:
             return inst.key
         if rest == "age_hours":
             return (scope.now - inst.started_at) / HOUR
+        if rest == "repurchased" and scope.state is not None:
+            return metrics.repurchased(scope.state, inst)
     if head == "event" and scope.instance is not None:  # template vars: the instance's event
         if rest == "type":
             return scope.instance.event_type or MISSING
@@ -90,6 +93,8 @@ def value_of(path: str, scope: Scope) -> Any:
 
 
 def holds(cond: Condition, scope: Scope) -> bool:
+    if cond.counted is not None and scope.state is not None:
+        return _test(cond, metrics.event_count(scope.state, cond, scope.instance, scope.now))
     return _test(cond, value_of(cond.field, scope))
 
 
@@ -136,8 +141,9 @@ def all_hold(conds: Iterable[Condition], scope: Scope) -> bool:
 
 
 def matches(match: EventMatch, event: Event, state: CustomerState | None = None,
-            now: int = 0) -> bool:
-    return event.type in match.types and all_hold(match.where, Scope(event, state, None, now))
+            now: int = 0, tracking: Tracking | None = None) -> bool:
+    return event.type in match.types and all_hold(match.where,
+                                                  Scope(event, state, None, now, tracking))
 
 
 def key_of(path: str | None, event: Event) -> str | None:

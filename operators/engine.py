@@ -49,12 +49,14 @@ from cdp_triggers.records import (
     Profile,
     ProfileUnavailable,
     ProfileUpdate,
+    SegmentChange,
     Send,
     StartMiss,
 )
 from cdp_triggers.records import HOLDOUT as HOLDOUT_REASON
 from config.loader import ConfigSet
 from config.schema import Step, Trigger
+from operators import metrics
 from operators.conditions import (
     MISSING,
     Scope,
@@ -65,6 +67,7 @@ from operators.conditions import (
     matches,
     value_of,
 )
+from operators.metrics import Tracking
 from operators.policy import (
     CONTROL,
     HOLDOUT,
@@ -76,6 +79,7 @@ from operators.policy import (
     quiet_until,
     zone,
 )
+from operators.segments import Segments
 from state.customer import CustomerState, Instance, Touch
 
 ProfileLookup = Callable[[str], Profile | None]
@@ -85,6 +89,7 @@ EXIT_MEMORY = 24 * 3_600_000  # how far back an exit read early still cancels a 
 PRUNE_EVERY = 3_600_000  # sweep a customer's bounded state at most hourly (event time)
 MAX_REFUSED = 256  # instance keys remembered as refused (instance_limit) per customer
 NOT_STARTED = "not_started"  # lifecycle action of a start refused by a per-customer limit
+SEGMENT_SOURCE = "segments"  # Event.source of the segment_entered/left events the engine makes
 
 
 # a receipt implies the lesser ones: clicked ⇒ opened ⇒ delivered
@@ -152,6 +157,16 @@ class Engine:
         self._templates = {(t.id, v.id): v.templates for t in config.triggers
                            for v in t.variants if v.templates}
         self._max_sent_window = max_cap_window(policy)
+        self._metrics = Tracking.from_config(config.triggers, config.segments, config.rfm)
+        self._segments = Segments(config.segments, self._metrics)
+        # triggers with a cancel condition on the instance (e.g. instance.repurchased)
+        self._cancel_reads_instance = frozenset(
+            t.id for t in config.triggers for c in t.cancel_on for w in c.where
+            if w.field.startswith("instance."))
+        self._max_grace = max([policy.late_event_grace, *self._grace.values()])
+        # event types that may change a segment's metrics (else only time does: timed ones)
+        self._seg_types = frozenset(["order_placed", "added_to_cart", "removed_from_cart",
+                                     *self._metrics.counted])
 
     # ---- public API -------------------------------------------------------------------
 
@@ -167,10 +182,13 @@ class Engine:
         return out
 
     def next_wakeup(self, state: CustomerState) -> int | None:
-        """When the next timer of this customer fires (epoch ms), or None."""
+        """When the next timer of this customer fires (epoch ms), or None: a step, or the
+        daily segment check."""
+        seg = state.seg_due + self.config.policy.late_event_grace if state.seg_due else None
         if not state.instances:
-            return None
-        return self._fires_at(self._head(state)[1])
+            return seg
+        step = self._fires_at(self._head(state)[1])
+        return step if seg is None else min(step, seg)
 
     def prune(self, state: CustomerState, now: int, sweep: bool = False) -> None:
         """Forget what can no longer matter at ``now`` (bounded state per customer);
@@ -199,6 +217,7 @@ class Engine:
             state.misses = {k: m for k, m in state.misses.items() if m[0] >= today}
         if state.refused:  # a key refused a day ago may be recorded again
             state.refused = {k: v for k, v in state.refused.items() if v + EXIT_MEMORY >= now}
+        metrics.prune(self._metrics, state, now - self._max_grace)
 
     # ---- timers -----------------------------------------------------------------------
 
@@ -213,12 +232,43 @@ class Engine:
     def _fire_due(self, state: CustomerState, now: int, lazy: _Lazy, out: list[Output]) -> None:
         """Decide due timers in (due, -priority, slot) order. Grace only delays a decision:
         a timer whose grace has run out waits behind an earlier-due (or equally due,
-        higher-priority) one still in its grace, so grace never changes who wins a cap slot."""
-        while state.instances:
+        higher-priority) one still in its grace, so grace never changes who wins a cap slot.
+        The daily segment check (at ``seg_due``, with the policy's grace) goes before a
+        step due at the same instant."""
+        while state.instances or state.seg_due:
+            if state.seg_due and (not state.instances
+                                  or state.seg_due <= self._head(state)[1].due):
+                if state.seg_due + self.config.policy.late_event_grace > now:
+                    return
+                self._segment_check(state, state.seg_due, now, out)
+                continue
             slot, inst = self._head(state)
             if self._fires_at(inst) > now:
                 return
             self._run_step(state, slot, inst, now, lazy, out)
+
+    # ---- segments ---------------------------------------------------------------------
+
+    def _segment_check(self, state: CustomerState, t: int, now: int,
+                       out: list[Output]) -> None:
+        """Re-evaluate segment membership at event time ``t``; each change is a
+        SegmentChange record and a segment_entered/left event applied like a real one."""
+        state.seg_due = 0
+        if not self._segments:
+            return
+        members = self._segments.members(state, t)
+        before = state.segments
+        state.segments = members
+        for seg, action in [*((s, "left") for s in before if s not in members),
+                            *((s, "entered") for s in members if s not in before)]:
+            change_id = stable_id("segment", state.customer_id, seg, action, t)
+            out.append(SegmentChange(change_id, state.customer_id, seg, action, t, now,
+                                     self.config.version))
+            ev = Event(change_id, f"segment_{action}", state.customer_id, t,
+                       {"segment": seg}, SEGMENT_SOURCE)
+            metrics.observe(self._metrics, state, ev)
+            self._route(state, ev, now, out)
+        state.seg_due = self._segments.next_check(state, t)
 
     def _priority(self, trigger_id: str) -> int:
         t = self._by_id.get(trigger_id)
@@ -258,7 +308,7 @@ class Engine:
                                       now))
             self._end(state, slot, inst, "completed", blocked, t, now, out)
             return False
-        if not all_hold(step.when, Scope(None, state, inst, t)):
+        if not all_hold(step.when, Scope(None, state, inst, t, self._metrics)):
             out.append(self._decision(state, trig, inst, step, first, SUPPRESSED,
                                       CONDITION_NOT_MET, t, now))
             self._next_step(state, slot, inst, trig, t, now, out)
@@ -436,8 +486,20 @@ class Engine:
         self._facts(state, ev, now, out)
         if ev.type in OUTCOME_TYPES:
             self._outcome(state, ev, out)
+        self._route(state, ev, now, out)
+        if self._segments and (ev.type in self._seg_types or self._segments.timed):
+            self._segment_check(state, state.high_water, now, out)  # (never goes back)
+        if state.high_water - state.pruned_at >= PRUNE_EVERY:
+            state.pruned_at = state.high_water
+            self.prune(state, max(now, state.high_water))
+
+    def _route(self, state: CustomerState, ev: Event, now: int, out: list[Output]) -> None:
+        """What an event does to the triggers: cancels, resets, starts, remembered exits."""
+        policy = self.config.policy
         # what the event means for a trigger is the same for each of its instances: once
+        # (unless a cancel condition reads the instance: then per instance)
         per_trigger: dict[str, tuple[Any, bool, str | None]] = {}
+        tracking = self._metrics
         for slot, inst in list(state.instances.items()):
             trig = self._by_id.get(inst.trigger_id)
             if (trig is None or ev.type not in self._touching[trig.id]
@@ -446,11 +508,17 @@ class Engine:
             meaning = per_trigger.get(trig.id)
             if meaning is None:
                 meaning = per_trigger[trig.id] = (
-                    next((c for c in trig.cancel_on if matches(c, ev, state, ev.ts)), None),
+                    next((c for c in trig.cancel_on if matches(c, ev, state, ev.ts, tracking)),
+                         None),
                     trig.wait.inactivity is not None and (
-                        ev.type in trig.wait.reset_on or matches(trig.start, ev, state, ev.ts)),
+                        ev.type in trig.wait.reset_on
+                        or matches(trig.start, ev, state, ev.ts, tracking)),
                     key_of(trig.key, ev))
             cancel, resets, k = meaning
+            if trig.id in self._cancel_reads_instance:
+                scope = Scope(ev, state, inst, ev.ts, tracking)
+                cancel = next((c for c in trig.cancel_on
+                               if ev.type in c.types and all_hold(c.where, scope)), None)
             if cancel is not None and (not cancel.same_key or k == inst.key):
                 self._cancel(state, slot, inst, trig, ev, now, out)
             elif resets and inst.step == 0 and not inst.entered and (k is None or k == inst.key):
@@ -459,7 +527,7 @@ class Engine:
                 inst.step_base = inst.due
                 inst.context, inst.event_type = dict(ev.props), ev.type
         for trig in self._starts.get(ev.type, ()):
-            if matches(trig.start, ev, state, ev.ts):
+            if matches(trig.start, ev, state, ev.ts, tracking):
                 self._maybe_start(state, trig, ev, now, out)
             else:
                 self._miss(state, trig.id, START_CONDITION_NOT_MET, ev.ts, out)
@@ -467,9 +535,6 @@ class Engine:
             state.exits.append(ev)       # start event is read after it (out-of-order input)
             state.exits = [x for x in state.exits
                            if x.ts >= ev.ts - EXIT_MEMORY][-policy.max_exits:]
-        if state.high_water - state.pruned_at >= PRUNE_EVERY:
-            state.pruned_at = state.high_water
-            self.prune(state, max(now, state.high_water))
 
     def _maybe_start(self, state: CustomerState, trig: Trigger, ev: Event, now: int,
                      out: list[Output]) -> None:
@@ -509,7 +574,8 @@ class Engine:
         state.instances[slot] = inst
         out.append(self._life(state, inst, "started", "", ev.event_id, ev.ts, now))
         for x in state.exits:  # an exit already read, but later in event time than the start
-            cancel = next((c for c in trig.cancel_on if matches(c, x, state, x.ts)), None)
+            cancel = next((c for c in trig.cancel_on
+                           if matches(c, x, state, x.ts, self._metrics)), None)
             if x.ts >= ev.ts and cancel is not None and (
                     not cancel.same_key or key_of(trig.key, x) == k):
                 self._cancel(state, slot, inst, trig, x, now, out)
@@ -600,6 +666,7 @@ class Engine:
                     if inst.instance_id == touch.instance_id and inst.awaiting:
                         self._end(state, slot, inst, "completed", CONVERTED, ev.ts, now, out,
                                   ev.event_id)
+        metrics.observe(self._metrics, state, ev)
 
     def _outcome(self, state: CustomerState, ev: Event, out: list[Output]) -> None:
         """A receipt: recorded; it may end a cascade wait (success) or skip it (failure);
@@ -643,7 +710,7 @@ class Engine:
                    t: int) -> dict[str, Any]:
         """Template data named by the step's ``vars`` (never contact details)."""
         variables: dict[str, Any] = {"key": inst.key}
-        scope = Scope(None, state, inst, t)
+        scope = Scope(None, state, inst, t, self._metrics)
         for name, source in step.vars.items():
             if source == "cart.items":
                 value: Any = cart_items(state)

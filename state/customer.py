@@ -80,6 +80,15 @@ class CustomerState(Upgradable):
     refused: dict[str, int] = field(default_factory=dict)  # slot → ts: not started (limit)
     misses: dict[str, list[int]] = field(default_factory=dict)  # "trigger\x1freason" →
     # [day, count, first ts, last ts]: start misses being counted (records.StartMiss)
+    # metrics (operators/metrics.py), bounded by what the config reads:
+    first_order_at: int = 0
+    orders: tuple[tuple[int, int], ...] = ()  # (ts, total in cents) within the RFM window
+    ev_total: dict[str, tuple[int, int]] = field(default_factory=dict)  # type → (n, first ts)
+    ev_recent: dict[str, tuple[tuple[int, str], ...]] = field(default_factory=dict)
+    # type → recent (ts, key), oldest first: as many as the config's counts need
+    bought: dict[str, int] = field(default_factory=dict)  # product → last ordered (bounded)
+    segments: tuple[str, ...] = ()  # segments (config/segments) the customer is in, sorted
+    seg_due: int = 0  # next daily segment check (00:00 UTC, event time); 0: none
 
     def snapshot(self) -> CustomerState:
         """An independent copy for Bytewax recovery (the live object keeps changing).
@@ -92,4 +101,5 @@ class CustomerState(Upgradable):
         """Nothing worth keeping: Bytewax may discard this key."""
         return not (self.instances or self.last_entry or self.seen or self.cart
                     or self.consents or self.touches or self.counts or self.orders_count
-                    or self.sent_log or self.invalid or self.pending)
+                    or self.sent_log or self.invalid or self.pending or self.ev_total
+                    or self.segments)

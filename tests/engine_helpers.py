@@ -57,6 +57,42 @@ def _trigger_semantics_config() -> ConfigSet:
     return load_config(trigger_semantics_dir())
 
 
+CATALOGUE_DIR = DEFAULT_CONFIG_DIR / "catalogue"  # triggers waiting for their templates
+
+
+def config_dir(root: Path, triggers: dict[str, str] | None = None,
+               segments: dict[str, str] | None = None, rfm: str | None = None,
+               catalogue: bool = True) -> Path:
+    """A config dir under ``root``: the shipped config under the neutral policy, the
+    catalogue triggers of ``config/catalogue`` with their templates (unless shipped already)
+    and extra ``triggers/``/``segments/`` files (file stem → YAML text), ``rfm.yaml``."""
+    import yaml
+
+    out = root / "config"
+    shutil.copytree(trigger_semantics_dir(), out)
+    if catalogue and CATALOGUE_DIR.is_dir():
+        for path in CATALOGUE_DIR.glob("*.yaml"):
+            if path.name != "templates.yaml" and not (out / "triggers" / path.name).exists():
+                shutil.copy(path, out / "triggers" / path.name)
+        registry = yaml.safe_load((out / "templates.yaml").read_text())
+        extra = yaml.safe_load((CATALOGUE_DIR / "templates.yaml").read_text())["templates"]
+        registry["templates"] = {**extra, **registry["templates"]}
+        (out / "templates.yaml").write_text(yaml.safe_dump(registry, sort_keys=False,
+                                                           allow_unicode=True))
+    for folder, files in (("triggers", triggers), ("segments", segments)):
+        (out / folder).mkdir(exist_ok=True)
+        for stem, text in (files or {}).items():
+            (out / folder / f"{stem}.yaml").write_text(text)
+    if rfm is not None:
+        (out / "rfm.yaml").write_text(rfm)
+    return out
+
+
+def custom_engine(root: Path, **kw) -> Engine:
+    """The engine on :func:`config_dir` (same arguments)."""
+    return Engine(load_config(config_dir(root, **kw)))
+
+
 def config_issues(root: Path) -> list[str]:
     """The messages `load_config` refuses ``root`` with (it must refuse it)."""
     import pytest
