@@ -23,6 +23,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from cdp_triggers.clock import Clock, WallClock, to_datetime
 from cdp_triggers.events import Event, Rejected, processing_error
+from cdp_triggers.metrics import observe_timer_lateness_ms
 from cdp_triggers.records import (
     Conversion,
     Decision,
@@ -220,6 +221,12 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         return to_datetime(at if at > wall else wall + RETRY_MS)
 
     def _timers(self, now: int) -> list[Output | Rejected]:
+        """Fire what is due at ``now``; live: how late (wall clock after due + grace) the
+        earliest due timer fires goes to ``cdp_timer_lateness_seconds``."""
+        if self.rt.mode == "live" and self.state is not None:
+            wake = self.rt.engine.next_wakeup(self.state)
+            if wake is not None and wake <= now:
+                observe_timer_lateness_ms(self.rt.wall.now_ms() - wake)
         try:
             return self._advance(now) + self._handle(None, now)
         except Exception as exc:
