@@ -1,0 +1,143 @@
+"""The compact pickle of keyed state (state/compact.py): exact round trips, smaller than the
+default form, snapshots of the former layout still restore, repeated strings shared."""
+
+from __future__ import annotations
+
+import base64
+import copyreg
+import io
+import pickle
+from dataclasses import fields
+
+import pytest
+
+from state.compact import Upgradable
+from state.customer import CustomerState, Instance, Touch
+
+# A snapshot written by the code before the compact form (commit 1369ebc: the default
+# `(None, {slot: value})` pickle of the slotted dataclasses, fields of that layout only).
+OLD_SNAPSHOT = base64.b64decode("""
+gASVdgMAAAAAAACMDnN0YXRlLmN1c3RvbWVylIwNQ3VzdG9tZXJTdGF0ZZSTlCmBlE59lCiMC2N1c3RvbWVyX2lk
+lIwDYzQylIwJaW5zdGFuY2VzlH2UjBVhYmFuZG9uZWRfY2FydB9jYXJ0LTGUaACMCEluc3RhbmNllJOUKYGUTn2U
+KIwKdHJpZ2dlcl9pZJSMDmFiYW5kb25lZF9jYXJ0lIwDa2V5lIwGY2FydC0xlIwLaW5zdGFuY2VfaWSUjAJpMZSM
+DnN0YXJ0X2V2ZW50X2lklIwCZTGUjApzdGFydGVkX2F0lE3oA4wLYWN0aXZpdHlfYXSUTdAHjANkdWWUTbgLjARz
+dGVwlEsBjAdjb250ZXh0lH2UKIwHY2FydF9pZJRoEYwFdG90YWyUR0ApAAAAAAAAdYwKZXZlbnRfdHlwZZSMDWFk
+ZGVkX3RvX2NhcnSUjAd2YXJpYW50lIwBQpSMA2FybZSMAJSMC2NoYW5uZWxfaWR4lEsBjAhhd2FpdGluZ5SMAnMw
+lIwJc3RlcF9iYXNllEsAjAdlbnRlcmVklIiMBGhlbGSUaCOMB2VhcmxpZXKUjANzLTGUhZR1hpRic4wKbGFzdF9l
+bnRyeZR9lGgPTdAHc4wEc2VlbpR9lChoFU3oA4wCZTKUTdAHdYwEY2FydJR9lIwIY29uc2VudHOUfZSMD2VtYWls
+Om1hcmtldGluZ5SITYQDhpRzjAd0b3VjaGVzlF2UaACMBVRvdWNolJOUKYGUTn2UKIwHc2VuZF9pZJRoJmgOaA9o
+IGghjAdjaGFubmVslIwFZW1haWyUjAJ0c5RNxAmMBndpbmRvd5RKAFwmBWgSaBNoGUsBaCKMB3RyZWF0ZWSUjARr
+aW5klIwJbWFya2V0aW5nlHWGlGJhjAZjb3VudHOUfZSMCHNlbnRfbG9nlF2UjAdpbnZhbGlklI+UKIwDc21zlJCM
+CmludmFsaWRfYXSUfZRoTk3cBXOMB3Byb2ZpbGWUTowMb3JkZXJzX2NvdW50lEsCjAt0b3RhbF9zcGVudJRHQFjg
+AAAAAACMDWxhc3Rfb3JkZXJfYXSUTSADjAVleGl0c5RdlIwHcGVuZGluZ5RdlIwKaGlnaF93YXRlcpRN0AeMCXBy
+dW5lZF9hdJRN6AOMB3JlZnVzZWSUfZSMBm1pc3Nlc5R9lHWGlGIu""")
+
+# Declaration order IS the compact layout: fields may only be appended after these.
+LAYOUT = {
+    Instance: ("trigger_id", "key", "instance_id", "start_event_id", "started_at",
+               "activity_at", "due", "step", "context", "event_type", "variant", "arm",
+               "channel_idx", "awaiting", "step_base", "entered", "held", "earlier"),
+    Touch: ("send_id", "trigger_id", "variant", "channel", "ts", "window", "instance_id",
+            "step", "arm", "kind"),
+    CustomerState: ("customer_id", "instances", "last_entry", "seen", "cart", "consents",
+                    "touches", "counts", "sent_log", "invalid", "invalid_at", "profile",
+                    "orders_count", "total_spent", "last_order_at", "exits", "pending",
+                    "high_water", "pruned_at", "refused", "misses"),
+}
+
+
+def sample() -> CustomerState:
+    """The state OLD_SNAPSHOT holds, built by today's classes."""
+    inst = Instance("abandoned_cart", "cart-1", "i1", "e1", 1000, 2000, 3000, step=1,
+                    context={"cart_id": "cart-1", "total": 12.5}, event_type="added_to_cart",
+                    variant="B", channel_idx=1, awaiting="s0", entered=True, earlier=("s-1",))
+    return CustomerState(
+        "c42", instances={"abandoned_cart\x1fcart-1": inst},
+        last_entry={"abandoned_cart": 2000}, seen={"e1": 1000, "e2": 2000},
+        consents={"email:marketing": (True, 900)},
+        touches=[Touch("s0", "abandoned_cart", "B", "email", 2500, 86_400_000, "i1", 1)],
+        invalid={"sms"}, invalid_at={"sms": 1500}, orders_count=2, total_spent=99.5,
+        last_order_at=800, high_water=2000, pruned_at=1000)
+
+
+def old_form(obj: object, protocol: int = pickle.HIGHEST_PROTOCOL) -> bytes:
+    """Pickle as the former code did: every slot by name, ``(None, {slot: value})``."""
+
+    class Old(pickle.Pickler):
+        def reducer_override(self, o: object):  # type: ignore[override]
+            if isinstance(o, Upgradable):
+                return (copyreg.__newobj__, (type(o),),
+                        (None, {f.name: getattr(o, f.name) for f in fields(o)}))
+            return NotImplemented
+
+    buf = io.BytesIO()
+    Old(buf, protocol).dump(obj)
+    return buf.getvalue()
+
+
+def test_round_trip_is_exact_types_included():
+    st = sample()
+    st.total_spent = 0  # an int where the default is 0.0: not "the default"
+    st.touches.append(Touch("s1", "t", "", "sms", 1, 2, arm="control", kind="transactional"))
+    st.instances["x\x1f"] = Instance("x", "", "i2", "e2", 1, 1, 5, entered=False, held="q")
+    back = pickle.loads(pickle.dumps(st))
+    assert back == st
+    assert type(back.total_spent) is int
+    assert back.snapshot() == st
+    empty = CustomerState("c1")
+    assert pickle.loads(pickle.dumps(empty)) == empty
+
+
+def test_restored_defaults_are_fresh_objects():
+    a, b = (pickle.loads(pickle.dumps(CustomerState("c"))) for _ in range(2))
+    a.seen["e"] = 1
+    a.invalid.add("sms")
+    assert b.seen == {} and b.invalid == set()
+
+
+def test_compact_form_is_smaller_than_the_named_form():
+    st = sample()
+    new, old = pickle.dumps(st), old_form(st)
+    assert pickle.loads(old) == pickle.loads(new) == st
+    assert len(new) < 0.6 * len(old), (len(new), len(old))
+    assert b"trigger_id" not in new and b"customer_id" not in new  # no field names
+
+
+def test_a_snapshot_of_the_former_layout_restores():
+    back = pickle.loads(OLD_SNAPSHOT)
+    assert back == sample()
+    # fields appended since that snapshot read as their defaults, and pickle compactly now
+    assert pickle.loads(pickle.dumps(back)) == back
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_the_former_form_restores_at_any_protocol(protocol):
+    st = sample()
+    assert pickle.loads(old_form(st, protocol)) == st
+
+
+def test_repeated_strings_are_shared_after_restore():
+    a, b = (pickle.loads(pickle.dumps(sample())) for _ in range(2))
+    ta, tb = a.touches[0], b.touches[0]
+    assert ta.trigger_id is tb.trigger_id and ta.channel is tb.channel
+    assert ta.variant is tb.variant
+    ia, ib = a.instances["abandoned_cart\x1fcart-1"], b.instances["abandoned_cart\x1fcart-1"]
+    assert ia.trigger_id is ib.trigger_id and ia.event_type is ib.event_type
+    assert next(iter(a.consents)) is next(iter(b.consents))
+
+
+def test_a_snapshot_from_a_newer_layout_is_refused_clearly():
+    touch = Touch("s", "t", "", "email", 1, 2)
+    state = touch.__getstate__()
+    future = (state[0] | 1 << len(fields(Touch)), *state[1:], "new")
+    t = Touch.__new__(Touch)
+    with pytest.raises(ValueError, match="newer version"):
+        t.__setstate__(future)
+
+
+@pytest.mark.parametrize("cls", list(LAYOUT))
+def test_fields_are_only_appended(cls):
+    names = tuple(f.name for f in fields(cls))
+    assert names[:len(LAYOUT[cls])] == LAYOUT[cls], (
+        f"{cls.__name__}: the compact pickle is positional, so a field may only be appended "
+        "(reordering or removing one needs a layout version in state/compact.py)")
