@@ -50,9 +50,10 @@ SEND_RECEIVE_TIMEOUT = 60
 # ClickHouse error codes that retrying cannot fix: a wrong statement, table, column or
 # value (a bug) or wrong credentials (configuration). Everything else is an outage.
 PERMANENT_CODES = frozenset({
-    6, 16, 26, 27, 36, 38, 41, 43, 44, 46, 47, 48, 53, 57, 60, 62, 69, 70, 72, 81, 117,
-    192, 194, 497, 516,
-})
+    6, 10, 15, 16, 20, 26, 27, 36, 38, 41, 42, 43, 44, 46, 47, 48, 49, 53, 57, 60, 62, 69,
+    70, 72, 80, 81, 82, 113, 115, 117, 179, 181, 184, 190, 192, 194, 206, 215, 349, 352,
+    386, 403, 497, 516,
+})  # e.g. 184 ILLEGAL_AGGREGATION, 215 NOT_AN_AGGREGATE, 352 AMBIGUOUS_COLUMN_NAME
 _CODE = re.compile(r"(?:Code:|error code)\s*(\d+)")
 
 # Per-query output settings that make JSONCompact decode to plain Python numbers.

@@ -183,6 +183,9 @@ def test_programming_errors_fail_fast(chdb_dir: str) -> None:
     assert is_outage(ConnectionError("refused")) and is_outage(TimeoutError())
     assert is_outage(RuntimeError("Code: 241. DB::Exception: Memory limit exceeded"))
     assert not is_outage(RuntimeError("Code: 516. DB::Exception: Authentication failed"))
+    # a view that cannot be created is a bug: fail at start, never retry it forever
+    assert not is_outage(RuntimeError("Code: 184. DB::Exception: Aggregate function max(ts) "
+                                      "AS ts is found inside another aggregate function"))
     assert not is_outage(TypeError("bad row"))
     b.close()
 
