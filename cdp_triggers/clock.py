@@ -7,8 +7,10 @@ cheap to compare, exact to add, and pickles small in Bytewax snapshots.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 MS = 1
 SECOND = 1000
@@ -61,6 +63,36 @@ def from_datetime(dt: datetime) -> int:
 def iso(ms: int) -> str:
     """Epoch ms → ClickHouse DateTime64(3) text, UTC (``2026-11-23 16:00:00.000``)."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}"
+
+
+@lru_cache(maxsize=512)
+def local_zone(name: str) -> ZoneInfo:
+    """The IANA zone ``name``; an empty or unknown name reads as UTC."""
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def local_hour(ms: int, tz: str) -> int:
+    """The hour of day (0–23) at epoch ``ms`` in zone ``tz`` (unknown zone: UTC)."""
+    return datetime.fromtimestamp(ms / 1000, local_zone(tz)).hour
+
+
+def next_local_hour(ms: int, tz: str, hour: int, within: int) -> int | None:
+    """The first instant at or after ``ms`` in local ``hour`` of ``tz``: ``ms`` itself when
+    it is already in that hour, else the start of the hour's next occurrence (a day whose
+    DST change skips the hour is passed over); None when that is more than ``within`` away."""
+    zone = local_zone(tz)
+    local = datetime.fromtimestamp(ms / 1000, zone)
+    if local.hour == hour:
+        return ms
+    for days in range(3):
+        day = local.date() + timedelta(days=days)
+        at = int(datetime(day.year, day.month, day.day, hour, tzinfo=zone).timestamp() * 1000)
+        if at > ms and local_hour(at, tz) == hour:
+            return at if at - ms <= within else None
+    return None
 
 
 class WatermarkClock:

@@ -8,6 +8,13 @@ unsubscribe), with realistic rates and delays per channel. It is used two ways:
   the receipts to the ``outcomes`` topic when they are due (optionally time-compressed);
 * the embedded demo's loopback: receipts fed straight back to the customer's own engine
   state, so cascades run end to end without any server.
+
+Opens follow a reading habit: each customer reads at one local hour of the day
+(:func:`reading_hour`, seeded from the customer id, 07–22 h, in the send's ``tz``). A
+message delivered in that hour or the hour before is opened more often and within minutes;
+one delivered at another time is opened less often, and then in the customer's next reading
+hour. So opens land in the reading hour (what smart send time learns) and a message held to
+it is opened more (what it gains).
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ from dataclasses import dataclass, replace
 
 import orjson
 
-from cdp_triggers.clock import HOUR, MINUTE, SECOND
+from cdp_triggers.clock import HOUR, MINUTE, SECOND, local_hour
+from cdp_triggers.clock import next_local_hour as hold_until
 from cdp_triggers.events import Event
-from cdp_triggers.ids import stable_id
+from cdp_triggers.ids import stable_fraction, stable_id
 from cdp_triggers.records import Send
 
 log = logging.getLogger(__name__)
@@ -33,8 +41,7 @@ class ChannelModel:
     deliver: float  # share delivered (the rest: bounce or fail)
     bounce: float  # share of the undelivered that hard-bounce (else: failed)
     deliver_delay: tuple[int, int]
-    open: float  # share of delivered that are opened
-    open_delay: tuple[int, int]
+    open: float  # share of delivered that are opened (× the reading habit, see above)
     click: float  # share of opened that are clicked
     click_delay: tuple[int, int]
     unsubscribe: float  # share of delivered that unsubscribe
@@ -43,12 +50,38 @@ class ChannelModel:
 # Rates in the range public benchmarks report for retail (push opens are low, e-mail opens
 # ~20 %, SMS has no open receipt; clicks are a share of opens).
 MODELS: dict[str, ChannelModel] = {
-    "push": ChannelModel(0.88, 0.5, (2 * SECOND, 60 * SECOND), 0.10, (1 * MINUTE, 2 * HOUR),
+    "push": ChannelModel(0.88, 0.5, (2 * SECOND, 60 * SECOND), 0.10,
                          0.30, (5 * SECOND, 2 * MINUTE), 0.002),
-    "email": ChannelModel(0.97, 0.6, (10 * SECOND, 5 * MINUTE), 0.22, (5 * MINUTE, 10 * HOUR),
+    "email": ChannelModel(0.97, 0.6, (10 * SECOND, 5 * MINUTE), 0.22,
                           0.15, (10 * SECOND, 10 * MINUTE), 0.003),
-    "sms": ChannelModel(0.96, 0.5, (2 * SECOND, 30 * SECOND), 0.0, (0, 0), 0.0, (0, 0), 0.004),
+    "sms": ChannelModel(0.96, 0.5, (2 * SECOND, 30 * SECOND), 0.0, 0.0, (0, 0), 0.004),
 }
+
+
+IN_HABIT = 1.8  # open probability × this when delivered in (or just before) the reading hour
+OUT_OF_HABIT = 0.7  # … × this otherwise (opened later, in the next reading hour)
+
+
+def reading_hour(customer_id: str, seed: int = 7) -> int:
+    """The local hour (7–22) this simulated customer reads messages in."""
+    return 7 + int(stable_fraction(f"read/{seed}", customer_id) * 16)
+
+
+def _open_at(send: Send, model: ChannelModel, delivered: int, rng: random.Random,
+             seed: int) -> int | None:
+    """When the delivered message is opened (None: never), by the customer's habit."""
+    hour = reading_hour(send.customer_id, seed)
+    tz = send.tz or "UTC"
+    h = local_hour(delivered, tz)
+    if h == hour or (h + 1) % 24 == hour:
+        if rng.random() >= min(0.95, model.open * IN_HABIT):
+            return None
+        start = hold_until(delivered, tz, hour, 2 * HOUR) or delivered
+        return max(delivered, start) + rng.randint(MINUTE, 40 * MINUTE)
+    if rng.random() >= model.open * OUT_OF_HABIT:
+        return None
+    start = hold_until(delivered, tz, hour, 2 * 24 * HOUR)
+    return (start or delivered) + rng.randint(MINUTE, 59 * MINUTE)
 
 
 def simulate(send: Send, seed: int = 7) -> list[Event]:
@@ -76,11 +109,11 @@ def simulate(send: Send, seed: int = 7) -> list[Event]:
     if rng.random() < model.unsubscribe:
         receipt("unsubscribed", t + rng.randint(MINUTE, HOUR))
         return out
-    if model.open and rng.random() < model.open:
-        t += rng.randint(*model.open_delay)
-        receipt("opened", t)
+    opened = _open_at(send, model, t, rng, seed) if model.open else None
+    if opened is not None:
+        receipt("opened", opened)
         if rng.random() < model.click:
-            receipt("clicked", t + rng.randint(*model.click_delay))
+            receipt("clicked", opened + rng.randint(*model.click_delay))
     return out
 
 
