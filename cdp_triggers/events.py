@@ -167,6 +167,7 @@ PROPS_MODELS: dict[str, type[_Props]] = {
     "product_viewed": _ProductProps,
     "added_to_cart": _ProductProps,
     "removed_from_cart": _ProductProps,
+    "wishlist_added": _ProductProps,
     "checkout_started": _CheckoutProps,
     "order_placed": _OrderPlacedProps,
     "order_paid": _OrderProps,

@@ -1,11 +1,13 @@
 """Product fan-out: who is interested in a product, and what to tell them when it changes.
 
 A product-keyed step (pure here, Bytewax glue in ``operators.keyed``) remembers which
-customers viewed or carted each product in the last ``window`` (event time). When a
-``product_updated`` event lowers the price or brings the product back in stock, it emits
-one derived event per interested customer — ``price_dropped`` / ``back_in_stock`` — which
-the customer-keyed engine consumes like any other event (triggers price_drop,
-back_in_stock). Derived event ids are deterministic, so replays and recovery dedupe them.
+customers viewed, carted or wished for (``wishlist_added``) each product in the last
+``window`` (event time). When a ``product_updated`` event lowers the price or brings the
+product back in stock, it emits one derived event per interested customer —
+``price_dropped`` / ``back_in_stock``, with ``interest``: ``wishlist`` when the customer
+wished for it within the window, else ``browse`` — which the customer-keyed engine consumes
+like any other event (triggers price_drop, back_in_stock and their wishlist versions).
+Derived event ids are deterministic, so replays and recovery dedupe them.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from dataclasses import dataclass, field
 from cdp_triggers.clock import DAY
 from cdp_triggers.events import Event
 from cdp_triggers.ids import stable_id
+from state.compact import Upgradable
 
-INTEREST_TYPES = frozenset({"product_viewed", "added_to_cart"})
+WISHLIST_ADDED = "wishlist_added"
+INTEREST_TYPES = frozenset({"product_viewed", "added_to_cart", WISHLIST_ADDED})
 PRODUCT_TYPES = INTEREST_TYPES | {"product_updated"}
 PRICE_DROPPED = "price_dropped"
 BACK_IN_STOCK = "back_in_stock"
@@ -24,7 +28,7 @@ DEFAULT_WINDOW = 14 * DAY
 
 
 @dataclass(slots=True)
-class ProductState:
+class ProductState(Upgradable):
     """One product as one shard sees it. Catalogue facts (price, stock) come only from
     ``product_updated`` records, in event time; interest is per customer. So a customer's
     derived events do not depend on which other customers share the shard."""
@@ -37,6 +41,7 @@ class ProductState:
     updated_at: int = -(2**62)  # event time of the catalogue record applied last
     stale: int = 0  # catalogue records older than updated_at: ignored (counted)
     pruned_at: int = 0  # event time of the last sweep of `interested`
+    wished: dict[str, int] = field(default_factory=dict)  # customer → last wishlist ts
 
 
 def product_of(event: Event) -> str:
@@ -51,6 +56,8 @@ def on_product_event(state: ProductState, ev: Event, window: int = DEFAULT_WINDO
             state.interested[ev.customer_id] = ev.ts
             if isinstance(p.get("price"), int | float):
                 state.seen_price[ev.customer_id] = float(p["price"])
+        if ev.type == WISHLIST_ADDED and ev.ts >= state.wished.get(ev.customer_id, 0):
+            state.wished[ev.customer_id] = ev.ts
         _forget_before(state, ev.ts - window)
         return []
     if ev.type != "product_updated":
@@ -63,14 +70,18 @@ def on_product_event(state: ProductState, ev: Event, window: int = DEFAULT_WINDO
     new_price = p.get("price")
     new_stock = p.get("in_stock")
     fans = sorted(c for c, ts in state.interested.items() if ev.ts - window <= ts <= ev.ts)
+    kind = {c: "wishlist" if ev.ts - window <= state.wished.get(c, -(2**62)) <= ev.ts
+            else "browse" for c in fans}
     if new_price is not None:
         for c in fans:  # the catalogue's previous price, else the price the customer saw
             old = state.price if state.price is not None else state.seen_price.get(c)
             if old is not None and new_price < old:
                 out.append(_derived(ev, PRICE_DROPPED, c, {
-                    "product_id": state.product_id, "price": new_price, "old_price": old}))
+                    "product_id": state.product_id, "price": new_price, "old_price": old,
+                    "interest": kind[c]}))
     if new_stock is True and state.in_stock is False:
-        out += [_derived(ev, BACK_IN_STOCK, c, {"product_id": state.product_id}) for c in fans]
+        out += [_derived(ev, BACK_IN_STOCK, c, {"product_id": state.product_id,
+                                                "interest": kind[c]}) for c in fans]
     if new_price is not None:
         state.price = float(new_price)
     if new_stock is not None:
@@ -92,3 +103,4 @@ def _forget_before(state: ProductState, horizon: int, every: int = DAY) -> None:
     state.pruned_at = horizon
     state.interested = {c: ts for c, ts in state.interested.items() if ts >= horizon}
     state.seen_price = {c: v for c, v in state.seen_price.items() if c in state.interested}
+    state.wished = {c: ts for c, ts in state.wished.items() if ts >= horizon}

@@ -33,10 +33,42 @@ def test_price_drop_reaches_customers_who_viewed_or_carted_in_the_last_14_days()
     on_product_event(st, view(-20 * 24 * 60, "c3"))  # three weeks earlier: too old
     out = on_product_event(st, update(60, price=15.0))
     assert [(e.type, e.customer_id, e.props) for e in out] == [
-        ("price_dropped", "c1", {"product_id": "p1", "price": 15.0, "old_price": 20.0}),
-        ("price_dropped", "c2", {"product_id": "p1", "price": 15.0, "old_price": 20.0})]
+        ("price_dropped", "c1", {"product_id": "p1", "price": 15.0, "old_price": 20.0,
+                                 "interest": "browse"}),
+        ("price_dropped", "c2", {"product_id": "p1", "price": 15.0, "old_price": 20.0,
+                                 "interest": "browse"})]
     assert on_product_event(st, update(70, price=18.0)) == []  # a rise tells nobody
     assert on_product_event(st, update(80, price=18.0)) == []  # an unchanged price neither
+
+
+def test_a_wishlisted_product_says_so_within_the_window():
+    st = ProductState("p1")
+    on_product_event(st, update(0, price=20.0, in_stock=False))
+    on_product_event(st, view(1, "c1"))
+    on_product_event(st, Event("w1", "wishlist_added", "c2", T0 + 2 * 60_000,
+                               {"product_id": "p1"}))
+    on_product_event(st, Event("w0", "wishlist_added", "c3", T0 - 20 * 24 * 3_600_000,
+                               {"product_id": "p1"}))  # wished three weeks ago: too old
+    on_product_event(st, view(3, "c3"))
+    drops = on_product_event(st, update(60, price=15.0, in_stock=True))
+    kinds = {(e.type, e.customer_id): e.props["interest"] for e in drops}
+    assert kinds == {("price_dropped", "c1"): "browse", ("price_dropped", "c2"): "wishlist",
+                     ("price_dropped", "c3"): "browse", ("back_in_stock", "c1"): "browse",
+                     ("back_in_stock", "c2"): "wishlist", ("back_in_stock", "c3"): "browse"}
+
+
+def test_product_state_from_before_wishlists_restores() -> None:
+    import pickle
+
+    st = ProductState("p1", 10.0, True, {"c1": 5})
+    old = pickle.dumps((ProductState, (), (None, {"product_id": "p1", "price": 10.0,
+                                                   "in_stock": True, "interested": {"c1": 5},
+                                                   "seen_price": {}, "updated_at": 0,
+                                                   "stale": 0, "pruned_at": 0})))
+    cls, _, state = pickle.loads(old)
+    restored = cls.__new__(cls)
+    restored.__setstate__(state)
+    assert restored.wished == {} and restored.interested == st.interested
 
 
 def test_back_in_stock_only_after_being_out_of_stock():
