@@ -486,9 +486,10 @@ class Engine:
         self._facts(state, ev, now, out)
         if ev.type in OUTCOME_TYPES:
             self._outcome(state, ev, out)
-        self._route(state, ev, now, out)
         if self._segments and (ev.type in self._seg_types or self._segments.timed):
+            # membership as of this event, so the event's own conditions see it
             self._segment_check(state, state.high_water, now, out)  # (never goes back)
+        self._route(state, ev, now, out)
         if state.high_water - state.pruned_at >= PRUNE_EVERY:
             state.pruned_at = state.high_water
             self.prune(state, max(now, state.high_water))

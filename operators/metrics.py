@@ -290,9 +290,9 @@ def rfm_boundaries_query(database: str, now_ms: int, window_days: int = 365) -> 
 SELECT quantiles(0.2, 0.4, 0.6, 0.8)(dateDiff('day', last, {now})) AS recency,
        quantiles(0.2, 0.4, 0.6, 0.8)(orders) AS frequency,
        quantiles(0.2, 0.4, 0.6, 0.8)(revenue) AS monetary
-FROM (SELECT customer_id, max(ts) AS last, uniqExact(order_id) AS orders,
-             toFloat64(sum(revenue)) AS revenue
-      FROM (SELECT customer_id, order_id, any(ts) AS ts, any(revenue) AS revenue
+FROM (SELECT customer_id, max(order_ts) AS last, count() AS orders,
+             toFloat64(sum(order_revenue)) AS revenue
+      FROM (SELECT customer_id, order_id, any(ts) AS order_ts, any(revenue) AS order_revenue
             FROM {database}.conversions
             WHERE ts > {now} - INTERVAL {int(window_days)} DAY AND ts <= {now}
             GROUP BY customer_id, order_id)
@@ -326,7 +326,8 @@ def rfm_boundaries_from_clickhouse(backend: Any, database: str, now_ms: int,
     ``config/rfm.yaml`` (:func:`rfm_yaml`). No orders: ``base`` (the defaults)."""
     names, rows = backend.query(rfm_boundaries_query(database, now_ms, window_days))
     row = dict(zip(names, rows[0], strict=True)) if rows else {}
-    if not row or not row.get("frequency") or any(v != v for v in row["frequency"]):
+    values = [v for k in ("recency", "frequency", "monetary") for v in row.get(k) or [None]]
+    if not values or any(v is None or v != v for v in values):  # no orders: NULL / NaN
         return base or Rfm()
     return boundaries_from_quantiles(row, base)
 

@@ -31,6 +31,7 @@ from cdp_triggers.records import (
     InputSeen,
     Lifecycle,
     Outcome,
+    SegmentChange,
     Send,
     StartMiss,
 )
@@ -135,6 +136,7 @@ REJECTED = "raw_rejected_events"
 DISPATCHED = "raw_dispatched"
 START_MISSES = "raw_start_misses"
 INPUTS = "raw_inputs"
+SEGMENT_CHANGES = "raw_segment_changes"
 
 _ARM = col(f"arm {LC} DEFAULT ''", since=1, altered=True)  # came after the table
 #: The customer's IANA time zone at decision time ('' = unknown: views read it as UTC).
@@ -217,6 +219,14 @@ TABLES: tuple[Table, ...] = (
         _inserted()),
         "(customer_id, event_id)", view="inputs", since=3, ttl="raw",
         records=(RecordRows(InputSeen, lambda r: r.event_id),)),
+    # customers entering / leaving the dynamic segments of config/segments (the engine)
+    Table(SEGMENT_CHANGES, (
+        *map(col, ["change_id String", "customer_id String", f"segment {LC}",
+                   f"action {LC}", f"ts {TIME}", f"decided_at {TIME}",
+                   f"config_version {LC}"]),
+        _inserted()),
+        "(segment, change_id)", view="segment_changes", since=4,
+        records=(RecordRows(SegmentChange, lambda r: r.change_id),)),
 )
 
 BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
@@ -249,7 +259,7 @@ _ROWS: dict[type, tuple[str, Callable[[Any], str], Callable[[Any, int | None], d
     spec.record: (t.name, spec.id_of, _builder(t, spec)) for t in TABLES for spec in t.records}
 
 Record = (Decision | Send | Lifecycle | Conversion | Outcome | Duplicate | Rejected | StartMiss
-          | InputSeen)
+          | InputSeen | SegmentChange)
 
 
 def _spec(record: Any) -> tuple[str, Callable[[Any], str], Callable[[Any, int | None], dict]]:

@@ -35,6 +35,7 @@ from sinks.catalogue import (  # noqa: F401  (re-exported: the sinks' one import
     LIFECYCLE,
     OUTCOMES,
     REJECTED,
+    SEGMENT_CHANGES,
     SENDS,
     START_MISSES,
     TABLES,
@@ -59,7 +60,7 @@ ANALYST_VIEWS = ("trigger_funnel_daily", "suppression_reasons", "channel_summary
                  "variant_lift", "send_facts", "trigger_summary", "conversion_funnel",
                  "chain_effectiveness", "delivery_daily", "delivery_current", "delivery_report",
                  "open_rate_by_hour", "open_hour_local", "contact_quality", "cascade_moves",
-                 "customer_history")
+                 "customer_history", "segment_membership")
 #: Analyst views on ``send_facts`` must follow it (views are created in this order).
 ASSIST_WINDOW_DAYS = 7  # a chain's send this long before an order credited elsewhere assists it
 ANALYST_ROLE = "cdp_analyst"
@@ -510,6 +511,16 @@ FROM (
 )"""
 
 
+def _segment_membership(db: str) -> str:
+    """Current members: each customer × segment whose latest change entered it."""
+    return f"""
+SELECT customer_id, segment, last_ts AS since
+FROM (SELECT customer_id, toString(segment) AS segment,
+             argMax(action, ts) AS last_action, max(ts) AS last_ts
+      FROM {db}.segment_changes GROUP BY customer_id, segment)
+WHERE last_action = 'entered'"""
+
+
 # ---------------------------------------------------------------- migrations, retention, roles
 
 #: Numbered migrations: (version, name, statements(db)). Every statement is idempotent, so a
@@ -545,6 +556,7 @@ MIGRATIONS: list[Migration] = [
     (1, "tables, conversion arms", _migration(1)),
     (2, "customer time zone on decisions and sends", _migration(2)),
     (3, "input events that mattered (customer history)", _migration(3)),
+    (4, "segment membership changes", _migration(4)),
 ]
 
 
@@ -656,7 +668,8 @@ FROM {db}.{START_MISSES} GROUP BY miss_id""")
     bodies = (_funnel, _suppression, _channels, _cascade, _heatmap, _by_arm, _lift,
               _send_facts, _trigger_summary, _conversion_funnel, _effectiveness,
               _delivery_daily, _delivery_current, _delivery_report, _open_rate_by_hour,
-              _open_hour_local, _contact_quality, _cascade_moves, _history)
+              _open_hour_local, _contact_quality, _cascade_moves, _history,
+              _segment_membership)
     for view, body in zip(ANALYST_VIEWS, bodies, strict=True):
         out.append(f"CREATE OR REPLACE VIEW {db}.{view} AS{body(db)}")
     return out

@@ -58,6 +58,7 @@ def _trigger_semantics_config() -> ConfigSet:
 
 
 CATALOGUE_DIR = DEFAULT_CONFIG_DIR / "catalogue"  # triggers waiting for their templates
+CATALOGUE = ("replenishment", "review_request")  # with their templates in templates.yaml
 
 
 def config_dir(root: Path, triggers: dict[str, str] | None = None,
@@ -71,9 +72,9 @@ def config_dir(root: Path, triggers: dict[str, str] | None = None,
     out = root / "config"
     shutil.copytree(trigger_semantics_dir(), out)
     if catalogue and CATALOGUE_DIR.is_dir():
-        for path in CATALOGUE_DIR.glob("*.yaml"):
-            if path.name != "templates.yaml" and not (out / "triggers" / path.name).exists():
-                shutil.copy(path, out / "triggers" / path.name)
+        for name in CATALOGUE:
+            if not (out / "triggers" / f"{name}.yaml").exists():
+                shutil.copy(CATALOGUE_DIR / f"{name}.yaml", out / "triggers")
         registry = yaml.safe_load((out / "templates.yaml").read_text())
         extra = yaml.safe_load((CATALOGUE_DIR / "templates.yaml").read_text())["templates"]
         registry["templates"] = {**extra, **registry["templates"]}
