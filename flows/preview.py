@@ -12,7 +12,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cdp_triggers.records import CANCELLED, CONDITION_NOT_MET, SENT, Conversion, Decision, Lifecycle
+from cdp_triggers.records import (
+    CANCELLED,
+    CONDITION_NOT_MET,
+    SENT,
+    Conversion,
+    Decision,
+    Lifecycle,
+    SegmentChange,
+)
 from cdp_triggers.settings import Settings
 from config.loader import ConfigSet
 from config.schema import Trigger
@@ -58,6 +66,8 @@ class TriggerStats:
 @dataclass
 class Summary:
     triggers: dict[str, TriggerStats] = field(default_factory=dict)
+    # dynamic segments (config/segments): segment → changes by action (entered / left)
+    segments: dict[str, Counter[str]] = field(default_factory=dict)
 
 
 def summarize(records: Iterable[object], examples: int = 3,
@@ -98,6 +108,9 @@ def summarize(records: Iterable[object], examples: int = 3,
             trig(r.trigger_id).lifecycle[r.action] += 1
             instance = r.instance_id
             word = f"{r.action} by {r.reason}" if r.action == "cancelled" else r.action
+        elif isinstance(r, SegmentChange):
+            s.segments.setdefault(r.segment, Counter())[r.action] += 1
+            continue
         elif isinstance(r, Conversion):
             t = trig(r.trigger_id)
             if r.arm == "treated":  # control and holdout orders are not the messages' doing
@@ -189,5 +202,9 @@ def diff(a: Summary, b: Summary) -> Diff:
         keys.sort(key=lambda k: (k[0] != "", k[0]))  # trigger rows first, then steps
         rows += [DiffRow(tid, step, metric, ma.get((step, metric), 0), mb.get((step, metric), 0))
                  for step, metric in keys if ma.get((step, metric)) or mb.get((step, metric))]
+    for seg in sorted(a.segments.keys() | b.segments.keys()):  # as "segment <id>" rows
+        ca, cb = a.segments.get(seg, Counter()), b.segments.get(seg, Counter())
+        rows += [DiffRow(f"segment {seg}", "", action, ca[action], cb[action])
+                 for action in ("entered", "left") if ca[action] or cb[action]]
     return Diff(rows, sorted(a.triggers.keys() - b.triggers.keys()),
                 sorted(b.triggers.keys() - a.triggers.keys()))
