@@ -9,7 +9,8 @@ the same values.
 Bounded state (see :class:`Tracking`, derived from the config):
 
 * orders within the RFM window, at most ``rfm.max_orders``, as ``(ts, cents)`` pairs;
-* for each event type some condition counts: the total ever seen, and only as many recent
+* for each event type some condition counts: the total ever seen (only if a condition or
+  a template var counts it without ``within``/``since``/``key``), and only as many recent
   ``(ts, key)`` entries as the largest count a condition compares with needs (``value + 1``),
   or :data:`MAX_KEYED` when a condition counts by instance key; entries older than the
   longest ``within`` are dropped;
@@ -73,12 +74,16 @@ class Tracking:
     retain: dict[str, int | None] = field(default_factory=dict)  # ms; None: by count only
     keys: dict[str, str] = field(default_factory=dict)  # type → props path of its key
     repurchase: bool = False  # instance.repurchased is used
+    ever: frozenset[str] = frozenset()  # types counted since ever (a condition or a var)
 
     @classmethod
     def from_config(cls, triggers: Iterable[Trigger], segments: Iterable[Segment],
                     rfm: Rfm) -> Tracking:
+        triggers = list(triggers)
         conds = list(conditions_of(triggers, segments))
-        keep: dict[str, int] = {}
+        ever = {src[16:] for t in triggers for step in t.steps for src in step.vars.values()
+                if src.startswith("customer.events.")}
+        keep: dict[str, int] = dict.fromkeys(ever, 0)
         retain: dict[str, int | None] = {}
         keys: dict[str, str] = {}
         for c in conds:
@@ -87,7 +92,8 @@ class Tracking:
                 continue
             keep.setdefault(typ, 0)
             if c.within is None and c.since is None and c.key is None:
-                continue  # ever: the total is enough
+                ever.add(typ)  # the total is enough
+                continue
             values = c.value if isinstance(c.value, list) else [c.value]
             need = MAX_KEYED if c.key is not None else max(values) + 1
             keep[typ] = max(keep[typ], need)
@@ -98,7 +104,7 @@ class Tracking:
             elif retain.get(typ, 0) is not None:
                 retain[typ] = max(retain.get(typ) or 0, c.within)
         return cls(rfm, keep, retain, keys,
-                   any(c.field == "instance.repurchased" for c in conds))
+                   any(c.field == "instance.repurchased" for c in conds), frozenset(ever))
 
     @property
     def counted(self) -> frozenset[str]:
@@ -127,8 +133,9 @@ def observe(tr: Tracking, state: CustomerState, ev: Event) -> None:
     keep = tr.keep.get(ev.type)
     if keep is None:
         return
-    total, first = state.ev_total.get(ev.type, (0, ev.ts))
-    state.ev_total[ev.type] = (total + 1, min(first, ev.ts))
+    if ev.type in tr.ever:  # kept for good: only when a config counts since ever
+        total, first = state.ev_total.get(ev.type, (0, ev.ts))
+        state.ev_total[ev.type] = (total + 1, min(first, ev.ts))
     if keep:
         path = tr.keys.get(ev.type)
         key = ""

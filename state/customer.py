@@ -102,4 +102,4 @@ class CustomerState(Upgradable):
         return not (self.instances or self.last_entry or self.seen or self.cart
                     or self.consents or self.touches or self.counts or self.orders_count
                     or self.sent_log or self.invalid or self.pending or self.ev_total
-                    or self.segments)
+                    or self.ev_recent or self.segments)

@@ -50,6 +50,7 @@ reentry: {once: true}
 steps:
   - template: win_back
     channels: [email]
+    vars: {views: customer.events.product_viewed}
 """
 
 NUDGE = """
@@ -98,9 +99,23 @@ def eng(tmp_path_factory: pytest.TempPathFactory) -> Engine:
 
 def test_viewed_three_times_within_seven_days_starts(eng: Engine) -> None:
     # days 0, 3, 8: only two in any 7 days; day 9 makes three (3, 8, 9)
-    _, out = run(eng, [view(0), view(3), view(8), view(9)])
+    _, out = run(eng, [view(0), view(3), view(8), view(9), ev("signed_up", 10 * D)])
     started = lifecycle(at(out, "viewed_often"), "started")
     assert [s.ts for s in started] == [T0 + 9 * DAY]
+    assert [s.variables["views"] for s in sends(at(out, "viewed_often"))] == [4]  # ever
+
+
+def test_a_count_within_a_window_only_is_forgotten_with_it(tmp_path: Path) -> None:
+    """Without a condition or var counting since ever, nothing outlives the window: the
+    customer's state empties (Bytewax may discard it) once the views are old."""
+    trigger = VIEWED_OFTEN.replace("    vars: {views: customer.events.product_viewed}\n", "")
+    eng = custom_engine(tmp_path, triggers={"viewed_often": trigger})
+    st, _ = run(eng, [view(0), view(1)])
+    assert "product_viewed" not in st.ev_total and len(st.ev_recent["product_viewed"]) == 2
+    eng.prune(st, T0 + 20 * DAY, sweep=True)
+    assert not st.ev_recent
+    st.seen.clear()  # (the dedup window is pruned on its own schedule)
+    assert st.is_empty()
 
 
 def test_counts_keep_only_what_the_config_needs(eng: Engine) -> None:
