@@ -36,6 +36,11 @@ class Instance(Upgradable):
     held: str = ""  # the hold its last deferred row was written for: a retry in it is silent
     earlier: tuple[str, ...] = ()  # this step's sends the cascade moved on from: a late
     #                                success receipt for one of them still ends the step
+    timed: int = -1  # the step whose send_at hold was decided (held once per step)
+    sent_step: int = -1  # the step of its latest message (instance.previous_*)
+    sent_channel: str = ""  # … that message's channel
+    sent_outcome: str = ""  # … best receipt of that step's sends: delivered/opened/clicked
+    branching: bool = False  # the step is done; its branch is decided when ``due`` comes
 
 
 @dataclass(slots=True)
@@ -89,6 +94,8 @@ class CustomerState(Upgradable):
     bought: dict[str, int] = field(default_factory=dict)  # product → last ordered (bounded)
     segments: tuple[str, ...] = ()  # segments (config/segments) the customer is in, sorted
     seg_due: int = 0  # next daily segment check (00:00 UTC, event time); 0: none
+    read_hours: tuple[tuple[int, float], ...] = ()  # smart send time: decayed reads per
+    read_last: int = 0  # local hour, as of read_last (operators/sendtime.Reads)
 
     def snapshot(self) -> CustomerState:
         """An independent copy for Bytewax recovery (the live object keeps changing).
@@ -102,4 +109,4 @@ class CustomerState(Upgradable):
         return not (self.instances or self.last_entry or self.seen or self.cart
                     or self.consents or self.touches or self.counts or self.orders_count
                     or self.sent_log or self.invalid or self.pending or self.ev_total
-                    or self.ev_recent or self.segments)
+                    or self.ev_recent or self.segments or self.read_hours)

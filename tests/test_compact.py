@@ -36,13 +36,16 @@ dW5lZF9hdJRN6AOMB3JlZnVzZWSUfZSMBm1pc3Nlc5R9lHWGlGIu""")
 LAYOUT = {
     Instance: ("trigger_id", "key", "instance_id", "start_event_id", "started_at",
                "activity_at", "due", "step", "context", "event_type", "variant", "arm",
-               "channel_idx", "awaiting", "step_base", "entered", "held", "earlier"),
+               "channel_idx", "awaiting", "step_base", "entered", "held", "earlier",
+               "timed", "sent_step", "sent_channel", "sent_outcome", "branching"),
     Touch: ("send_id", "trigger_id", "variant", "channel", "ts", "window", "instance_id",
             "step", "arm", "kind"),
     CustomerState: ("customer_id", "instances", "last_entry", "seen", "cart", "consents",
                     "touches", "counts", "sent_log", "invalid", "invalid_at", "profile",
                     "orders_count", "total_spent", "last_order_at", "exits", "pending",
-                    "high_water", "pruned_at", "refused", "misses"),
+                    "high_water", "pruned_at", "refused", "misses", "first_order_at",
+                    "orders", "ev_total", "ev_recent", "bought", "segments", "seg_due",
+                    "read_hours", "read_last"),
 }
 
 
