@@ -96,6 +96,12 @@ class CustomerState(Upgradable):
     seg_due: int = 0  # next daily segment check (00:00 UTC, event time); 0: none
     read_hours: tuple[tuple[int, float], ...] = ()  # smart send time: decayed reads per
     read_last: int = 0  # local hour, as of read_last (operators/sendtime.Reads)
+    # scheduled and date starts (operators/schedule.py), kept only when a trigger reads them:
+    birthday: str = ""  # MM-DD, from a profile read or a signed_up/profile_updated event
+    registered_at: int = 0  # epoch ms, likewise (signed_up: its own time)
+    sched: dict[str, tuple[int, str]] = field(default_factory=dict)  # trigger → (due, key)
+    sched_done: dict[str, str] = field(default_factory=dict)  # trigger → last key fired
+    sched_basis: str = ""  # what `sched` was planned from (zone, dates, segments)
 
     def snapshot(self) -> CustomerState:
         """An independent copy for Bytewax recovery (the live object keeps changing).
@@ -109,4 +115,5 @@ class CustomerState(Upgradable):
         return not (self.instances or self.last_entry or self.seen or self.cart
                     or self.consents or self.touches or self.counts or self.orders_count
                     or self.sent_log or self.invalid or self.pending or self.ev_total
-                    or self.ev_recent or self.segments or self.read_hours)
+                    or self.ev_recent or self.segments or self.read_hours
+                    or self.birthday or self.registered_at)

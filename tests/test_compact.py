@@ -45,7 +45,8 @@ LAYOUT = {
                     "orders_count", "total_spent", "last_order_at", "exits", "pending",
                     "high_water", "pruned_at", "refused", "misses", "first_order_at",
                     "orders", "ev_total", "ev_recent", "bought", "segments", "seg_due",
-                    "read_hours", "read_last"),
+                    "read_hours", "read_last", "birthday", "registered_at", "sched",
+                    "sched_done", "sched_basis"),
 }
 
 
