@@ -38,8 +38,10 @@ PropType = str | dict[str, Any] | list[Any]
 # Events the engine makes: the product step (operators/interest.py), one per interested
 # customer; segment membership changes (operators/segments.py, config/segments/*.yaml).
 DERIVED: dict[str, dict[str, PropType]] = {
-    "price_dropped": {"product_id": "string", "price": "number", "old_price": "number"},
-    "back_in_stock": {"product_id": "string"},
+    # interest: "wishlist" (wished for within the window) or "browse" (viewed or carted)
+    "price_dropped": {"product_id": "string", "price": "number", "old_price": "number",
+                      "interest": "string"},
+    "back_in_stock": {"product_id": "string", "interest": "string"},
     "segment_entered": {"segment": "string"},
     "segment_left": {"segment": "string"},
 }

@@ -146,8 +146,9 @@ def test_custom_event_trigger_defined_only_in_yaml():
 # ---- price_drop / back_in_stock (derived events, see test_interest.py) ---------------------
 
 def test_price_drop_and_back_in_stock_triggers_consume_derived_events():
-    events = [ev("price_dropped", 0, product_id="p1", price=15.0, old_price=20.0),
-              ev("back_in_stock", 0, "c2", product_id="p2")]
+    events = [ev("price_dropped", 0, product_id="p1", price=15.0, old_price=20.0,
+                 interest="browse"),
+              ev("back_in_stock", 0, "c2", product_id="p2", interest="browse")]
     out = replay(engine(), events, T0 + HOUR)
     pd, bis = sends(at(out, "price_drop")), sends(at(out, "back_in_stock"))
     assert [(s.customer_id, s.variables) for s in pd] == [

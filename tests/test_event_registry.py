@@ -55,7 +55,7 @@ def test_builtin_registry_comes_from_the_event_contract_and_the_product_step():
     assert types["order_placed"].props["items"] == [
         {"product_id": "string", "quantity": "integer", "price": "number"}]
     assert types["price_dropped"].props == {"product_id": "string", "price": "number",
-                                            "old_price": "number"}
+                                            "old_price": "number", "interest": "string"}
     assert types["signed_up"].props == {}
     shipped = load_config(DEFAULT_CONFIG_DIR).events
     assert shipped is not None and "segment_entered" in shipped and "segment_left" in shipped

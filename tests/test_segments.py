@@ -15,7 +15,6 @@ from engine_helpers import (
     config_dir,
     config_issues,
     custom_engine,
-    engine,
     ev,
     lifecycle,
     live,
@@ -26,6 +25,7 @@ from engine_helpers import (
 
 from cdp_triggers.clock import DAY
 from cdp_triggers.records import SegmentChange
+from config.loader import load_config
 from config.schema import Rfm
 from operators.engine import Engine
 from operators.metrics import boundaries_from_quantiles, rfm_boundaries_from_clickhouse
@@ -90,8 +90,18 @@ def eng(tmp_path_factory: pytest.TempPathFactory) -> Engine:
 
 # ---- the shipped vip segment ----------------------------------------------------------------
 
-def test_vip_membership_starts_vip_welcome() -> None:
-    eng = engine()
+def vip_only(root: Path) -> Engine:
+    """The shipped config with its lifetime vip segment only (the shipped at_risk and
+    non_openers segments read metrics that change with time: they have a daily check)."""
+    cfg = config_dir(root)
+    for path in (cfg / "segments").glob("*.yaml"):
+        if path.stem != "vip":
+            path.unlink()
+    return Engine(load_config(cfg))
+
+
+def test_vip_membership_starts_vip_welcome(tmp_path: Path) -> None:
+    eng = vip_only(tmp_path)
     events = [buy(0, 100), buy(5, 90), buy(9, 150), buy(20, 10)]
     out = replay(eng, events, T0 + 30 * DAY)
     assert changes(out) == [("vip", "entered", T0 + 9 * DAY)]  # 3 orders, 340 spent
@@ -159,12 +169,13 @@ def test_daily_checks_stop_after_the_horizon(eng: Engine) -> None:
     assert eng.next_wakeup(st) is None
 
 
-def test_no_timed_segment_no_timer() -> None:
+def test_no_timed_segment_no_timer(tmp_path: Path) -> None:
     st, store = CustomerState("c1"), DictProfileStore([reachable()])
-    eng = engine()  # shipped: vip only (lifetime metrics)
+    eng = vip_only(tmp_path)  # vip only (lifetime metrics)
     eng.handle(st, buy(0), T0, store.get)
     assert st.seg_due == 0
-    assert eng.next_wakeup(st) == st.instances["win_back\x1f"].due + 5 * 60_000  # its own
+    # the instances' own timers only (win_back's 60 days, payment_reminder's hour, …)
+    assert eng.next_wakeup(st) == min(i.due for i in st.instances.values()) + 5 * 60_000
 
 
 def test_replay_and_live_agree(tmp_path: Path) -> None:

@@ -215,6 +215,7 @@ SAMPLES: dict[str, Any] = {
     "cart.items": ITEMS, "cart.total": 49.0, "event.props.order_id": "A-100234",
     "event.props.product_id": "SKU-1042", "instance.key": "SKU-1042",
     "event.props.price": 19.99, "event.props.old_price": 29.99, "customer.orders_count": 3,
+    "event.props.total": 349.0, "event.props.currency": "EUR", "event.props.tier": "gold",
 }
 GATEWAY = {"customer_id": "c-1", "send_id": "s-1", "trigger_id": "t", "variant": "a"}
 
