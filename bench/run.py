@@ -7,6 +7,9 @@ Measures, on synthetic retail traffic (seeded, so runs compare):
 4. state: pickled bytes per customer state (what Bytewax snapshots)
 5. floors: the flow over Kafka against two floors and a naive peer, ratios from one run
    (:mod:`bench.floors`; ``--floors`` runs only these and updates their table)
+6. memory per customer, scaling over 1/2/4 processes and the py-spy profile
+   (:mod:`bench.memory`, :mod:`bench.scaling`, :mod:`bench.profile`; each writes its own
+   section, and each runs alone with ``python -m bench.<name>``)
 Each part runs in a fresh subprocess so peak RSS is its own.
 """
 
@@ -256,7 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         print(name, json.dumps(r), flush=True)
     write_report(Path(a.out), a.customers, a.days, results)
     run_floors(Path(a.out), a)
+    for module in SECTIONS:  # they print their figures and update their sections
+        subprocess.run([sys.executable, "-m", module, "--out", a.out], cwd=ROOT, check=True)
     return 0
+
+
+SECTIONS = ("bench.memory", "bench.scaling", "bench.profile")
 
 
 def run_floors(path: Path, a: argparse.Namespace) -> None:
@@ -308,10 +316,11 @@ throughput: scale out with processes (`-i/-a`) and Kafka partitions.
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text() if path.exists() else ""
-    for start, end in ((THROUGHPUT_START, THROUGHPUT_END), (MEMORY_START, MEMORY_END),
-                       ("<!-- delivery: bench.delivery -->", "<!-- /delivery -->")):
-        if start in old:  # kept: sections other commands write (throughput, memory, delivery)
-            text += "\n" + start + old.split(start, 1)[1].split(end, 1)[0] + end + "\n"
+    # kept: every section after this head (other commands write them: memory, delivery,
+    # throughput, latency, scaling, profile…); the head ends at the first marker or heading
+    cuts = [i for i in (old.find("\n<!-- "), old.find("\n## ")) if i >= 0]
+    if cuts:
+        text += old[min(cuts):]
     path.write_text(text)
     print(f"wrote {path}")
 
