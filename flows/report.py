@@ -164,6 +164,22 @@ FROM {db}.conversions_by_arm ORDER BY trigger_id, arm, variant, channel""", "tab
            _pivot_week("sumIf(opens, weekday = {d})", "{db}.open_hour_local"), "heatmap",
            "hour"),
     ]),
+    Dashboard("cdp-segments", "CDP triggers · RFM and segments",
+              "Customers per RFM segment (11 segments, config/rfm.yaml scores) and how "
+              "dynamic segments gain and lose members.", [
+        _P("segments", "Customers per RFM segment", """
+SELECT rfm_segment, customers
+FROM {db}.rfm_segments ORDER BY customers DESC, rfm_segment""", "bar", "rfm_segment",
+           ("customers",)),
+        _P("segments", "Segment entries per day", """
+SELECT toDateTime(day) AS time, segment, sum(entered) AS entered
+FROM {db}.segment_daily WHERE $__timeFilter(day)
+GROUP BY time, segment ORDER BY time, segment""", "line", "time", ("entered",), "segment"),
+        _P("segments", "Segment members now", """
+SELECT segment, count() AS customers, min(since) AS first_entry, max(since) AS last_entry
+FROM {db}.segment_membership GROUP BY segment ORDER BY customers DESC, segment""",
+           "table"),
+    ]),
     Dashboard("cdp-data-quality", "CDP triggers · data quality",
               "Contact data (missing, invalid, bounced), suppression reasons, dead letters.", [
         _P("quality", "Contact data quality per channel", """

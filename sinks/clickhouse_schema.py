@@ -60,7 +60,8 @@ ANALYST_VIEWS = ("trigger_funnel_daily", "suppression_reasons", "channel_summary
                  "variant_lift", "send_facts", "trigger_summary", "conversion_funnel",
                  "chain_effectiveness", "delivery_daily", "delivery_current", "delivery_report",
                  "open_rate_by_hour", "open_hour_local", "contact_quality", "cascade_moves",
-                 "customer_history", "segment_membership")
+                 "customer_history", "segment_membership", "rfm_segments",
+                 "segment_daily")
 #: Analyst views on ``send_facts`` must follow it (views are created in this order).
 ASSIST_WINDOW_DAYS = 7  # a chain's send this long before an order credited elsewhere assists it
 ANALYST_ROLE = "cdp_analyst"
@@ -521,6 +522,25 @@ FROM (SELECT customer_id, toString(segment) AS segment,
 WHERE last_action = 'entered'"""
 
 
+RFM_PREFIX = "rfm_"  # config/segments/rfm_<segment>.yaml: one segment per RFM segment
+
+
+def _rfm_segments(db: str) -> str:
+    """Customers per RFM segment now (the rfm_* segments' current members)."""
+    return f"""
+SELECT substring(segment, {len(RFM_PREFIX) + 1}) AS rfm_segment, count() AS customers
+FROM {db}.segment_membership WHERE startsWith(segment, '{RFM_PREFIX}')
+GROUP BY rfm_segment"""
+
+
+def _segment_daily(db: str) -> str:
+    """Day × segment: customers who entered and who left (membership dynamics)."""
+    return f"""
+SELECT toDate(ts) AS day, toString(segment) AS segment,
+       countIf(action = 'entered') AS entered, countIf(action = 'left') AS left
+FROM {db}.segment_changes GROUP BY day, segment"""
+
+
 # ---------------------------------------------------------------- migrations, retention, roles
 
 #: Numbered migrations: (version, name, statements(db)). Every statement is idempotent, so a
@@ -669,7 +689,7 @@ FROM {db}.{START_MISSES} GROUP BY miss_id""")
               _send_facts, _trigger_summary, _conversion_funnel, _effectiveness,
               _delivery_daily, _delivery_current, _delivery_report, _open_rate_by_hour,
               _open_hour_local, _contact_quality, _cascade_moves, _history,
-              _segment_membership)
+              _segment_membership, _rfm_segments, _segment_daily)
     for view, body in zip(ANALYST_VIEWS, bodies, strict=True):
         out.append(f"CREATE OR REPLACE VIEW {db}.{view} AS{body(db)}")
     return out
