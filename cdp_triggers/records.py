@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from cdp_triggers import calendar
+
 CHANNELS = ("push", "email", "sms")
 CATEGORIES = ("marketing", "transactional")
 
@@ -41,6 +43,8 @@ CONTACT_INVALID = "contact_invalid"  # the channel's contact hard-bounced
 CONDITION_NOT_MET = "condition_not_met"  # a step's `when` was false at send time: skipped
 EXPIRED = "expired"  # the instance outlived its trigger's expire_after
 INSTANCE_LIMIT = "instance_limit"  # not started: the customer × trigger has too many live ones
+SEND_TIME_DEFERRED = "send_time_deferred"  # held to the customer's best hour (send_at)
+BRANCHED = "branched"  # lifecycle action: a step's branch chose the next step (reason a→b)
 
 
 class ProfileUnavailable(Exception):
@@ -57,6 +61,8 @@ class Profile:
     locale: str = "en"
     contacts: frozenset[str] = field(default_factory=frozenset)
     consents: Mapping[str, bool] = field(default_factory=dict)
+    birthday: str = ""  # MM-DD ("" = unknown): date triggers (profile.birthday)
+    registered_at: int = 0  # epoch ms (0 = unknown): date triggers (profile.registered_at)
 
     def has_contact(self, channel: str) -> bool:
         return channel in self.contacts
@@ -73,6 +79,10 @@ class Profile:
         }
         for k, v in self.consents.items():
             fields[f"consent:{k}"] = "1" if v else "0"
+        if self.birthday:
+            fields["birthday"] = self.birthday
+        if self.registered_at:
+            fields["registered_at"] = str(self.registered_at)
         return fields
 
     @classmethod
@@ -81,7 +91,10 @@ class Profile:
         invalid = {k[8:] for k, v in d.items() if k.startswith("invalid:") and v == "1"}
         contacts = frozenset(c for c in d.get("contacts", "").split(",") if c and c not in invalid)
         consents = {k[8:]: v == "1" for k, v in d.items() if k.startswith("consent:")}
-        return cls(customer_id, d.get("tz") or "", d.get("locale") or "en", contacts, consents)
+        registered = d.get("registered_at", "")  # a profile from before these reads as unknown
+        return cls(customer_id, d.get("tz") or "", d.get("locale") or "en", contacts, consents,
+                   calendar.birthday(d.get("birthday")) or "",
+                   int(registered) if registered.isdigit() else 0)
 
 
 def _s(v: bytes | str) -> str:
@@ -134,6 +147,7 @@ class Send:
 @dataclass(frozen=True, slots=True)
 class Lifecycle:
     """A trigger instance changed: ``started``, ``cancelled``, ``completed`` or ``expired``;
+    ``branched`` (reason ``<from step id>→<to step id>``: which way a step's branch went);
     or ``not_started`` (reason ``instance_limit``, once per instance key, no instance id)."""
 
     lifecycle_id: str

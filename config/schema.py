@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from cdp_triggers import calendar
 from cdp_triggers.durations import parse_duration
 
 
@@ -54,7 +55,11 @@ TIME_METRICS = ("days_since_last_order", "days_since_first_order", "recency_days
                 "rfm_score", "rfm_segment")
 EVENTS_FIELD = "customer.events."  # + an event type: how often the customer sent it
 MAX_EVENT_COUNT = 50  # an event-count condition compares with at most this many events
-INSTANCE_FIELDS = ("ordered", "key", "age_hours", "repurchased")
+INSTANCE_FIELDS = ("ordered", "key", "age_hours", "repurchased", "previous_outcome",
+                   "previous_channel")
+#: instance.previous_outcome: the best receipt of the instance's latest message (its step's
+#: sends), "none" before any receipt (or before any message)
+PREVIOUS_OUTCOMES = ("none", "delivered", "opened", "clicked")
 VAR_SOURCES = ("cart.items", "cart.total", "instance.key", "event.type", "event.props.<path>",
                "customer.<metric>", "customer.events.<event type>")
 _PATH = r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*"
@@ -186,6 +191,12 @@ class Condition(_Test):
                                     or self.field == "customer.segments"):
             raise ValueError("'any'/'all' test the items of a list: the field must be "
                              "props.<path> or customer.segments")
+        if self.field == "instance.previous_outcome" and self.op in ("eq", "ne", "in"):
+            values = self.value if isinstance(self.value, list) else [self.value]
+            bad = [v for v in values if v not in PREVIOUS_OUTCOMES]
+            if bad:
+                raise ValueError(f"instance.previous_outcome is one of "
+                                 f"{', '.join(PREVIOUS_OUTCOMES)}; not {bad[0]!r}")
         counted = self.counted
         given = [k for k in ("within", "since", "key") if getattr(self, k) is not None]
         if counted is None and given:
@@ -227,8 +238,107 @@ class EventMatch(_Strict):
         return (self.event,) if isinstance(self.event, str) else tuple(self.event)
 
 
+DATE_SOURCES = ("profile.birthday", "profile.registered_at", "customer.first_order_at")
+
+
+def _calendar_check(parse: Any) -> Any:
+    """A validator running a :mod:`cdp_triggers.calendar` parser on the text."""
+    def check(text: str) -> str:
+        parse(text)
+        return text
+    return AfterValidator(check)
+
+
+def _offset_days(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"write a number of days, e.g. {value:g}d or -{abs(value):g}d")
+    if not isinstance(value, str) or not re.match(r"^[+-]?\d{1,2}d$", value.strip()):
+        raise ValueError(f"{value!r} is not a day offset (write e.g. 0d, -3d, 7d; at most "
+                         "99 days)")
+    return value.strip()
+
+
+class Schedule(_Strict):
+    """When a scheduled campaign runs: once ``at`` a date and time, or on a ``cron``
+    (``minute hour day-of-month month day-of-week``; numbers, ``*``, ranges, steps, lists;
+    one minute: at most once an hour). ``local``: in each customer's zone (their profile's,
+    else the policy's default); ``local: false``: in the policy's default zone for all."""
+
+    at: Annotated[str, _calendar_check(calendar.parse_at)] | None = Field(
+        default=None, description="YYYY-MM-DD HH:MM, once")
+    cron: Annotated[str, _calendar_check(calendar.Cron.parse)] | None = Field(
+        default=None, description="e.g. '0 10 * * 1' (Mondays 10:00)")
+    local: bool = True
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Schedule:
+        if (self.at is None) == (self.cron is None):
+            raise ValueError("set exactly one of 'at' (a date and time) or 'cron'")
+        return self
+
+
 class Start(EventMatch):
+    """What starts an instance: an ``event`` (with ``where`` conditions and a ``count``),
+    or time: a ``schedule`` (a campaign) or a ``date`` of the customer (``profile.birthday``,
+    ``profile.registered_at``, ``customer.first_order_at``: yearly, ``offset`` days away
+    (-3d: three days before), ``at`` local time). A timed start may name a ``segment`` the
+    customer must be in and ``spread`` its customers over a window (stable per customer);
+    its ``where`` reads customer metrics only. Its instance key is the occurrence."""
+
+    event: str | list[str] = Field(default_factory=list)
     count: Count | None = None
+    schedule: Schedule | None = None
+    date: Literal["profile.birthday", "profile.registered_at",
+                  "customer.first_order_at"] | None = Field(default=None, description=(
+                      "a date of the customer: the start recurs on its anniversary"))
+    at: Annotated[str, _calendar_check(calendar.hhmm)] | None = Field(
+        default=None, description="date starts: local time of day, HH:MM (default 09:00)")
+    offset: Annotated[str, BeforeValidator(_offset_days)] = Field(
+        default="0d", description="date starts: days from the date, e.g. -3d")
+    segment: Ident | None = Field(default=None, description=(
+        "timed starts: only customers in this segment (config/segments)"))
+    spread: Duration | None = Field(default=None, description=(
+        "timed starts: each customer at a stable offset within this window"))
+
+    @property
+    def timed(self) -> bool:
+        """Started by time (schedule or date), not by an event."""
+        return self.schedule is not None or self.date is not None
+
+    @property
+    def offset_days(self) -> int:
+        return int(self.offset[:-1])
+
+    @property
+    def at_time(self) -> tuple[int, int]:
+        return calendar.hhmm(self.at or "09:00")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Start:
+        kinds = [k for k, v in (("event", self.event), ("schedule", self.schedule),
+                                ("date", self.date)) if v]
+        if len(kinds) != 1:
+            raise ValueError("set exactly one of 'event', 'schedule' or 'date'"
+                             + (f" (got {' and '.join(kinds)})" if kinds else ""))
+        if self.date is None:
+            extra = [k for k in ("at", "offset") if k in self.model_fields_set]
+            if extra:
+                raise ValueError(f"'{extra[0]}' applies to a date start "
+                                 "(start.schedule has its own 'at')")
+        if self.timed:
+            if self.count is not None:
+                raise ValueError("'count' applies to event starts only")
+            bad = next((c.field for c in self.where if not c.field.startswith("customer.")),
+                       None)
+            if bad:
+                raise ValueError(f"a {kinds[0]} start has no event: where reads customer.* "
+                                 f"only, not '{bad}'")
+        elif self.segment is not None or self.spread is not None:
+            raise ValueError("'segment' and 'spread' apply to schedule and date starts (an "
+                             "event start reads customer.segments in 'where')")
+        if self.spread is not None and not 0 < self.spread <= 7 * 86_400_000:
+            raise ValueError("'spread' must be longer than 0 and at most 7d")
+        return self
 
 
 class CancelOn(EventMatch):
@@ -270,12 +380,95 @@ class CascadeWait(_Strict):
         default_factory=lambda: ["delivered", "opened", "clicked"], min_length=1)
 
 
-class Step(_Strict):
+class _Planted:
+    """A problem found across steps (see :func:`branch_problems`), put in place of the value
+    it is about, so validation reports it at that value's file:line:field."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _refuse_planted(value: Any) -> Any:
+    if isinstance(value, _Planted):
+        raise ValueError(value.message)
+    return value
+
+
+class _Checked(_Strict):
+    """A model a cross-step problem may be planted in place of."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _planted(cls, data: Any) -> Any:
+        return _refuse_planted(data)
+
+
+HOUR_OF_DAY = re.compile(r"^([01]\d|2[0-3]):00$")
+
+
+class SendAt(_Strict):
+    """Smart send time: hold the step's message to the start of the customer's best local
+    hour (from the hours they opened/clicked before) if it comes ``within`` of the step's
+    due time; too few reads → the ``fallback`` hour (same window), else at once. Quiet hours
+    and caps are checked at the held time as usual. ``send_at: preferred_hour`` is short for
+    ``{mode: preferred_hour}``."""
+
+    mode: Literal["preferred_hour"] = "preferred_hour"
+    within: Duration = Field(default=parse_duration("24h"), description=(
+        "hold at most this long after the step is due"))
+    fallback: str | None = Field(default=None, description=(
+        "HH:00 local hour for customers with too few reads (none: at once)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"mode": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _sane(self) -> SendAt:
+        if self.within <= 0:
+            raise ValueError("'within' must be longer than 0")
+        if self.fallback is not None and not HOUR_OF_DAY.match(self.fallback):
+            raise ValueError(f"fallback {self.fallback!r} is not an hour of the day: write "
+                             "HH:00, e.g. \"10:00\"")
+        return self
+
+    @property
+    def fallback_hour(self) -> int | None:
+        return None if self.fallback is None else int(self.fallback[:2])
+
+
+END = "end"  # a branch's goto that ends the chain
+
+
+class Branch(_Checked):
+    """Where the chain goes after a step: the first entry whose ``when`` holds (no ``when``:
+    always) names the next step by its ``id``, or ``end``."""
+
+    when: Annotated[list[Condition], BeforeValidator(_refuse_planted)] = Field(
+        default_factory=list, description=(
+            "conditions on customer.* and instance.* (e.g. instance.previous_outcome)"))
+    goto: Annotated[str, BeforeValidator(_refuse_planted)] = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,63}$", description="a later step's id, or end")
+
+    @model_validator(mode="after")
+    def _no_event(self) -> Branch:
+        bad = next((c.field for c in self.when if c.field.startswith("props.")
+                    or c.field in ("type", "customer_id")), None)
+        if bad:
+            raise ValueError(f"a branch is decided without an event: '{bad}' has nothing to "
+                             "read (use customer.* or instance.* fields)")
+        return self
+
+
+class Step(_Checked):
     """One message of the series, ``delay`` after the previous step (the first: after the
     wait). ``when``: conditions re-checked at send time; false → skipped, recorded.
     ``channels`` in order; ``cascade`` says which of them wait for a receipt before the
     next channel is tried (a channel without an entry ends the step once sent)."""
 
+    id: Annotated[Ident | None, BeforeValidator(_refuse_planted)] = Field(
+        default=None, description="names the step for a branch's goto")
     delay: Duration = 0
     when: list[Condition] = Field(default_factory=list)
     template: Ident
@@ -286,6 +479,11 @@ class Step(_Strict):
         default_factory=dict,
         description="template variable → source: cart.items, cart.total, instance.key, "
                     "event.type, event.props.<path>, customer.<metric>")
+    send_at: SendAt | None = Field(default=None, description=(
+        "preferred_hour: hold the message to the customer's best local hour"))
+    branch: list[Branch] = Field(default_factory=list, description=(
+        "after this step: the first entry whose when holds names the next step (goto: a "
+        "later step's id, or end); decided when the earliest of its targets is due"))
 
 
     @model_validator(mode="after")
@@ -326,6 +524,81 @@ class Reentry(_Strict):
     once: bool = False
 
 
+def branch_problems(steps: list[Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """What is wrong with a chain's step ids and branches, as (path under ``steps``,
+    message): a repeated or reserved id, a goto to an unknown or earlier step (a chain only
+    moves forward, so it has no loops), a branch entry after an unconditional one, a branch
+    whose last entry has a ``when`` (the chain must always know where to go), a step no path
+    from the first reaches. Works on raw YAML data (anything malformed is left to the
+    models)."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    ids: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        sid = step.get("id") if isinstance(step, dict) else None
+        if not isinstance(sid, str):
+            continue
+        if sid == END:
+            out.append(((i, "id"), f"'{END}' is reserved: a branch's 'goto: {END}' ends the "
+                                   "chain"))
+        elif sid in ids:
+            out.append(((i, "id"), f"step id '{sid}' is taken by steps[{ids[sid]}]"))
+        else:
+            ids[sid] = i
+    reached = {0}
+    for i, step in enumerate(steps):
+        branch = step.get("branch") if isinstance(step, dict) else None
+        if not isinstance(branch, list) or not branch:
+            if i in reached:
+                reached.add(i + 1)
+            continue
+        always = None
+        for k, entry in enumerate(branch):
+            if not isinstance(entry, dict):
+                continue
+            if always is not None:
+                out.append(((i, "branch", k), f"unreachable: branch[{always}] before it has "
+                                              "no 'when', so the chain always goes there"))
+                continue
+            if not entry.get("when"):
+                always = k
+            goto = entry.get("goto")
+            if not isinstance(goto, str) or goto == END:
+                continue
+            j = ids.get(goto)
+            if j is None:
+                known = ", ".join([*ids, END])
+                out.append(((i, "branch", k, "goto"), f"unknown step '{goto}'"
+                            f"{_hint(goto, [*ids, END])} (step ids: {known})"))
+            elif j <= i:
+                out.append(((i, "branch", k, "goto"), f"goes back to steps[{j}] ('{goto}'): "
+                            "a chain only moves forward (no loops)"))
+            elif i in reached:
+                reached.add(j)
+        if always is None:
+            out.append(((i, "branch", len(branch) - 1, "when"), "the last branch entry must "
+                        "have no 'when' (e.g. {goto: end}), so the chain always knows where "
+                        "to go"))
+    for i in range(1, len(steps)):
+        if i not in reached:
+            how = ("no branch goes to it" if isinstance(steps[i], dict) and steps[i].get("id")
+                   else "it has no id for a branch's goto")
+            out.append(((i,), f"unreachable: no path from the first step leads here ({how})"))
+    return out
+
+
+def _plant(data: Any, path: tuple[Any, ...], message: str) -> Any:
+    """A copy of ``data`` with a :class:`_Planted` problem in place of the value at ``path``
+    (copied along the path only)."""
+    if not path:
+        return _Planted(message)
+    head, rest = path[0], path[1:]
+    if isinstance(data, dict) and (head in data or not rest):
+        return {**data, head: _plant(data.get(head), rest, message)}
+    if isinstance(data, list) and isinstance(head, int) and head < len(data):
+        return [*data[:head], _plant(data[head], rest, message), *data[head + 1:]]
+    return data
+
+
 class Trigger(_Strict):
     id: Ident
     kind: Literal["marketing", "transactional"] = "marketing"
@@ -349,6 +622,38 @@ class Trigger(_Strict):
         default=None, description="an instance still running this long after it started ends")
     attribution_window: Duration = Field(default=parse_duration("3d"))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _branches_make_sense(cls, data: Any) -> Any:
+        """Cross-step problems, each planted on its value (file:line:field in errors)."""
+        steps = data.get("steps") if isinstance(data, dict) else None
+        if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+            return data
+        for path, message in branch_problems(steps):
+            data = _plant(data, ("steps", *path), message)
+        return data
+
+    @model_validator(mode="after")
+    def _chain_is_whole(self) -> Trigger:
+        """The same checks for a trigger built in code from Step objects."""
+        problems = branch_problems([s.model_dump(include={"id", "branch"}) for s in self.steps])
+        if problems:
+            path, message = problems[0]
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+            raise ValueError(f"steps{where}: {message}")
+        return self
+
+    def next_steps(self, i: int) -> tuple[int | None, ...]:
+        """Where the chain may go after step ``i`` (None: the end)."""
+        step = self.steps[i]
+        if not step.branch:
+            return (i + 1 if i + 1 < len(self.steps) else None,)
+        return tuple(self.step_index(b.goto) for b in step.branch)
+
+    def step_index(self, goto: str) -> int | None:
+        """The position of the step a goto names (None: ``end``)."""
+        return next((j for j, s in enumerate(self.steps) if s.id == goto), None)
+
     @model_validator(mode="after")
     def _variants_make_sense(self) -> Trigger:
         ids = [v.id for v in self.variants]
@@ -356,6 +661,12 @@ class Trigger(_Strict):
             raise ValueError("variant ids must be unique")
         if self.kind == "transactional" and any(v.control for v in self.variants):
             raise ValueError("a transactional trigger cannot have a control variant")
+        if self.start.timed and self.key is not None:
+            raise ValueError("a schedule or date start has no event to take a key from: "
+                             "its instance key is the occurrence (remove 'key')")
+        if self.start.timed and (self.wait.inactivity is not None or self.wait.reset_on):
+            raise ValueError("a schedule or date start has no activity to wait out: use "
+                             "wait.delay (or a step's delay)")
         return self
 
 

@@ -84,6 +84,10 @@ def value_of(path: str, scope: Scope) -> Any:
             return (scope.now - inst.started_at) / HOUR
         if rest == "repurchased" and scope.state is not None:
             return metrics.repurchased(scope.state, inst)
+        if rest == "previous_outcome":  # best receipt of its latest message so far
+            return inst.sent_outcome or "none"
+        if rest == "previous_channel":
+            return inst.sent_channel or MISSING
     if head == "event" and scope.instance is not None:  # template vars: the instance's event
         if rest == "type":
             return scope.instance.event_type or MISSING

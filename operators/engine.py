@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cdp_triggers.clock import DAY
+from cdp_triggers.clock import DAY, local_hour
 from cdp_triggers.events import MAX_QUANTITY, OUTCOME_TYPES, Event
 from cdp_triggers.ids import stable_id
 from cdp_triggers.records import (
+    BRANCHED,
     CANCEL_EVENT,
     CANCELLED,
     CAPPED,
@@ -36,6 +37,7 @@ from cdp_triggers.records import (
     QUIET_HOURS_DEFERRED,
     REENTRY_COOLDOWN,
     REENTRY_ONCE,
+    SEND_TIME_DEFERRED,
     SENT,
     START_CONDITION_NOT_MET,
     SUPPRESSED,
@@ -79,7 +81,9 @@ from operators.policy import (
     quiet_until,
     zone,
 )
+from operators.schedule import DATE_EVENTS, Timed
 from operators.segments import Segments
+from operators.sendtime import READ_HALF_LIFE, READ_KINDS, Reads, send_time
 from state.customer import CustomerState, Instance, Touch
 
 ProfileLookup = Callable[[str], Profile | None]
@@ -95,6 +99,7 @@ SEGMENT_SOURCE = "segments"  # Event.source of the segment_entered/left events t
 # a receipt implies the lesser ones: clicked ⇒ opened ⇒ delivered
 IMPLIED = {"clicked": ("clicked", "opened", "delivered"), "opened": ("opened", "delivered"),
            "delivered": ("delivered",)}
+RECEIPT_RANK = {"": 0, "delivered": 1, "opened": 2, "clicked": 3}  # instance.previous_outcome
 
 
 def _set_consent(state: CustomerState, key: str, granted: bool, ts: int) -> bool:
@@ -159,14 +164,14 @@ class Engine:
         self._max_sent_window = max_cap_window(policy)
         self._metrics = Tracking.from_config(config.triggers, config.segments, config.rfm)
         self._segments = Segments(config.segments, self._metrics)
+        self._timed = Timed(config.triggers, policy.default_timezone, config.version)
         # triggers with a cancel condition on the instance (e.g. instance.repurchased)
         self._cancel_reads_instance = frozenset(
             t.id for t in config.triggers for c in t.cancel_on for w in c.where
             if w.field.startswith("instance."))
         self._max_grace = max([policy.late_event_grace, *self._grace.values()])
-        # event types that may change a segment's metrics (else only time does: timed ones)
-        self._seg_types = frozenset(["order_placed", "added_to_cart", "removed_from_cart",
-                                     *self._metrics.counted])
+        # smart send time: reads are kept only when a step holds to the customer's hour
+        self._reads = any(s.send_at for t in config.triggers for s in t.steps)
 
     # ---- public API -------------------------------------------------------------------
 
@@ -182,9 +187,14 @@ class Engine:
         return out
 
     def next_wakeup(self, state: CustomerState) -> int | None:
-        """When the next timer of this customer fires (epoch ms), or None: a step, or the
-        daily segment check."""
+        """When the next timer of this customer fires (epoch ms), or None: a step, the
+        daily segment check, or a scheduled/date start's occurrence."""
         seg = state.seg_due + self.config.policy.late_event_grace if state.seg_due else None
+        if state.sched:
+            timed = self._sched_head(state)
+            if timed is not None:
+                at = timed[0] + self._grace.get(timed[1], self.config.policy.late_event_grace)
+                seg = at if seg is None else min(seg, at)
         if not state.instances:
             return seg
         step = self._fires_at(self._head(state)[1])
@@ -234,29 +244,97 @@ class Engine:
         a timer whose grace has run out waits behind an earlier-due (or equally due,
         higher-priority) one still in its grace, so grace never changes who wins a cap slot.
         The daily segment check (at ``seg_due``, with the policy's grace) goes before a
-        step due at the same instant."""
-        while state.instances or state.seg_due:
-            if state.seg_due and (not state.instances
-                                  or state.seg_due <= self._head(state)[1].due):
+        scheduled/date start due at the same instant, which goes before a step."""
+        after = state.high_water
+        while True:
+            if self._timed or state.sched:  # (re)plan what changed: zone, dates, segments
+                self._plan(state, after, lazy)
+            timed = self._sched_head(state) if state.sched else None
+            if not (state.instances or state.seg_due or timed):
+                return
+            head = self._head(state)[1].due if state.instances else None
+            if state.seg_due and (head is None or state.seg_due <= head) and (
+                    timed is None or state.seg_due <= timed[0]):
                 if state.seg_due + self.config.policy.late_event_grace > now:
                     return
+                after = max(after, state.seg_due)
                 self._segment_check(state, state.seg_due, now, out)
+                continue
+            if timed is not None and (head is None or timed[0] <= head):
+                if timed[0] + self._grace.get(timed[1], self.config.policy.late_event_grace) > now:
+                    return
+                after = max(after, timed[0])
+                self._sched_fire(state, timed[1], now, out)
                 continue
             slot, inst = self._head(state)
             if self._fires_at(inst) > now:
                 return
+            after = max(after, inst.due)
             self._run_step(state, slot, inst, now, lazy, out)
+
+    # ---- scheduled and date starts (operators/schedule.py) -----------------------------
+
+    def _sched_head(self, state: CustomerState) -> tuple[int, str] | None:
+        """(due, trigger id) of the earliest planned occurrence, ties by priority."""
+        due, _, tid = min(((d, -self._priority(tid), tid) for tid, (d, _) in state.sched.items()
+                           if d), default=(0, 0, ""))
+        return (due, tid) if due else None
+
+    def _plan(self, state: CustomerState, after: int, lazy: _Lazy) -> None:
+        """Plan each timed trigger's next occurrence for this customer (from event time
+        ``after``), again when the zone, dates, segments or config changed. A first plan
+        reads the profile when a start needs the zone or a profile date."""
+        timed = self._timed
+        if not state.high_water:
+            return  # no event yet: nothing to plan from
+        if timed.needs_profile and state.profile is None and not state.sched_basis:
+            profile = lazy.get()
+            if profile is not None:
+                state.profile = profile
+        if state.profile is not None:
+            timed.adopt(state, state.profile)
+        zone = self._zone_name(state)
+        basis = timed.basis(state, zone)
+        if basis != state.sched_basis:
+            state.sched_basis, state.sched = basis, {}
+            if len(state.sched_done) > len(timed.triggers):  # of triggers no longer there
+                state.sched_done = {t.id: state.sched_done[t.id] for t in timed.triggers
+                                    if t.id in state.sched_done}
+        for trig in timed.triggers:
+            if trig.id not in state.sched:
+                state.sched[trig.id] = timed.occurrence(trig, state, after, zone)
+
+    def _sched_fire(self, state: CustomerState, trigger_id: str, now: int,
+                    out: list[Output]) -> None:
+        """An occurrence is due: plan the next one, then start an instance keyed by it
+        when the customer passes ``where`` (a start miss otherwise)."""
+        due, key = state.sched[trigger_id]
+        trig = self._by_id.get(trigger_id)
+        if trig is None or not trig.enabled or not trig.start.timed:  # config changed
+            del state.sched[trigger_id]
+            return
+        zone = self._zone_name(state)
+        state.sched_done[trigger_id] = key
+        state.sched[trigger_id] = self._timed.occurrence(trig, state, due, zone)
+        if not all_hold(trig.start.where, Scope(None, state, None, due, self._metrics)):
+            self._miss(state, trigger_id, START_CONDITION_NOT_MET, due, out)
+            return
+        kind = "scheduled" if trig.start.schedule is not None else "date"
+        ev = Event(stable_id(kind, state.customer_id, trigger_id, key), kind,
+                   state.customer_id, due, self._timed.props(trig, state, key, zone), kind)
+        self._maybe_start(state, trig, ev, now, out, key)
 
     # ---- segments ---------------------------------------------------------------------
 
-    def _segment_check(self, state: CustomerState, t: int, now: int,
-                       out: list[Output]) -> None:
-        """Re-evaluate segment membership at event time ``t``; each change is a
-        SegmentChange record and a segment_entered/left event applied like a real one."""
+    def _segment_check(self, state: CustomerState, t: int, now: int, out: list[Output],
+                       event_type: str | None = None) -> None:
+        """Re-evaluate segment membership at event time ``t`` (after an event: only the
+        segments it can move); each change is a SegmentChange record and a
+        segment_entered/left event applied like a real one."""
         state.seg_due = 0
         if not self._segments:
             return
-        members = self._segments.members(state, t)
+        members = self._segments.members(state, t, event_type)
         before = state.segments
         state.segments = members
         for seg, action in [*((s, "left") for s in before if s not in members),
@@ -284,14 +362,36 @@ class Engine:
             self._end(state, slot, inst, "expired", TRIGGER_DISABLED, t, now, out)
             return
         step = trig.steps[inst.step]
+        if inst.branching:  # the step is done and its branch is due: which step next
+            self._branch(state, slot, inst, trig, step, t, now, out)
+            return
         if inst.awaiting:  # no receipt in time: the cascade moves on to the next channel
             inst.earlier = (*inst.earlier, inst.awaiting)
             inst.awaiting = ""
             inst.channel_idx += 1
-        elif inst.channel_idx == 0 and not self._step_may_run(state, slot, inst, trig, step,
-                                                                t, now, out):
+        elif inst.channel_idx == 0 and (
+                not self._step_may_run(state, slot, inst, trig, step, t, now, out)
+                or self._send_later(state, inst, trig, step, t, now, lazy, out)):
             return
         self._try_channels(state, slot, inst, trig, step, t, now, lazy, out)
+
+    def _send_later(self, state: CustomerState, inst: Instance, trig: Trigger, step: Step,
+                    t: int, now: int, lazy: _Lazy, out: list[Output]) -> bool:
+        """``send_at``: once per step, hold its message to the customer's best local hour
+        (or the fallback hour) when that comes within the window; True when held. At the
+        held time the step runs as usual (its checks, quiet hours and caps included)."""
+        if step.send_at is None or inst.timed == inst.step:
+            return False
+        inst.timed = inst.step
+        self._profile(state, lazy, trig)  # the customer's zone, when the store answers
+        tz = self._zone_name(state)
+        at, why = send_time(t, tz, Reads(state.read_hours, state.read_last),
+                            step.send_at.within, step.send_at.fallback_hour)
+        if at <= t:
+            return False
+        self._hold(state, trig, inst, step, step.channels[0], SEND_TIME_DEFERRED, at, t, now,
+                   out, f"{why}:{local_hour(at, tz):02d}")
+        return True
 
     def _step_may_run(self, state: CustomerState, slot: str, inst: Instance, trig: Trigger,
                       step: Step, t: int, now: int, out: list[Output]) -> bool:
@@ -400,6 +500,9 @@ class Engine:
                             d.template, d.variant, self._variables(state, inst, step, t), t,
                             now, d.tz))
         state.sent_log.append(Sent(t, trig.id, channel, trig.kind))
+        if inst.sent_step != inst.step:  # instance.previous_*: this step's messages now
+            inst.sent_step, inst.sent_outcome = inst.step, ""
+        inst.sent_channel = channel
         state.touches.append(Touch(d.send_id, trig.id, d.variant, channel, t,
                                    trig.attribution_window, inst.instance_id, inst.step,
                                    inst.arm or "treated", trig.kind))
@@ -409,16 +512,41 @@ class Engine:
 
     def _next_step(self, state: CustomerState, slot: str, inst: Instance, trig: Trigger,
                    t: int, now: int, out: list[Output]) -> None:
-        inst.step += 1
+        """The step is done: on to the next one, or (a step with a ``branch``) wait until
+        the earliest of its targets is due, so the receipts of its message count, and
+        decide there (:meth:`_branch`)."""
         inst.channel_idx = 0
         inst.awaiting = ""
         inst.held = ""
         inst.earlier = ()
-        if inst.step < len(trig.steps):
-            inst.step_base += trig.steps[inst.step].delay
-            inst.due = max(inst.step_base, t)  # a cascade or hold that ran long: at once
-        else:
+        if trig.steps[inst.step].branch:
+            inst.branching = True
+            delays = [trig.steps[j].delay for j in trig.next_steps(inst.step) if j is not None]
+            inst.due = max(inst.step_base + min(delays, default=0), t)
+            return
+        self._go(state, slot, inst, trig, inst.step + 1, t, now, out)
+
+    def _go(self, state: CustomerState, slot: str, inst: Instance, trig: Trigger,
+            target: int | None, t: int, now: int, out: list[Output]) -> None:
+        """Make step ``target`` the next (its delay counts from the step before), or end."""
+        if target is None or target >= len(trig.steps):
             self._end(state, slot, inst, "completed", "", t, now, out)
+            return
+        inst.step = target
+        inst.step_base += trig.steps[target].delay
+        inst.due = max(inst.step_base, t)  # a cascade or hold that ran long: at once
+
+    def _branch(self, state: CustomerState, slot: str, inst: Instance, trig: Trigger,
+                step: Step, t: int, now: int, out: list[Output]) -> None:
+        """Decide a done step's branch at ``t``: the first entry whose conditions hold (the
+        last has none) names the next step; recorded as a ``branched`` lifecycle row."""
+        scope = Scope(None, state, inst, t, self._metrics)
+        entry = next((b for b in step.branch if all_hold(b.when, scope)), step.branch[-1])
+        inst.branching = False
+        out.append(Lifecycle(stable_id(inst.instance_id, BRANCHED, inst.step),
+                             state.customer_id, trig.id, inst.instance_id, inst.key, BRANCHED,
+                             f"{step.id or inst.step}→{entry.goto}", "", t, now))
+        self._go(state, slot, inst, trig, trig.step_index(entry.goto), t, now, out)
 
     def _profile(self, state: CustomerState, lazy: _Lazy, trig: Trigger) -> Any:
         """The profile, or the last known one for transactional when the store is down."""
@@ -486,9 +614,9 @@ class Engine:
         self._facts(state, ev, now, out)
         if ev.type in OUTCOME_TYPES:
             self._outcome(state, ev, out)
-        if self._segments and (ev.type in self._seg_types or self._segments.timed):
+        if ev.type in self._segments.by_type:
             # membership as of this event, so the event's own conditions see it
-            self._segment_check(state, state.high_water, now, out)  # (never goes back)
+            self._segment_check(state, state.high_water, now, out, ev.type)
         self._route(state, ev, now, out)
         if state.high_water - state.pruned_at >= PRUNE_EVERY:
             state.pruned_at = state.high_water
@@ -522,7 +650,8 @@ class Engine:
                                if ev.type in c.types and all_hold(c.where, scope)), None)
             if cancel is not None and (not cancel.same_key or k == inst.key):
                 self._cancel(state, slot, inst, trig, ev, now, out)
-            elif resets and inst.step == 0 and not inst.entered and (k is None or k == inst.key):
+            elif (resets and inst.step == 0 and not inst.entered and not inst.branching
+                  and (k is None or k == inst.key)):
                 inst.activity_at = max(inst.activity_at, ev.ts)
                 inst.due = inst.activity_at + trig.wait.inactivity + trig.steps[0].delay
                 inst.step_base = inst.due
@@ -538,8 +667,8 @@ class Engine:
                            if x.ts >= ev.ts - EXIT_MEMORY][-policy.max_exits:]
 
     def _maybe_start(self, state: CustomerState, trig: Trigger, ev: Event, now: int,
-                     out: list[Output]) -> None:
-        k = key_of(trig.key, ev)
+                     out: list[Output], key: str | None = None) -> None:
+        k = key_of(trig.key, ev) if key is None else key
         k = "" if k is None else k
         slot = f"{trig.id}\x1f{k}"
         if slot in state.instances:
@@ -622,8 +751,9 @@ class Engine:
     def _cancel(self, state: CustomerState, slot: str, inst: Instance, trig: Trigger,
                 ev: Event, now: int, out: list[Output]) -> None:
         step = trig.steps[inst.step]
-        out.append(self._decision(state, trig, inst, step, step.channels[0], CANCELLED,
-                                  f"{CANCEL_EVENT}:{ev.type}", ev.ts, now))
+        if not inst.branching:  # (a branch not yet decided has no next message to cancel)
+            out.append(self._decision(state, trig, inst, step, step.channels[0], CANCELLED,
+                                      f"{CANCEL_EVENT}:{ev.type}", ev.ts, now))
         self._end(state, slot, inst, "cancelled", ev.type, ev.ts, now, out, ev.event_id)
 
     def _facts(self, state: CustomerState, ev: Event, now: int, out: list[Output]) -> None:
@@ -639,6 +769,8 @@ class Engine:
                                        MAX_QUANTITY)
         elif ev.type == "removed_from_cart":
             state.cart.pop(str(p["product_id"]), None)
+        elif ev.type in DATE_EVENTS and self._timed:
+            self._timed.remember(state, ev)
         elif ev.type == "consent_changed":
             ch = str(p["channel"])
             if (_set_consent(state, f"{ch}:{p['category']}", bool(p["granted"]), ev.ts)
@@ -690,6 +822,16 @@ class Engine:
                                                      ev.ts):  # written back if newest only
             out.append(ProfileUpdate(state.customer_id, f"consent:{channel}:marketing", "0",
                                      ev.ts))
+        if touch is not None and kind in RECEIPT_RANK:
+            for inst in state.instances.values():  # instance.previous_outcome
+                if (inst.instance_id == touch.instance_id and inst.sent_step == touch.step
+                        and ev.ts <= self._fires_at(inst)
+                        and RECEIPT_RANK[kind] > RECEIPT_RANK.get(inst.sent_outcome, 0)):
+                    inst.sent_outcome = kind
+        if self._reads and kind in READ_KINDS:  # smart send time: the hour they read in
+            reads = Reads(state.read_hours, state.read_last).observe(
+                ev.ts, self._zone_name(state), READ_HALF_LIFE)
+            state.read_hours, state.read_last = reads.weights, reads.last
         success = IMPLIED.get(kind, ())
         for inst in state.instances.values():
             awaited = inst.awaiting == send_id

@@ -32,6 +32,7 @@ from cdp_triggers.clock import next_local_hour as hold_until
 
 READ_KINDS = ("opened", "clicked")  # receipts that show when the customer reads
 MIN_WEIGHT = 1.5  # decayed reads needed before an hour is trusted (two recent ones)
+READ_HALF_LIFE = 30 * 86_400_000  # a read counts half after 30 days: habits may change
 
 
 @dataclass(frozen=True, slots=True)
