@@ -1,8 +1,9 @@
 """Dynamic segments (``config/segments/*.yaml``): who is a member at a given time, and when
 to look again. Pure: no I/O.
 
-Membership is evaluated by the engine after each of a customer's events and, only when a
-segment reads a metric that changes as time passes (``days_since_*``, ``recency_days``,
+Membership is evaluated by the engine after each of a customer's events that can move it
+(orders, cart events, counted event types: only the segments that event can move) and, only
+when a segment reads a metric that changes as time passes (``days_since_*``, ``recency_days``,
 ``frequency``/``monetary``/``rfm_*`` over the RFM window, event counts ``within``), at the
 next 00:00 UTC in event time, daily, while the customer has such data and the longest
 horizon any segment looks at has not passed since their last event (after it nothing can
@@ -25,6 +26,18 @@ def timed(cond: Condition) -> bool:
     if cond.counted is not None:
         return cond.within is not None
     return cond.field.removeprefix("customer.") in TIME_METRICS
+
+
+_CART = ("added_to_cart", "removed_from_cart", "order_placed")
+
+
+def moved_by(cond: Condition) -> tuple[str, ...]:
+    """The event types whose facts can change the condition's value (time aside)."""
+    if cond.counted is not None:
+        return (cond.counted,)
+    if cond.field in ("customer.cart_items", "customer.cart_total"):
+        return _CART
+    return ("order_placed",)  # every other metric is made of orders
 
 
 def horizon(segments: Iterable[Segment], tracking: Tracking) -> int:
@@ -50,14 +63,28 @@ class Segments:
         self.tracking = tracking
         self.timed = any(timed(c) for s in self.segments for c in s.conditions)
         self.horizon = horizon(self.segments, tracking)
+        by_type: dict[str, list[Segment]] = {}
+        for seg in self.segments:
+            for typ in dict.fromkeys(t for c in seg.conditions for t in moved_by(c)):
+                by_type.setdefault(typ, []).append(seg)
+        #: event type → the segments its facts can move (evaluated on such an event)
+        self.by_type = {typ: tuple(segs) for typ, segs in by_type.items()}
 
     def __bool__(self) -> bool:
         return bool(self.segments)
 
-    def members(self, state: CustomerState, t: int) -> tuple[str, ...]:
-        """The ids of the segments the customer is in at ``t``, sorted."""
+    def members(self, state: CustomerState, t: int,
+                event_type: str | None = None) -> tuple[str, ...]:
+        """The ids of the segments the customer is in at ``t``, sorted: all evaluated, or
+        after an event of ``event_type`` only those its facts can move (the others keep
+        their membership until they are evaluated: by such an event, or the daily check)."""
         scope = Scope(None, state, None, t, self.tracking)
-        return tuple(s.id for s in self.segments if all_hold(s.conditions, scope))
+        if event_type is None:
+            return tuple(s.id for s in self.segments if all_hold(s.conditions, scope))
+        moved = self.by_type.get(event_type, ())
+        ids = {s.id for s in moved}
+        kept = [m for m in state.segments if m not in ids]
+        return tuple(sorted([*kept, *(s.id for s in moved if all_hold(s.conditions, scope))]))
 
     def next_check(self, state: CustomerState, t: int) -> int:
         """When to re-evaluate by time alone after an evaluation at ``t`` (0: never)."""

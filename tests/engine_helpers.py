@@ -57,29 +57,17 @@ def _trigger_semantics_config() -> ConfigSet:
     return load_config(trigger_semantics_dir())
 
 
-CATALOGUE_DIR = DEFAULT_CONFIG_DIR / "catalogue"  # triggers waiting for their templates
-CATALOGUE = ("replenishment", "review_request")  # with their templates in templates.yaml
-
-
 def config_dir(root: Path, triggers: dict[str, str] | None = None,
                segments: dict[str, str] | None = None, rfm: str | None = None,
-               catalogue: bool = True) -> Path:
-    """A config dir under ``root``: the shipped config under the neutral policy, the
-    catalogue triggers of ``config/catalogue`` with their templates (unless shipped already)
-    and extra ``triggers/``/``segments/`` files (file stem → YAML text), ``rfm.yaml``."""
-    import yaml
-
+               only_segments: bool = False) -> Path:
+    """A config dir under ``root``: the shipped config under the neutral policy, plus
+    extra ``triggers/``/``segments/`` files (file stem → YAML text) and ``rfm.yaml``;
+    ``only_segments``: ``segments`` replace the shipped segments."""
     out = root / "config"
     shutil.copytree(trigger_semantics_dir(), out)
-    if catalogue and CATALOGUE_DIR.is_dir():
-        for name in CATALOGUE:
-            if not (out / "triggers" / f"{name}.yaml").exists():
-                shutil.copy(CATALOGUE_DIR / f"{name}.yaml", out / "triggers")
-        registry = yaml.safe_load((out / "templates.yaml").read_text())
-        extra = yaml.safe_load((CATALOGUE_DIR / "templates.yaml").read_text())["templates"]
-        registry["templates"] = {**extra, **registry["templates"]}
-        (out / "templates.yaml").write_text(yaml.safe_dump(registry, sort_keys=False,
-                                                           allow_unicode=True))
+    if only_segments:
+        for path in (out / "segments").glob("*.y*ml"):
+            path.unlink()
     for folder, files in (("triggers", triggers), ("segments", segments)):
         (out / folder).mkdir(exist_ok=True)
         for stem, text in (files or {}).items():

@@ -25,7 +25,7 @@ from engine_helpers import (
 
 from cdp_triggers.clock import DAY
 from cdp_triggers.records import SegmentChange
-from config.loader import load_config
+from config.loader import DEFAULT_CONFIG_DIR, load_config
 from config.schema import Rfm
 from operators.engine import Engine
 from operators.metrics import boundaries_from_quantiles, rfm_boundaries_from_clickhouse
@@ -57,6 +57,7 @@ steps:
   - template: win_back
     channels: [email]
 """
+VIP = (DEFAULT_CONFIG_DIR / "segments" / "vip.yaml").read_text()
 VIP_THANKS = """id: vip_thanks
 start:
   event: order_placed
@@ -83,8 +84,8 @@ def midnight_after(ts: int) -> int:
 
 @pytest.fixture(scope="module")
 def eng(tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    return custom_engine(tmp_path_factory.mktemp("segments"),
-                         segments={"lapsed": LAPSED, "big_basket": BIG},
+    return custom_engine(tmp_path_factory.mktemp("segments"), only_segments=True,
+                         segments={"lapsed": LAPSED, "big_basket": BIG, "vip": VIP},
                          triggers={"comeback": COMEBACK, "vip_thanks": VIP_THANKS})
 
 
@@ -93,11 +94,7 @@ def eng(tmp_path_factory: pytest.TempPathFactory) -> Engine:
 def vip_only(root: Path) -> Engine:
     """The shipped config with its lifetime vip segment only (the shipped at_risk and
     non_openers segments read metrics that change with time: they have a daily check)."""
-    cfg = config_dir(root)
-    for path in (cfg / "segments").glob("*.yaml"):
-        if path.stem != "vip":
-            path.unlink()
-    return Engine(load_config(cfg))
+    return Engine(load_config(config_dir(root, segments={"vip": VIP}, only_segments=True)))
 
 
 def test_vip_membership_starts_vip_welcome(tmp_path: Path) -> None:
@@ -110,14 +107,13 @@ def test_vip_membership_starts_vip_welcome(tmp_path: Path) -> None:
     assert started.event_id == change.change_id  # the segment event, applied like any
     (send,) = sends(at(out, "vip_welcome"))
     assert send.ts == T0 + 9 * DAY + 3_600_000  # wait 1h
-    # a lifetime segment: no daily segment timer (win_back's 60-day timer is all)
+    # a lifetime segment: no daily segment timer
     st = CustomerState("c1")
     store = DictProfileStore([reachable()])
     for e in events:
         eng.handle(st, e, e.ts, store.get)
     eng.handle(st, None, T0 + 30 * DAY, store.get)
     assert st.segments == ("vip",) and st.seg_due == 0
-    assert eng.next_wakeup(st) == st.instances["win_back\x1f"].due + 5 * 60_000
 
 
 def test_segments_list_in_a_condition(eng: Engine) -> None:
@@ -166,7 +162,7 @@ def test_daily_checks_stop_after_the_horizon(eng: Engine) -> None:
     assert all(b - a == DAY for a, b in itertools.pairwise(daily))
     # horizon: the longest any timed condition looks (the 365-day RFM window) + 2 days
     assert 365 <= len(daily) <= 369 and st.segments == ("lapsed",)
-    assert eng.next_wakeup(st) is None
+    assert st.seg_due == 0  # no daily check any more (a yearly trigger may still plan)
 
 
 def test_no_timed_segment_no_timer(tmp_path: Path) -> None:
@@ -182,7 +178,8 @@ def test_replay_and_live_agree(tmp_path: Path) -> None:
     events = sorted([buy(d, 60, c) for c, days in (("a", (0, 45)), ("b", (3,)),
                                                     ("c", (1, 2, 31.5, 80)))
                      for d in days], key=lambda e: e.ts)
-    kw = {"segments": {"lapsed": LAPSED}, "triggers": {"comeback": COMEBACK}}
+    kw = {"segments": {"lapsed": LAPSED, "vip": VIP}, "triggers": {"comeback": COMEBACK},
+          "only_segments": True}
     horizon = T0 + 120 * DAY
     a = replay(custom_engine(tmp_path / "a", **kw), events, horizon)
     b = replay(custom_engine(tmp_path / "b", **kw), events, horizon)
@@ -230,7 +227,8 @@ def test_bad_rfm_boundaries(tmp_path: Path) -> None:
 # ---- ClickHouse -------------------------------------------------------------------------
 
 def test_segment_changes_table_and_views(backend: ChdbBackend, db: str) -> None:
-    out = replay(custom_engine(Path(f"/tmp/seg-{db}"), segments={"lapsed": LAPSED}),
+    out = replay(custom_engine(Path(f"/tmp/seg-{db}"), only_segments=True,
+                               segments={"lapsed": LAPSED, "vip": VIP}),
                  [buy(0, customer="a"), buy(0, customer="b"), buy(35, customer="b")],
                  T0 + 40 * DAY)
     records = [o for o in out if isinstance(o, SegmentChange)]
