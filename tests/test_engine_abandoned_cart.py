@@ -38,19 +38,36 @@ def run(events, horizon, store=None):
     return at(replay(engine(), events, horizon, store), AC)
 
 
-def test_reminder_one_hour_after_the_last_cart_event_then_discount_a_day_later():
+def test_reminder_one_hour_after_the_last_cart_event_then_a_last_call_a_day_later():
+    """The reminder not opened (no receipts here): the branch goes to the last call."""
     out = run([cart(0)], T0 + 2 * DAY)
     first, second = firsts(out)
     assert (first.template, first.channel, first.ts) == ("abandoned_cart_reminder", "push",
                                                           T0 + HOUR)
     assert first.variables["items"] == [{"product_id": "p1", "quantity": 1, "price": 10.0}]
     assert first.variables["cart_total"] == 10.0 and first.variables["key"] == "k1"
-    assert (second.template, second.ts) == ("abandoned_cart_discount", T0 + HOUR + DAY)
+    assert (second.template, second.step, second.channel, second.ts) == (
+        "abandoned_cart_last_call", 2, "push", T0 + HOUR + DAY)
     # no receipts here: the reminder cascades push → e-mail (15 min) → SMS (4 h later)
     assert [(s.channel, s.ts) for s in sends(out) if s.step == 0] == [
         ("push", T0 + HOUR), ("email", T0 + HOUR + 15 * MINUTE),
         ("sms", T0 + 5 * HOUR + 15 * MINUTE)]
+    [branched] = lifecycle(out, "branched")
+    assert (branched.reason, branched.ts) == ("reminder→last_call", T0 + HOUR + DAY)
     assert len(lifecycle(out, "started")) == 1 and len(lifecycle(out, "completed")) == 1
+
+
+def test_an_opened_reminder_branches_to_the_discount_a_day_later():
+    added = cart(0)
+    [email] = [s for s in sends(run([added], T0 + 2 * HOUR)) if s.channel == "email"]
+    read = ev("message_opened", 3 * 60, send_id=email.send_id, channel="email")
+    out = run([added, read], T0 + 3 * DAY)
+    assert [(s.step, s.template, s.channel, s.ts) for s in firsts(out)] == [
+        (0, "abandoned_cart_reminder", "push", T0 + HOUR),
+        (1, "abandoned_cart_discount", "email", T0 + HOUR + DAY)]
+    assert [b.reason for b in lifecycle(out, "branched")] == ["reminder→discount",
+                                                            "discount→end"]
+    assert len(lifecycle(out, "completed")) == 1  # the discount ends the chain
 
 
 def test_nothing_fires_before_the_deadline_plus_grace():
@@ -66,7 +83,9 @@ def test_order_cancels_the_series_at_once_even_between_steps():
     assert decisions(out)[0].reason == "cancel_event:order_placed"
     out = run([cart(0), order(6 * 60)], T0 + 2 * DAY)  # after the reminder, before the discount
     assert {s.template for s in sends(out)} == {"abandoned_cart_reminder"}
-    assert [(d.step, d.status) for d in decisions(out)] == [(0, SENT)] * 3 + [(1, CANCELLED)]
+    # the branch was not decided yet: no next message to cancel, the chain ends
+    assert [(d.step, d.status) for d in decisions(out)] == [(0, SENT)] * 3
+    assert [lc.reason for lc in lifecycle(out, "cancelled")] == ["order_placed"]
 
 
 def test_further_events_on_the_cart_reset_the_inactivity_window():
@@ -83,11 +102,11 @@ def test_one_instance_per_cart_key():
     assert {lc.instance_key for lc in lifecycle(out, "started")} == {"a", "b"}
 
 
-def test_discount_step_is_skipped_when_the_cart_was_emptied():
+def test_the_second_message_is_skipped_when_the_cart_was_emptied():
     out = run([cart(0), ev("removed_from_cart", 6 * 60, product_id="p1", cart_id="other")],
               T0 + 2 * DAY)
     assert [(d.step, d.status, d.reason) for d in decisions(out)][-1] == (
-        1, SUPPRESSED, CONDITION_NOT_MET)
+        2, SUPPRESSED, CONDITION_NOT_MET)  # (the last call: the reminder was not opened)
 
 
 def test_reentry_cooldown_suppresses_a_new_series_within_24h():

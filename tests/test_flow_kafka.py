@@ -257,7 +257,7 @@ def test_catalogue_end_to_end_on_the_real_broker_with_two_workers(kafka, redis_s
         ("abandoned_cart", "cart", reminder, "push"),
         ("abandoned_cart", "cart", reminder, "email"),
         ("abandoned_cart", "cart", reminder, "sms"),
-        ("abandoned_cart", "cart", "abandoned_cart_discount", "email"),
+        ("abandoned_cart", "cart", "abandoned_cart_last_call", "push"),  # reminder not opened
         ("back_in_stock", "fan", "back_in_stock", "push"),
         ("browse_abandonment", "browse", "browse_abandonment", "push"),
         ("order_status", "ship", "order_status", "email"),
