@@ -9,6 +9,7 @@ collected and raised together as :class:`ConfigError`.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -164,6 +165,21 @@ def _load_segments(reader: _Reader, folder: Path) -> tuple[list[Segment], dict[s
     return segments, documents
 
 
+def _unknown_segments(triggers: list[Trigger], documents: dict[str, Document],
+                      known: set[str]) -> list[ConfigIssue]:
+    """A schedule/date start's ``segment`` names a segment of ``segments/``."""
+    out = []
+    for t in triggers:
+        seg = t.start.segment
+        if seg is not None and seg not in known:
+            near = difflib.get_close_matches(seg, sorted(known), n=1)
+            out.append(documents[t.id].issue(
+                ("start", "segment"), "start.segment",
+                f"unknown segment '{seg}'" + (f"; did you mean '{near[0]}'?" if near else "")
+                + f" (segments: {', '.join(sorted(known)) or 'none in segments/'})"))
+    return out
+
+
 def load_config(config_dir: str | Path = DEFAULT_CONFIG_DIR) -> ConfigSet:
     """Load ``policy.yaml``, ``templates.yaml``, ``events.yaml`` and ``rfm.yaml`` (when
     present), every ``triggers/*.yaml`` and ``segments/*.yaml``, run the cross-file checks;
@@ -207,6 +223,7 @@ def load_config(config_dir: str | Path = DEFAULT_CONFIG_DIR) -> ConfigSet:
     if (root / RFM_FILE).exists():
         rfm = reader.read(root / RFM_FILE, Rfm)[0] or rfm
     segments, segment_docs = _load_segments(reader, root / "segments")
+    reader.issues += _unknown_segments(triggers, documents, {s.id for s in segments})
     config = ConfigSet(tuple(triggers), policy, reader.digest.hexdigest(), tuple(reader.files),
                        templates, events, documents, tuple(segments), rfm, segment_docs)
     issues = reader.issues + check_documents(config) + check_metrics(config)

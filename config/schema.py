@@ -277,6 +277,13 @@ class Schedule(_Strict):
         return self
 
 
+def _event_optional(schema: dict[str, Any]) -> None:
+    """Editors: a start needs an event, a schedule or a date (the model says which)."""
+    schema["required"] = [r for r in schema.get("required", []) if r != "event"]
+    if not schema["required"]:
+        del schema["required"]
+
+
 class Start(EventMatch):
     """What starts an instance: an ``event`` (with ``where`` conditions and a ``count``),
     or time: a ``schedule`` (a campaign) or a ``date`` of the customer (``profile.birthday``,
@@ -285,7 +292,9 @@ class Start(EventMatch):
     customer must be in and ``spread`` its customers over a window (stable per customer);
     its ``where`` reads customer metrics only. Its instance key is the occurrence."""
 
-    event: str | list[str] = Field(default_factory=list)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_event_optional)
+
+    event: str | list[str]  # required unless a schedule or date is given (see _timed_start)
     count: Count | None = None
     schedule: Schedule | None = None
     date: Literal["profile.birthday", "profile.registered_at",
@@ -313,8 +322,18 @@ class Start(EventMatch):
     def at_time(self) -> tuple[int, int]:
         return calendar.hhmm(self.at or "09:00")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _timed_start(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "event" not in data and (
+                data.get("schedule") is not None or data.get("date") is not None):
+            return {**data, "event": []}  # started by time: no event types
+        return data
+
     @model_validator(mode="after")
     def _one_kind(self) -> Start:
+        if self.event == [] and not self.timed:
+            raise ValueError("'event' names at least one event type")
         kinds = [k for k, v in (("event", self.event), ("schedule", self.schedule),
                                 ("date", self.date)) if v]
         if len(kinds) != 1:
