@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cdp_triggers.records import (
+    BRANCHED,
     CANCELLED,
     CONDITION_NOT_MET,
     SENT,
@@ -61,6 +62,8 @@ class TriggerStats:
     revenue: float = 0.0
     steps: dict[int, StepStats] = field(default_factory=dict)
     examples: dict[str, str] = field(default_factory=dict)  # customer → what happened
+    # branches taken: "<from step id>→<to step id | end>" → instances
+    branches: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -108,6 +111,9 @@ def summarize(records: Iterable[object], examples: int = 3,
             trig(r.trigger_id).lifecycle[r.action] += 1
             instance = r.instance_id
             word = f"{r.action} by {r.reason}" if r.action == "cancelled" else r.action
+            if r.action == BRANCHED:
+                trig(r.trigger_id).branches[r.reason] += 1
+                word = f"branched {r.reason}"
         elif isinstance(r, SegmentChange):
             s.segments.setdefault(r.segment, Counter())[r.action] += 1
             continue
@@ -178,11 +184,18 @@ class Diff:
     only_other: list[str]
 
 
+def branch_rows(s: Summary) -> list[tuple[str, str, str, int]]:
+    """(trigger, from step, to step, instances) for every branch taken, by trigger."""
+    return [(tid, *way.split("→", 1), n) for tid, t in s.triggers.items()
+            for way, n in sorted(t.branches.items())]
+
+
 def _metrics(t: TriggerStats | None) -> dict[tuple[str, str], int]:
     if t is None:
         return {}
     m = {("", a): t.lifecycle[a] for a in ("started", "cancelled", "completed", "expired")}
     m[("", "conversions")] = t.conversions
+    m.update({("", f"branch {way}"): n for way, n in t.branches.items()})
     for i, st in t.steps.items():
         label = f"{i} {st.template}"
         m[(label, "sent")] = sum(st.sent.values())

@@ -16,7 +16,7 @@ from cdp_triggers.settings import Settings
 from cdp_triggers.synthetic import SyntheticConfig, write_jsonl
 from config.loader import DEFAULT_CONFIG_DIR, load_config
 from flows.app import assume_reachable
-from flows.preview import diff, run_preview, summarize
+from flows.preview import branch_rows, diff, run_preview, summarize
 from flows.sources import latest_event_ts
 from operators.engine import Engine
 from state.customer import CustomerState
@@ -55,7 +55,7 @@ def direct_replay(config, path: Path, horizon: int) -> list:
 
 
 def counts(summary) -> dict:
-    return {tid: (dict(t.lifecycle), t.conversions, {
+    return {tid: (dict(t.lifecycle), t.conversions, dict(t.branches), {
         i: (dict(s.sent), dict(s.suppressed), s.skipped, s.cancelled) for i, s in t.steps.items()})
         for tid, t in summary.triggers.items()}
 
@@ -88,6 +88,9 @@ def test_preview_counts_equal_a_direct_engine_replay(customer_events, monkeypatc
     direct = summarize(direct_replay(config, events, horizon), triggers=config.triggers)
     assert counts(via_flow) == counts(direct)
     assert sum(t.lifecycle["started"] for t in via_flow.triggers.values()) > 0
+    cart = via_flow.triggers["abandoned_cart"]  # its reminder branches: opened or not
+    assert sum(cart.branches.values()) == cart.lifecycle["branched"] > 0
+    assert set(cart.branches) <= {"reminder→discount", "reminder→last_call", "discount→end"}
     sends = sum(isinstance(r, Send) for r in records)
     assert sends == sum(sum(s.sent.values()) for t in via_flow.triggers.values()
                         for s in t.steps.values()) > 0
@@ -178,3 +181,19 @@ def test_diff_rows_deltas_and_one_sided_triggers():
     assert rows[("cart", "0 tpl0", "sent")] == (1, 0, -1)
     assert rows[("cart", "0 tpl0", "no_contact")] == (0, 1, 1)
     assert ("cart", "", "expired") not in rows  # 0 on both sides: left out
+
+
+def test_branches_are_counted_told_and_diffed():
+    records = [_life("started"), _d("sent"), _life("branched", reason="hello→readers"),
+               _d("sent", step=1), _life("completed"),
+               _life("started", "c2", instance="i2"), _d("sent", customer="c2"),
+               _life("branched", "c2", reason="hello→end", instance="i2"),
+               _life("completed", "c2", instance="i2")]
+    s = summarize(records, triggers=["cart"])
+    assert dict(s.triggers["cart"].branches) == {"hello→readers": 1, "hello→end": 1}
+    assert branch_rows(s) == [("cart", "hello", "end", 1), ("cart", "hello", "readers", 1)]
+    assert "branched hello→readers" in s.triggers["cart"].examples["c1"]
+    d = diff(summarize(records[:5], triggers=["cart"]), s)
+    rows = {(r.trigger, r.metric): (r.base, r.other) for r in d.rows}
+    assert rows[("cart", "branch hello→end")] == (0, 1)
+    assert rows[("cart", "branch hello→readers")] == (1, 1)
