@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from cdp_triggers import calendar
 from cdp_triggers.logs import RateLimited, StateLog, kafka_error_logger
 from cdp_triggers.records import CATEGORIES, CHANNELS
 from state.contacts import (
@@ -116,6 +117,14 @@ def to_write(rec: Any, key: str | None = None,
     locale = _str(rec.get("locale"), "locale", 35)
     if locale:
         sets["locale"] = locale
+    for name, parse in (("birthday", calendar.birthday), ("registered_at", calendar.date_ms)):
+        value = rec.get(name)
+        if value is None or value == "":
+            continue
+        good = parse(value)
+        if good is None:  # a date triggers would read wrong: refused, named
+            raise Refused(f"bad_{name}")
+        sets[name] = str(good)
     consents = rec.get("consents") or {}
     if not isinstance(consents, dict):
         raise Refused("bad_consents")
@@ -205,7 +214,8 @@ def read_records(path: Path) -> Iterator[Any]:
 
 
 def _from_csv(row: dict[str, str | None]) -> dict[str, Any]:
-    """CSV columns: op, customer_id, ts, email, phone, push_token, tz, locale and one
+    """CSV columns: op, customer_id, ts, email, phone, push_token, tz, locale, birthday
+    (MM-DD or YYYY-MM-DD), registered_at (epoch ms, RFC 3339 or a date) and one
     ``consent:CH:CAT`` column per consent (true/false/1/0). An empty cell names nothing."""
     rec: dict[str, Any] = {}
     consents: dict[str, Any] = {}

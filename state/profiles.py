@@ -15,6 +15,8 @@ field                  value
 ``invalid:CH``         ``1``: the channel's contact is invalid (refused on the way in, or
                        hard-bounced); it wins over the flag. ``0``: valid again
 ``consent:CH:CAT``     ``1`` granted / ``0`` refused, e.g. ``consent:email:marketing``
+``birthday``           ``MM-DD`` (the year is not kept): date triggers on profile.birthday
+``registered_at``      epoch ms of the registration: date triggers on profile.registered_at
 ``ts``                 event time (epoch ms) of the last CDP upsert applied
 =====================  ==========================================================
 
@@ -34,7 +36,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cdp_triggers.logs import StateLog, mask_url
 
@@ -269,10 +271,9 @@ class DictProfileStore:
                 continue
             if field_.startswith("consent:"):
                 consents = {**p.consents, field_[8:]: value == "1"}
-                self._p[cid] = Profile(p.customer_id, p.timezone, p.locale, p.contacts, consents)
+                self._p[cid] = replace(p, consents=consents)
             elif field_.startswith("invalid:") and value == "1":
-                contacts = p.contacts - {field_[8:]}
-                self._p[cid] = Profile(p.customer_id, p.timezone, p.locale, contacts, p.consents)
+                self._p[cid] = replace(p, contacts=p.contacts - {field_[8:]})
         return n
 
     def __init__(self, profiles: Iterable[Profile] = ()) -> None:
@@ -294,6 +295,5 @@ class DictProfileStore:
     def set_consent(self, customer_id: str, channel: str, category: str, granted: bool) -> None:
         p = self._p.get(customer_id)
         if p is not None:
-            consents = {**p.consents, f"{channel}:{category}": granted}
-            self._p[customer_id] = Profile(p.customer_id, p.timezone, p.locale, p.contacts,
-                                           consents)
+            self._p[customer_id] = replace(
+                p, consents={**p.consents, f"{channel}:{category}": granted})
