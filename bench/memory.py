@@ -281,7 +281,7 @@ def write_section(path: Path, r: dict, body: str) -> None:
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if START in text:
         head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1].lstrip("\n")
+        text = head + section + _after(rest.split(END, 1)[1])
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
@@ -311,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
         write_section(Path(a.out), r, body)
         print(f"wrote {a.out}")
     return 0
+
+
+def _after(tail: str) -> str:
+    """What followed the section, one blank line after it."""
+    tail = tail.lstrip("\n")
+    return "\n" + tail if tail else ""
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def write_section(path: Path, body: str, customers: int, days: float, samples: i
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if START in text:
         before, rest = text.split(START, 1)
-        text = before + section + rest.split(END, 1)[1].lstrip("\n")
+        text = before + section + _after(rest.split(END, 1)[1])
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
@@ -145,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         write_section(Path(a.out), body, a.customers, a.days, r["samples"])
         print(f"wrote {a.out}")
     return 0
+
+
+def _after(tail: str) -> str:
+    """What followed the section, one blank line after it."""
+    tail = tail.lstrip("\n")
+    return "\n" + tail if tail else ""
 
 
 if __name__ == "__main__":
