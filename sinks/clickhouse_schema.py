@@ -61,7 +61,7 @@ ANALYST_VIEWS = ("trigger_funnel_daily", "suppression_reasons", "channel_summary
                  "chain_effectiveness", "delivery_daily", "delivery_current", "delivery_report",
                  "open_rate_by_hour", "open_hour_local", "contact_quality", "cascade_moves",
                  "customer_history", "segment_membership", "rfm_segments",
-                 "segment_daily")
+                 "segment_daily", "branch_funnel")
 #: Analyst views on ``send_facts`` must follow it (views are created in this order).
 ASSIST_WINDOW_DAYS = 7  # a chain's send this long before an order credited elsewhere assists it
 ANALYST_ROLE = "cdp_analyst"
@@ -548,6 +548,45 @@ FROM {db}.segment_changes GROUP BY day, segment"""
 Migration = tuple[int, str, Callable[[str], list[str]]]
 
 
+def _branch_funnel(db: str) -> str:
+    """Per trigger × branch taken (from step id → to step id | end): instances, and the
+    target step's messages — sent, opened, clicked, converted, revenue. The target step is
+    the instance's first step decided at or after the branch (steps only move forward; a
+    delay-0 target decided in the very millisecond its branching step was may be mistaken
+    for it)."""
+    return f"""
+SELECT b.trigger_id AS trigger_id, b.from_step AS from_step, b.to_step AS to_step,
+       count() AS instances, countIf(f.sent > 0) AS instances_sent,
+       sum(f.sent) AS sent, sum(f.opened) AS opened, sum(f.clicked) AS clicked,
+       sum(f.converted) AS converted, sum(f.revenue) AS revenue,
+       if(sent > 0, opened / sent, 0) AS open_rate,
+       if(instances > 0, converted / instances, 0) AS conversion_rate
+FROM (
+    SELECT br.trigger_id AS trigger_id, br.instance_id AS instance_id,
+           br.from_step AS from_step, br.to_step AS to_step,
+           if(countIf(st.first_ts >= br.ts AND br.to_step != 'end') > 0,
+              minIf(toInt32(st.step), st.first_ts >= br.ts AND br.to_step != 'end'),
+              -1) AS target_step
+    FROM (
+        SELECT toString(trigger_id) AS trigger_id, instance_id, ts,
+               splitByString('→', toString(reason))[1] AS from_step,
+               splitByString('→', toString(reason))[2] AS to_step
+        FROM {db}.lifecycle WHERE action = 'branched'
+    ) AS br
+    LEFT JOIN (
+        SELECT instance_id, step, min(ts) AS first_ts FROM {db}.decisions
+        GROUP BY instance_id, step
+    ) AS st ON st.instance_id = br.instance_id
+    GROUP BY br.trigger_id, br.instance_id, br.from_step, br.to_step, br.ts
+) AS b
+LEFT JOIN (
+    SELECT instance_id, toInt32(step) AS step, count() AS sent, sum(opened) AS opened,
+           sum(clicked) AS clicked, sum(converted) AS converted, sum(revenue) AS revenue
+    FROM {db}.send_facts GROUP BY instance_id, step
+) AS f ON f.instance_id = b.instance_id AND f.step = b.target_step
+GROUP BY b.trigger_id, b.from_step, b.to_step"""
+
+
 def _create(db: str, table: Table) -> str:
     """CREATE TABLE with the columns of the table's own migration (later ones are added)."""
     body = ",\n    ".join(c.ddl for c in table.columns if c.since <= table.since)
@@ -689,7 +728,7 @@ FROM {db}.{START_MISSES} GROUP BY miss_id""")
               _send_facts, _trigger_summary, _conversion_funnel, _effectiveness,
               _delivery_daily, _delivery_current, _delivery_report, _open_rate_by_hour,
               _open_hour_local, _contact_quality, _cascade_moves, _history,
-              _segment_membership, _rfm_segments, _segment_daily)
+              _segment_membership, _rfm_segments, _segment_daily, _branch_funnel)
     for view, body in zip(ANALYST_VIEWS, bodies, strict=True):
         out.append(f"CREATE OR REPLACE VIEW {db}.{view} AS{body(db)}")
     return out
