@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -41,6 +41,7 @@ import orjson
 
 from cdp_triggers.clock import DAY, HOUR, MINUTE, SECOND
 from cdp_triggers.events import MAX_EVENT_BYTES
+from cdp_triggers.ids import stable_fraction
 from state.profiles import Profile
 
 DEFAULT_START_MS = 1_793_577_600_000  # 2026-11-02T00:00:00Z (after EU and US DST ends)
@@ -197,7 +198,8 @@ class SyntheticRetail:
 
     def profiles(self) -> list[Profile]:
         """One profile per customer (the profile store's state at ``start_ms``)."""
-        return [Profile(c.cid, c.tz, locale, c.contacts, dict(c.consents))
+        return [Profile(c.cid, c.tz, locale, c.contacts, dict(c.consents),
+                        birthday_of(c.cid) or "")
                 for c, locale in self._customers()]
 
     def profile_records(self) -> list[dict[str, Any]]:
@@ -215,6 +217,8 @@ class SyntheticRetail:
                 rec["phone"] = f"+49151{digits}"
             if "push" in p.contacts:
                 rec["push_token"] = f"push-{p.customer_id}"
+            if p.birthday:
+                rec["birthday"] = p.birthday
             out.append(rec)
         return out
 
@@ -408,7 +412,11 @@ class _SessionBuilder:
         t = t0
         if cust.is_new:
             cust.is_new = False
-            out.append((t, "signed_up", {"method": rng.choice(("email", "google", "apple"))}))
+            props = {"method": rng.choice(("email", "google", "apple"))}
+            bday = birthday_of(cust.cid)
+            if bday:  # the sign-up form asks for it (the birthday trigger reads it)
+                props["birthday"] = bday
+            out.append((t, "signed_up", props))
             t += rng.randint(5, 60) * SECOND
         if cust.contacts and rng.random() < cfg.consent_change_rate:
             ch = rng.choice(sorted(cust.contacts))
@@ -514,6 +522,16 @@ class _SessionBuilder:
 
 
 _TABLE = 4096
+
+
+def birthday_of(cid: str) -> str | None:
+    """The customer's birthday (MM-DD) or None (30 % do not give one): a hash of the id, so
+    the event stream's other draws stay as they were."""
+    if stable_fraction("birthday-given", cid) < 0.3:
+        return None
+    day = int(stable_fraction("birthday", cid) * 365)
+    d = datetime(2001, 1, 1) + timedelta(days=day)  # (2001: no 29 February)
+    return f"{d.month:02d}-{d.day:02d}"
 
 
 def _lognormal_table(mu: float, sigma: float) -> list[float]:

@@ -67,3 +67,28 @@ def test_imported_birthday_reaches_the_birthday_trigger(redis_server, tmp_path) 
     got = sends(at(out, "birthday"))
     assert [(s.channel, s.variables["key"]) for s in got] == [("email", "2026-10-01"),
                                                               ("push", "2026-10-01")]
+
+
+def test_synthetic_customers_have_birthdays() -> None:
+    from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail, birthday_of
+
+    gen = SyntheticRetail(SyntheticConfig(customers=300, days=3, new_customer_rate=0.3))
+    profiles = gen.profiles()
+    given = [p for p in profiles if p.birthday]
+    assert 0.6 < len(given) / len(profiles) < 0.8  # 30 % do not give one
+    assert all(p.birthday == (birthday_of(p.customer_id) or "") for p in profiles)
+    for rec in gen.profile_records()[:50]:  # through the import's checks unchanged
+        w, _ = to_write(rec, default_ts=0)
+        assert w.set.get("birthday") == (birthday_of(rec["customer_id"]) or None)
+    import orjson
+
+    signups = []
+    for raw in gen.events():  # (the stream holds some deliberately bad payloads)
+        try:
+            e = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(e, dict) and e.get("type") == "signed_up":
+            signups.append(e)
+    assert signups and all(e["props"].get("birthday") == birthday_of(e["customer_id"])
+                           for e in signups)
