@@ -36,6 +36,7 @@ class Scope:
     instance: Instance | None = None
     now: int = 0
     metrics: Tracking | None = None
+    memo: dict[str, Any] | None = None  # values shared by the conditions of one evaluation
 
 
 def _props_path(props: dict[str, Any], rest: str) -> Any:
@@ -48,13 +49,13 @@ def _props_path(props: dict[str, Any], rest: str) -> Any:
 
 
 def customer_metric(state: CustomerState, name: str, now: int,
-                    tracking: Tracking | None = None) -> Any:
+                    tracking: Tracking | None = None, memo: dict[str, Any] | None = None) -> Any:
     match name:
         case "cart_items":
             return sum(int(line["quantity"]) for line in state.cart.values())
         case "cart_total":
             return cart_total(state)
-    return metrics.metric(tracking or _DEFAULT, state, name, now)
+    return metrics.metric(tracking or _DEFAULT, state, name, now, memo)
 
 
 def cart_total(state: CustomerState) -> float:
@@ -73,7 +74,7 @@ def value_of(path: str, scope: Scope) -> Any:
     if head in ("type", "customer_id") and not rest:
         return getattr(scope.event, head) if scope.event else MISSING
     if head == "customer" and scope.state is not None:
-        return customer_metric(scope.state, rest, scope.now, scope.metrics)
+        return customer_metric(scope.state, rest, scope.now, scope.metrics, scope.memo)
     if head == "instance" and scope.instance is not None:
         inst = scope.instance
         if rest == "ordered":

@@ -217,8 +217,10 @@ def rfm_segment(r: int, f: int, m: int) -> str:
     return RFM_TABLE[(r, (f + m + 1) // 2)]
 
 
-def metric(tr: Tracking, state: CustomerState, name: str, now: int) -> Any:
-    """The value of ``customer.<name>`` at ``now`` (MISSING when it has none)."""
+def metric(tr: Tracking, state: CustomerState, name: str, now: int,
+           memo: dict[str, Any] | None = None) -> Any:
+    """The value of ``customer.<name>`` at ``now`` (MISSING when it has none). ``memo``:
+    shared by the conditions read at one time (the RFM scores are computed once)."""
     match name:
         case "orders_count":
             return state.orders_count
@@ -244,7 +246,12 @@ def metric(tr: Tracking, state: CustomerState, name: str, now: int) -> Any:
         case "segments":
             return list(state.segments)
     if name.startswith("rfm_"):
-        scores = rfm_scores(tr.rfm, state, now)
+        if memo is None or "rfm" not in memo:
+            scores = rfm_scores(tr.rfm, state, now)
+            if memo is not None:
+                memo["rfm"] = scores
+        else:
+            scores = memo["rfm"]
         if scores is None:
             return MISSING
         r, f, m = scores

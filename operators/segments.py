@@ -78,7 +78,7 @@ class Segments:
         """The ids of the segments the customer is in at ``t``, sorted: all evaluated, or
         after an event of ``event_type`` only those its facts can move (the others keep
         their membership until they are evaluated: by such an event, or the daily check)."""
-        scope = Scope(None, state, None, t, self.tracking)
+        scope = Scope(None, state, None, t, self.tracking, {})
         if event_type is None:
             return tuple(s.id for s in self.segments if all_hold(s.conditions, scope))
         moved = self.by_type.get(event_type, ())
