@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import MISSING, fields
 from functools import cache
+from math import copysign
 from typing import Any
 
 # Field values (and the keys of dict/set fields) repeated across customers: one shared
@@ -78,7 +79,8 @@ class Upgradable:
     def __getstate__(self) -> tuple[Any, ...]:
         """``(mask, values of the non-default fields…)``: see the module docstring. A
         default is one of the same type and value (``0`` is not ``0.0``, ``False`` not
-        ``0``), and an empty container of the factory's type: restoring is exact."""
+        ``0``, ``-0.0`` not ``0.0``), and an empty container of the factory's type: restoring
+        is exact."""
         mask, bit, values = 0, 1, [0]
         for name, kind, default, _ in _layout(type(self)):
             value = getattr(self, name)
@@ -86,8 +88,10 @@ class Upgradable:
                 keep = value or type(value) is not default
             elif kind is _REQUIRED:
                 keep = True
-            else:
-                keep = type(value) is not type(default) or value != default
+            else:  # -0.0 == 0.0, yet it prints differently: kept
+                keep = (type(value) is not type(default) or value != default
+                        or (type(value) is float
+                            and copysign(1.0, value) != copysign(1.0, default)))
             if keep:
                 mask |= bit
                 values.append(value)

@@ -87,6 +87,8 @@ def test_round_trip_is_exact_types_included():
     back = pickle.loads(pickle.dumps(st))
     assert back == st
     assert type(back.total_spent) is int
+    st.total_spent = -0.0  # equal to the default 0.0, but not the same text
+    assert str(pickle.loads(pickle.dumps(st)).total_spent) == "-0.0"
     assert back.snapshot() == st
     empty = CustomerState("c1")
     assert pickle.loads(pickle.dumps(empty)) == empty
