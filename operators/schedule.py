@@ -25,6 +25,7 @@ kept only when a trigger reads them.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
@@ -80,8 +81,10 @@ class Timed:
             state.registered_at = profile.registered_at
 
     def basis(self, state: CustomerState, zone: str) -> str:
-        return (f"{self.version}|{zone}|{state.birthday}|{state.registered_at}|"
+        """What a plan is made from, as a short checksum (kept per customer)."""
+        text = (f"{self.version}|{zone}|{state.birthday}|{state.registered_at}|"
                 f"{state.first_order_at}|{','.join(state.segments)}")
+        return f"{zlib.crc32(text.encode()):08x}"
 
     def zone(self, trig: Trigger, customer_zone: str) -> str:
         sched = trig.start.schedule
