@@ -18,9 +18,9 @@ workers. Several processes on one host (``-i``/``-a``) take one port each:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from prometheus_client import (
@@ -89,6 +89,26 @@ def sink_retries(target: str) -> Any:
 def sink_flush_seconds(sink: str) -> Any:
     """The ``cdp_sink_flush_seconds{sink}`` child: ``with child.time(): flush()``."""
     return SINK_FLUSH_SECONDS.labels(sink)
+
+
+T = TypeVar("T")
+
+
+def counting_retries(fn: Callable[[], T], retries: Any) -> Callable[[], T]:
+    """``fn`` for :func:`cdp_triggers.logs.wait_out` that counts each call after the first
+    (a retry) on ``retries``, a ``sink_retries(target)`` child. Costs one closure per wait,
+    nothing per record."""
+    first = True
+
+    def attempt() -> T:
+        nonlocal first
+        if first:
+            first = False
+        else:
+            retries.inc()
+        return fn()
+
+    return attempt
 
 
 class Tally:
@@ -185,21 +205,45 @@ class Readiness:
     """Named conditions a process needs before it serves (e.g. ``sources``, ``sinks``).
 
     ``ready = Readiness("sources", "sinks")``; the flow calls ``ready.set("sources")`` when
-    its partitions are assigned, ``ready.set("sinks")`` once ClickHouse answered (and
-    ``ready.set("sinks", False)`` during an outage); pass ``ready`` to :func:`start_server`.
+    its partitions are assigned and ``ready.set("sinks")`` when its sink partitions are
+    built; a sink partition also :meth:`watch`-es its dependencies (``check()`` false while
+    one is in an outage), so ``sinks`` is missing during an outage, and :meth:`unwatch`-es
+    them when it closes. Pass ``ready`` to :func:`start_server`.
     """
 
     def __init__(self, *required: str) -> None:
         self._lock = threading.Lock()
         self._state = dict.fromkeys(required, False)
+        self._checks: dict[Hashable, tuple[str, Callable[[], bool]]] = {}
 
     def set(self, name: str, ok: bool = True) -> None:
         with self._lock:
             self._state[name] = ok
 
+    def watch(self, name: str, key: Hashable, check: Callable[[], bool]) -> None:
+        """``name`` is missing while ``check()`` is false (asked at each ``/readyz``, so
+        nothing is done on a hot path); ``key`` identifies the watcher for :meth:`unwatch`."""
+        with self._lock:
+            self._checks[key] = (name, check)
+
+    def unwatch(self, key: Hashable) -> None:
+        with self._lock:
+            self._checks.pop(key, None)
+
     def missing(self) -> list[str]:
         with self._lock:
-            return sorted(k for k, ok in self._state.items() if not ok)
+            bad = {k for k, ok in self._state.items() if not ok}
+            checks = list(self._checks.values())
+        for name, check in checks:
+            if name in bad:
+                continue
+            try:
+                ok = bool(check())
+            except Exception:  # a failing check means not ready
+                ok = False
+            if not ok:
+                bad.add(name)
+        return sorted(bad)
 
     def __call__(self) -> bool:
         return not self.missing()

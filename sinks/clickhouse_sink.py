@@ -12,8 +12,10 @@ which the ``ReplacingMergeTree`` tables and their ``FINAL`` views absorb (determ
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
+from cdp_triggers import metrics
 from cdp_triggers.logs import DEFAULT_RETRY, RetryPolicy, shared_state_log, wait_out
 from sinks.clickhouse import ClickHouseBackend, backend_name, is_outage
 from sinks.clickhouse_schema import DISPATCHED
@@ -39,9 +41,16 @@ class ClickHouseWriter:
         self.state = shared_state_log(log, backend_name(backend), policy.repeat_s)
         self.rows_written = 0
         self.inserts = 0
+        self.retries = metrics.sink_retries("clickhouse")
+
+    @property
+    def is_down(self) -> bool:
+        """ClickHouse is in an outage being waited out (by this process's writers)."""
+        return self.state.is_down
 
     def _wait(self, fn: Any, detail: str) -> Any:
-        return wait_out(fn, self.state, is_outage, self.policy, detail=lambda _: detail)
+        return wait_out(metrics.counting_retries(fn, self.retries), self.state, is_outage,
+                        self.policy, detail=lambda _: detail)
 
     def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         """INSERT ``rows`` into raw table ``table`` of the database, retrying outages."""
@@ -53,10 +62,13 @@ class ClickHouseWriter:
         self.rows_written += len(rows)
         self.inserts += 1
 
-    def insert_all(self, buffer: dict[str, list[dict[str, Any]]]) -> int:
-        """Write and empty ``buffer`` (table → rows), one table at a time; returns rows."""
+    def insert_all(self, buffer: dict[str, list[dict[str, Any]]],
+                   tables: Iterable[str] | None = None) -> int:
+        """Write and empty ``buffer`` (table → rows), one table at a time (only ``tables``
+        when given: the rest stays buffered); returns rows."""
         n = 0
-        for table in list(buffer):
+        todo = list(buffer) if tables is None else [t for t in tables if t in buffer]
+        for table in todo:
             rows = buffer[table]
             self.insert(table, rows)
             del buffer[table]  # only once written: a failure keeps the rest

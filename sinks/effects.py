@@ -10,6 +10,12 @@ at every epoch close before it commits recovery state, and in ``close()``):
    to the sends topic (key = send_id), waiting for every delivery report;
 3. records those ids in the outbox; then produces dead letters to their topic.
 
+Live sends leave at once: a batch holding a send decided on live time (``decided_at``
+within ``live_ms`` of the wall clock: a live run that has caught up, not a backfill or a
+replay, whose decision times lie behind) flushes the partition's *send* part straight
+away: its decisions and sends rows, then steps 2 and 3. Every other table (and the dead
+letters, rows before messages) stays batched. Backfills and replays batch as before.
+
 Every step blocks until it succeeds (outages are waited out with backoff, see
 :class:`sinks.clickhouse_sink.ClickHouseWriter` and :class:`sinks.kafka_out.KafkaOut`), so
 a full buffer stops the worker and Bytewax stops reading input: memory stays bounded by
@@ -19,6 +25,11 @@ and 3 re-sends that flush's commands (same key; gateways dedupe on send_id).
 
 Records are routed by customer, so a Send and its decision and sends rows share a
 partition and a flush. The resume state is ``None``: nothing stays buffered past an epoch.
+
+Metrics (:mod:`cdp_triggers.metrics`), published once per flush: decisions by status and
+reason, sends by channel, dead letters by reason (``duplicate_event_id`` included), commands
+produced and skipped; per partition the backlog and the flush time; retries per dependency.
+While ClickHouse or Kafka is in an outage the process is not ready (``sinks``).
 """
 
 from __future__ import annotations
@@ -32,15 +43,29 @@ from typing import Any
 import orjson
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from cdp_triggers import metrics
 from cdp_triggers.events import Rejected
 from cdp_triggers.logs import DEFAULT_RETRY, RetryPolicy, redact
-from cdp_triggers.records import Send
+from cdp_triggers.records import Decision, Duplicate, Send
 from sinks.clickhouse import ClickHouseBackend
-from sinks.clickhouse_schema import DISPATCHED, Record, dispatched_row, record_id, rows_for
+from sinks.clickhouse_schema import (
+    DECISIONS,
+    DISPATCHED,
+    SENDS,
+    Record,
+    dispatched_row,
+    record_id,
+    rows_for,
+)
 from sinks.clickhouse_sink import ClickHouseWriter
 from sinks.kafka_out import KafkaOut, Message, dead_letter_message
 
 log = logging.getLogger(__name__)
+
+#: the rows a send command needs durable before it leaves (a send-only flush writes these)
+SEND_TABLES = (DECISIONS, SENDS)
+#: a send decided within this long of the wall clock is live: it leaves at once
+LIVE_MS = 10_000
 
 
 def part_name(shard: int) -> str:
@@ -65,7 +90,9 @@ class EffectsPartition(StatefulSinkPartition[Record, None]):
     def __init__(self, clickhouse: ClickHouseWriter | None, kafka: KafkaOut | None,
                  sends_topic: str = "sends", dead_letter_topic: str = "dead_letters",
                  max_rows: int = 20_000, max_seconds: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, name: str = part_name(0),
+                 live_ms: int | None = LIVE_MS,
+                 wall_ms: Callable[[], int] | None = None) -> None:
         self.clickhouse = clickhouse
         self.kafka = kafka
         self.sends_topic = sends_topic
@@ -73,58 +100,99 @@ class EffectsPartition(StatefulSinkPartition[Record, None]):
         self.max_rows = max_rows
         self.max_seconds = max_seconds
         self.clock = clock
+        self.name = name
+        self.live_ms = live_ms
+        self.wall_ms = wall_ms or _now_ms
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.sends: dict[str, bytes] = {}  # send_id → message value
         self.dead: list[Message] = []
         self.pending = 0
         self.oldest = 0.0
         self.flushes = 0
+        self.send_flushes = 0  # of which send-only (live sends)
         self.sends_produced = 0
         self.sends_skipped = 0
         self.failed = False  # a flush raised: the worker is going down
+        self.decisions = metrics.Tally(metrics.DECISIONS)
+        self.by_channel = metrics.Tally(metrics.SENDS)
+        self.rejected = metrics.Tally(metrics.EVENTS_REJECTED)
+        self.backlog = metrics.sink_backlog(name)
+        self.flush_seconds = metrics.sink_flush_seconds(name)
+        metrics.READY.set("sinks")
+        metrics.READY.watch("sinks", id(self), self._healthy)
+
+    def _healthy(self) -> bool:
+        return not any(d is not None and d.is_down for d in (self.clickhouse, self.kafka))
 
     def write_batch(self, values: list[Record]) -> None:
+        live_after = (self.wall_ms() - self.live_ms if self.live_ms is not None
+                      and self.kafka is not None else None)
+        urgent = False
         for record in values:
             if not self.pending:
                 self.oldest = self.clock()
             if self.clickhouse is not None:
                 table, row = rows_for(record)
                 self.rows.setdefault(table, []).append(row)
-            if self.kafka is not None:
-                if isinstance(record, Send):
+            if isinstance(record, Decision):
+                self.decisions.add(record.status, record.reason)
+            elif isinstance(record, Send):
+                self.by_channel.add(record.channel)
+                if self.kafka is not None:
                     # = send_message(record).value (orjson of asdict), without asdict's deep
                     # copy: orjson writes a dataclass's fields in the same order
                     self.sends[record.send_id] = orjson.dumps(record)
-                elif isinstance(record, Rejected):
+                    if live_after is not None and record.decided_at >= live_after:
+                        urgent = True
+            elif isinstance(record, Rejected):
+                self.rejected.add(record.reason)
+                if self.kafka is not None:
                     msg = dead_letter_message(record)
                     self.dead.append((msg.key, msg.value))
+            elif isinstance(record, Duplicate):
+                self.rejected.add("duplicate_event_id")
             self.pending += 1
             if self.pending >= self.max_rows:
                 self.flush()
         if self.pending and self.clock() - self.oldest >= self.max_seconds:
             self.flush()
+        elif urgent and self.sends:
+            self.flush(sends_only=True)
+        else:
+            self.backlog.set(self.pending)
 
-    def flush(self) -> None:
-        """Rows, then send commands not yet in the outbox, then the outbox, then dead letters.
+    def flush(self, sends_only: bool = False) -> None:
+        """Rows, then send commands not yet in the outbox, then the outbox, then dead letters
+        (``sends_only``: only the decisions and sends rows, then the commands and outbox).
 
         Blocks through outages; a buffer part is dropped only once its step succeeded.
         """
         try:
-            self._flush()
+            with self.flush_seconds.time():
+                self._flush(sends_only and self.clickhouse is not None)
         except BaseException:
             self.failed = True
             raise
+        finally:
+            self.backlog.set(self.pending)
 
-    def _flush(self) -> None:
+    def _flush(self, sends_only: bool = False) -> None:
         if self.clickhouse is not None:
-            self.clickhouse.insert_all(self.rows)
+            self.clickhouse.insert_all(self.rows, SEND_TABLES if sends_only else None)
         if self.sends and self.kafka is not None:
             self._dispatch(self.kafka)
-        if self.dead and self.kafka is not None:
-            self.kafka.deliver(self.dead_letter_topic, self.dead)
-            self.dead.clear()
-        self.pending = 0
+        if sends_only:
+            self.pending = sum(map(len, self.rows.values()))  # one row per record left
+            self.send_flushes += 1
+        else:
+            if self.dead and self.kafka is not None:
+                self.kafka.deliver(self.dead_letter_topic, self.dead)
+                self.dead.clear()
+            self.pending = 0
         self.flushes += 1
+        self.decisions.publish()
+        self.by_channel.publish()
+        self.rejected.publish()
 
     def _dispatch(self, kafka: KafkaOut) -> None:
         ids = list(self.sends)
@@ -137,6 +205,8 @@ class EffectsPartition(StatefulSinkPartition[Record, None]):
                                                 for k, _ in todo if k is not None])
         self.sends_produced += len(todo)
         self.sends_skipped += len(done)
+        metrics.SENDS_PRODUCED.inc(len(todo))
+        metrics.SENDS_SKIPPED.inc(len(done))
         self.sends.clear()
 
     def snapshot(self) -> None:
@@ -155,6 +225,7 @@ class EffectsPartition(StatefulSinkPartition[Record, None]):
                       redact(e))
             raise
         finally:
+            metrics.READY.unwatch(id(self))
             if self.clickhouse is not None:
                 self.clickhouse.close()
             if self.kafka is not None:
@@ -166,7 +237,8 @@ class EffectsSink(FixedPartitionedSink[Record, None]):
 
     Either side may be off: ``clickhouse=None`` (no rows, no outbox: commands are produced
     straight away) or ``kafka_brokers=None`` (rows only, e.g. the embedded demo). Feed items
-    made by ``self.route``; ``parts`` partitions are spread over the workers.
+    made by ``self.route``; ``parts`` partitions are spread over the workers. ``live_ms``:
+    sends decided within this long of the wall clock leave at once (None: always batched).
     """
 
     def __init__(self, clickhouse: Callable[[], ClickHouseBackend] | None,
@@ -174,7 +246,7 @@ class EffectsSink(FixedPartitionedSink[Record, None]):
                  sends_topic: str = "sends", dead_letter_topic: str = "dead_letters",
                  kafka_config: dict[str, Any] | None = None, max_rows: int = 20_000,
                  max_seconds: float = 2.0, parts: int = 2,
-                 policy: RetryPolicy = DEFAULT_RETRY) -> None:
+                 policy: RetryPolicy = DEFAULT_RETRY, live_ms: int | None = LIVE_MS) -> None:
         if parts < 1 or max_rows < 1:
             raise ValueError("parts and max_rows must be at least 1")
         self.clickhouse = clickhouse
@@ -187,6 +259,7 @@ class EffectsSink(FixedPartitionedSink[Record, None]):
         self.max_seconds = max_seconds
         self.parts = parts
         self.policy = policy
+        self.live_ms = live_ms
         # Bytewax indexes part_fn's value into the sorted global list of partitions.
         self._index = {n: i for i, n in enumerate(sorted(map(part_name, range(parts))))}
 
@@ -206,4 +279,5 @@ class EffectsSink(FixedPartitionedSink[Record, None]):
         kafka = (KafkaOut(self.kafka_brokers, self.kafka_config, self.policy)
                  if self.kafka_brokers else None)
         return EffectsPartition(writer, kafka, self.sends_topic, self.dead_letter_topic,
-                                self.max_rows, self.max_seconds)
+                                self.max_rows, self.max_seconds, name=for_part,
+                                live_ms=self.live_ms)

@@ -20,6 +20,7 @@ import orjson
 from bytewax.connectors.kafka import KafkaSinkMessage
 from confluent_kafka import KafkaException, Producer
 
+from cdp_triggers import metrics
 from cdp_triggers.events import Rejected
 from cdp_triggers.logs import DEFAULT_RETRY, RetryPolicy, kafka_error_logger, wait_out
 from cdp_triggers.records import Send
@@ -87,6 +88,12 @@ class KafkaOut:
                                   **self.klog.config(), **(config or {})})
         self.delivered = 0
         self.attempts = 0
+        self.retries = metrics.sink_retries("kafka")
+
+    @property
+    def is_down(self) -> bool:
+        """The brokers are unreachable, or a delivery is being retried through an outage."""
+        return self.klog.state.is_down
 
     def deliver(self, topic: str, messages: Sequence[Message]) -> int:
         """Produce ``messages`` to ``topic`` and wait for all delivery reports; failed ones
@@ -102,7 +109,8 @@ class KafkaOut:
             return len(messages)
 
         if todo:
-            wait_out(attempt, self.klog.state, _is_outage, self.policy,
+            wait_out(metrics.counting_retries(attempt, self.retries), self.klog.state,
+                     _is_outage, self.policy,
                      detail=lambda n: f"{n} message(s) delivered to {topic}")
             self.klog.ok()
             self.delivered += len(messages)

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from cdp_triggers import metrics
 from cdp_triggers.logs import DEFAULT_RETRY, RetryPolicy, is_outage, shared_state_log, wait_out
 from cdp_triggers.records import ProfileUpdate
 
@@ -27,6 +28,9 @@ class ProfileWriter(Protocol):
 
 
 class _Partition(StatelessSinkPartition[ProfileUpdate]):
+    """Retries count on ``cdp_sink_retries_total{target="redis"}``; while the store is in an
+    outage the process is not ready (``sinks``, see :data:`cdp_triggers.metrics.READY`)."""
+
     def __init__(self, writer: ProfileWriter, policy: RetryPolicy) -> None:
         self.writer = writer
         self.policy = policy
@@ -34,13 +38,19 @@ class _Partition(StatelessSinkPartition[ProfileUpdate]):
                                                                   is_outage)
         name = getattr(writer, "name", type(writer).__name__)
         self.state = shared_state_log(log, f"profile store {name}", policy.repeat_s)
+        self.retries = metrics.sink_retries("redis")
         self.written = 0
+        metrics.READY.watch("sinks", id(self), lambda state=self.state: not state.is_down)
 
     def write_batch(self, items: list[ProfileUpdate]) -> None:
         updates = [(u.customer_id, u.field, u.value) for u in items]  # a list: retried
-        self.written += wait_out(lambda: self.writer.apply_updates(updates), self.state,
-                                 self.is_outage, self.policy,
-                                 detail=lambda n: f"{n} profile update(s) written")
+        self.written += wait_out(
+            metrics.counting_retries(lambda: self.writer.apply_updates(updates), self.retries),
+            self.state, self.is_outage, self.policy,
+            detail=lambda n: f"{n} profile update(s) written")
+
+    def close(self) -> None:
+        metrics.READY.unwatch(id(self))
 
 
 class ProfileUpdateSink(DynamicSink[ProfileUpdate]):

@@ -186,3 +186,45 @@ def test_crash_before_producing_then_resume_sends_each_once(
     sent = consume_all(kafka.bootstrap, topics[0], expected=60, timeout=20, idle=2)
     assert sorted(k.decode() for k, _ in sent) == sorted(f"send{i}" for i in range(60))
     assert has_dispatched(backend, db) == 60
+
+
+def test_a_live_send_leaves_at_once_with_its_rows_the_rest_stays_batched(
+        chdb_dir: str, backend: ChdbBackend, db: str, kafka: Any,
+        topics: tuple[str, str]) -> None:
+    """A send decided on live time (decided_at = now) is produced within its own batch:
+    its decision and send rows first, then the command, then the outbox; the batch's other
+    rows and its dead letter wait for the next full flush. A send decided long ago (a
+    replay or a backfill) waits for the batch like any row."""
+    import time
+
+    journal = Journal()
+    now = time.time_ns() // 1_000_000
+    part = EffectsPartition(
+        ClickHouseWriter(SpyBackend(ChdbBackend(chdb_dir), journal), db),
+        SpyKafka(journal, [kafka.bootstrap]), topics[0], topics[1], max_seconds=600.0)
+    live = [
+        Lifecycle("lc-live", "cust-live", "cart", "inst-live", "", "started", "", "ev1", now,
+                  now),
+        Decision("dec-live", "send-live", "cust-live", "order_status", "transactional", "v1",
+                 "inst-live", 0, "email", "tpl", "A", "sent", "", now, now),
+        Send("send-live", "cust-live", "order_status", "transactional", "v1", "inst-live", 0,
+             "email", "tpl", "A", {}, now, now),
+        rejected(1),
+    ]
+    part.write_batch(live)
+    kinds = [(kind, where) for kind, where, _ in journal.events]
+    assert kinds == [("insert", "raw_decisions"), ("insert", "raw_sends"),
+                     ("deliver", topics[0]), ("insert", "raw_dispatched")]
+    assert part.pending == 2 and set(part.rows) == {"raw_lifecycle", "raw_rejected_events"}
+    assert [k for k, _ in consume_all(kafka.bootstrap, topics[0], expected=1)] == [b"send-live"]
+
+    old = records(1)  # decided at T0, months ago: batched
+    part.write_batch(old)
+    assert len(journal.events) == 4 and part.pending == 2 + len(old)
+    part.snapshot()  # the epoch closes: everything, rows before commands and dead letters
+    later = [(kind, where) for kind, where, _ in journal.events[4:]]
+    assert later.index(("deliver", topics[0])) > later.index(("insert", "raw_sends"))
+    assert later[-1] == ("deliver", topics[1]) and part.pending == 0
+    assert part.send_flushes == 1 and part.sends_produced == 2
+    part.close()
+    assert has_dispatched(backend, db) == 2
