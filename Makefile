@@ -40,6 +40,7 @@ test: venv services
 bench: venv
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.delivery
+	$(BIN)/python -m bench.latency
 
 # The chaos suite at 5× the CI size (more customers, more kill -9 rounds); CI runs it at 1×.
 chaos: venv services

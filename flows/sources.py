@@ -24,6 +24,7 @@ import logging
 import pickle
 import time
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,6 +41,8 @@ from operators.align import DONE, NEVER, Aligner
 log = logging.getLogger(__name__)
 
 CATALOGUE_TOPICS = ("product_updates",)
+#: live: an empty poll comes back this much later (Bytewax ``next_awake``), never blocking
+LIVE_POLL = timedelta(milliseconds=5)
 
 
 class RawEvent(NamedTuple):
@@ -296,6 +299,7 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
         self.wall = WallClock()
         self.last_data = time.monotonic()
         self.paused: set[str] = set()
+        self.idle = False  # the last poll returned nothing
         self.lost = False
         self._tp = {f"{t}:{p}": TopicPartition(t, p) for t, p in tps}
         self.consumer = Consumer({
@@ -346,11 +350,16 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
             raise StopIteration
         al = self.aligner
         live = self.opts.live
-        msgs = self.consumer.consume(self.batch, 0.05)
+        # live: never block in consume: one worker runs every shard and every later step in
+        # turn, so a 50 ms wait per quiet shard delayed everything else (next_awake instead)
+        msgs = self.consumer.consume(self.batch, 0 if self.tail else 0.05)
+        self.idle = not msgs
         wall = self.wall.now_ms() if live else None
+        read: dict[str, int] = {}  # messages per topic (end-of-partition events are not)
         for m in msgs:
             err = m.error()
-            stream = f"{m.topic()}:{m.partition()}"
+            topic = m.topic()
+            stream = f"{topic}:{m.partition()}"
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     if self.tail:
@@ -370,15 +379,12 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
                                    "re-created); events are read again and deduplicated "
                                    "by event_id", stream, expected, off)
             self.offsets[stream] = off + 1
+            read[topic] = read.get(topic, 0) + 1
             al.offer(stream, parse_event(m.value() or b"", f"{stream}:{off}", wall))
         if self.tail and msgs:
             self._caught_up_by_high_watermark(msgs)
-        if msgs:
-            per_topic: dict[str, int] = {}
-            for m in msgs:
-                per_topic[m.topic()] = per_topic.get(m.topic(), 0) + 1
-            for t, n in per_topic.items():
-                self.read_counters[t].inc(n)
+        for topic, n in read.items():
+            self.read_counters[topic].inc(n)
         if not msgs and time.monotonic() - self.last_data > 30.0 and not all(
                 al.marks[s].done or al.marks[s].caught_up for s in al.marks):
             self.stall.down("no data and no end-of-partition from the broker for 30 s")
@@ -390,6 +396,13 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
         if not out and not self.tail and al.finished():
             raise StopIteration
         return out
+
+    def next_awake(self) -> datetime | None:
+        """Live, after an empty poll: come back in :data:`LIVE_POLL` (no busy loop, no
+        blocking); otherwise at once."""
+        if self.tail and self.idle:
+            return datetime.now(UTC) + LIVE_POLL
+        return None
 
     def _caught_up_by_high_watermark(self, msgs: list[Any]) -> None:
         """A busy live partition rarely reports end-of-partition (each fetch brings data), so
