@@ -8,6 +8,8 @@ at ``Instance.due`` in event time and fires once ``now >= due + grace``, so a ca
 arriving a little late still wins), applies the event, if any (dedup → customer facts →
 cancels → resets → starts), then fires what the event made due at once (delay-0 steps).
 Live runs pass the wall clock as ``now``; replay runs pass the events' own time.
+Timers are steps, the daily segment check and the planned occurrences of scheduled and
+date starts (:mod:`operators.schedule`): all in ``next_wakeup``, decided in time order.
 """
 
 from __future__ import annotations
@@ -330,10 +332,13 @@ class Engine:
                        event_type: str | None = None) -> None:
         """Re-evaluate segment membership at event time ``t`` (after an event: only the
         segments it can move); each change is a SegmentChange record and a
-        segment_entered/left event applied like a real one."""
-        state.seg_due = 0
+        segment_entered/left event applied like a real one. A time-based check due by
+        ``t`` (an event read within its grace) makes it a check of every segment."""
+        pending, state.seg_due = state.seg_due, 0
         if not self._segments:
             return
+        if event_type is not None and pending and pending <= t:
+            event_type = None
         members = self._segments.members(state, t, event_type)
         before = state.segments
         state.segments = members
@@ -346,7 +351,10 @@ class Engine:
                        {"segment": seg}, SEGMENT_SOURCE)
             metrics.observe(self._metrics, state, ev)
             self._route(state, ev, now, out)
-        state.seg_due = self._segments.next_check(state, t)
+        due = self._segments.next_check(state, t)
+        if pending > t and (not due or pending < due):
+            due = pending  # (a check of some segments keeps a time-based one still ahead)
+        state.seg_due = due
 
     def _priority(self, trigger_id: str) -> int:
         t = self._by_id.get(trigger_id)

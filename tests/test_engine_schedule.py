@@ -359,3 +359,28 @@ def test_shipped_config_loads() -> None:
     for tid in ("birthday", "first_order_anniversary", "black_friday_vip"):
         assert config.trigger(tid).start.timed
     assert Engine(config)._timed.needs_profile
+
+
+def test_keyed_dormant_customer_is_woken_by_its_birthday() -> None:
+    """The Bytewax glue (live): a customer at rest is compressed with the occurrence as its
+    next timer and woken by it."""
+    from operators.keyed import CustomerLogic, EngineRuntime
+
+    class Wall:
+        t = T0 + 1000
+
+        def now_ms(self) -> int:
+            return self.t
+
+    wall, s = Wall(), store(reachable("c1"))
+    rt = EngineRuntime(engine(), lambda: s.get, mode="live", clock=wall, idle_ttl_ms=10)
+    logic = CustomerLogic(rt, None)
+    logic.on_batch([ev("profile_updated", 0, birthday="1979-10-01")])
+    wall.t += 10
+    logic.on_notify()
+    assert logic.state is None and logic.dormant is not None  # at rest, compressed
+    wake = logic.dormant[0]
+    assert local(wake).date().isoformat() == "2026-10-01" and local(wake).hour == 9
+    wall.t = wake
+    out, _ = logic.on_notify()
+    assert [x.channel for x in sends(at(out, "birthday"))] == ["email", "push"]
