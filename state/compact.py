@@ -8,7 +8,14 @@ order) is stored, only fields that differ from their default are, in order. No f
 so a state pickles to a fraction of the default ``{name: value}`` form (Bytewax snapshots
 and dormant customers are these pickles). Positions are the layout: fields may only be
 appended (``tests/test_compact.py`` pins the order); a field a snapshot does not hold reads
-as its default, and snapshots of the former ``(None, {name: value})`` form still restore.
+as its default, and snapshots of the former forms still restore: ``(None, {name: value})``
+of a slotted class, ``[value, …]`` of a frozen one.
+
+A frozen dataclass opts in by naming these methods in its body, since
+``@dataclass(frozen=True, slots=True)`` installs its own otherwise::
+
+    __getstate__ = Upgradable.__getstate__
+    __setstate__ = Upgradable.__setstate__
 """
 
 from __future__ import annotations
@@ -125,9 +132,17 @@ class Upgradable:
         return None
 
     def _restore_named(self, layout: tuple, state: Any) -> None:
-        """The default pickle of a slotted (or a plain) object of an older layout."""
+        """The default pickle of a slotted (or a plain) object of an older layout, or the
+        ``[value, …]`` of a frozen slotted dataclass (the fields it had, in order)."""
         items: dict[str, Any] = {}
-        for part in (state if type(state) is tuple else (state,)):
+        if type(state) is list:
+            if len(state) > len(layout):
+                raise ValueError(f"{type(self).__name__} snapshot holds {len(state)} fields, "
+                                 f"this version knows {len(layout)}: written by a newer "
+                                 "version")
+            items = {name: value for (name, *_), value in zip(layout, state, strict=False)}
+        for part in (state if type(state) is tuple else (state,) if type(state) is dict
+                     else ()):
             if part:
                 items.update(part)
         for name, kind, default, interned in layout:
