@@ -74,6 +74,13 @@ class Event:
     props: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
+    def __reduce__(self) -> tuple[type[Event], tuple[Any, ...]]:
+        """Pickle as the constructor's arguments: what Bytewax sends between processes and
+        keeps in state (exits, pending receipts) — about half the cost of the generic
+        dataclass form, and a field added later (with a default) still reads old pickles."""
+        return Event, (self.event_id, self.type, self.customer_id, self.ts, self.props,
+                       self.source)
+
     def to_json(self) -> bytes:
         """The wire form (what producers send), e.g. for JSONL files and Kafka."""
         return orjson.dumps(
