@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from cdp_triggers import calendar
+from state.compact import Upgradable
 
 CHANNELS = ("push", "email", "sms")
 CATEGORIES = ("marketing", "transactional")
@@ -52,9 +53,14 @@ class ProfileUnavailable(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Profile:
+class Profile(Upgradable):
     """A customer's profile as the engine reads it: zone, locale, which channels have a
-    contact (flags only, never addresses) and consents per ``channel:category``."""
+    contact (flags only, never addresses) and consents per ``channel:category``. Kept in
+    customer state (the last one read), so it pickles compactly and a profile kept before a
+    field existed restores with its default (:mod:`state.compact`)."""
+
+    __getstate__ = Upgradable.__getstate__
+    __setstate__ = Upgradable.__setstate__
 
     customer_id: str
     timezone: str = ""  # IANA zone; "" = unknown (the policy's default_timezone applies)

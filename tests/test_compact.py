@@ -186,10 +186,6 @@ def test_a_frozen_record_of_an_older_layout_restores_and_stays_frozen():
     assert hash(back) == hash(Record("k", 3))
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "records.Profile is a plain frozen dataclass: a profile kept in state before birthday/"
-    "registered_at existed restores with those slots empty, so reading them or the next "
-    "snapshot raises; Profile(Upgradable) with the two methods named in its body fixes it"))
 def test_a_profile_kept_before_its_date_fields_restores():
     p = Profile("c1", "Europe/Berlin", "de", frozenset({"email"}), {"email:marketing": True})
     back = pickle.loads(frozen_old_form(p, [p.customer_id, p.timezone, p.locale, p.contacts,
