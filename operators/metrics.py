@@ -179,11 +179,6 @@ def prune(tr: Tracking, state: CustomerState, now: int) -> None:
                 del state.ev_recent[typ]
 
 
-def has_time_data(state: CustomerState) -> bool:
-    """Whether time passing can change one of this customer's metrics."""
-    return bool(state.orders_count or state.ev_recent)
-
-
 # ---- reading ----------------------------------------------------------------------------
 
 def _props(props: Any, path: str) -> Any:

@@ -5,7 +5,7 @@ ClickHouse table and views (chdb)."""
 
 from __future__ import annotations
 
-import itertools
+import random
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,7 @@ from config.loader import DEFAULT_CONFIG_DIR, load_config
 from config.schema import Rfm
 from operators.engine import Engine
 from operators.metrics import boundaries_from_quantiles, rfm_boundaries_from_clickhouse
+from operators.segments import Segments
 from sinks.clickhouse import ChdbBackend
 from sinks.clickhouse_schema import rows_for
 from state.customer import CustomerState
@@ -149,20 +150,68 @@ def test_membership_changes_on_events(eng: Engine) -> None:
                             ("big_basket", "left", cart[1].ts)]
 
 
-def test_daily_checks_stop_after_the_horizon(eng: Engine) -> None:
+TIMED = {
+    "lapsed": LAPSED,
+    "recent": "id: recent\nconditions:\n  - {field: customer.recency_days, op: lte, value: 10}\n",
+    "old_friend": "id: old_friend\nconditions:\n  - {field: customer.days_since_first_order, "
+                  "op: gt, value: 100.5}\n",
+    "at_risk": "id: at_risk\nconditions:\n  - {field: customer.rfm_segment, op: in, "
+               "value: [at_risk, cant_lose_them, hibernating]}\n",
+    "loyal": "id: loyal\nconditions:\n  - {field: customer.rfm_score, op: gte, value: 333}\n",
+    "twice": "id: twice\nconditions:\n  - {field: customer.frequency, op: gte, value: 2}\n",
+    "browsing": "id: browsing\nconditions:\n  - {field: customer.events.product_viewed, "
+                "within: 7d, op: gte, value: 2}\n",
+    "vip": VIP,
+}
+
+
+class EveryMidnight(Segments):
+    """The reference: a check at every 00:00 UTC for 800 days after the last event."""
+
+    def next_check(self, state: CustomerState, t: int) -> int:
+        return (t // DAY + 1) * DAY if t < state.high_water + 800 * DAY else 0
+
+
+def test_time_checks_only_when_a_condition_can_change(tmp_path: Path) -> None:
+    """The engine checks at the midnights after a threshold is reached or an order or a
+    counted event leaves its window, and finds exactly the changes a check every midnight
+    finds, on random timelines (events between the checks included)."""
+    rng = random.Random(7)
+    events = []
+    for c in range(30):
+        for _ in range(rng.randint(1, 6)):
+            day = rng.uniform(0, 500)
+            events.append(buy(day, round(rng.uniform(5, 400), 2), f"c{c}") if rng.random() < 0.6
+                          else ev("product_viewed", day * D, f"c{c}", product_id="p"))
+    events.sort(key=lambda e: (e.ts, e.event_id))
+    horizon = T0 + 1400 * DAY
+    eng = custom_engine(tmp_path / "a", segments=TIMED, only_segments=True)
+    ref = custom_engine(tmp_path / "b", segments=TIMED, only_segments=True)
+    ref._segments = EveryMidnight(ref.config.segments, ref._metrics)
+    got, want = changes(replay(eng, events, horizon)), changes(replay(ref, events, horizon))
+    assert got == want and len(got) > 100
+    assert {seg for seg, _, _ in got} == set(TIMED)
+
+    # one customer, 3 orders: checks on a handful of days, not every day for a year
     st, store = CustomerState("c1"), DictProfileStore([reachable()])
-    eng.handle(st, buy(0), T0, store.get)
-    wakeups = []
-    while (w := eng.next_wakeup(st)) is not None and len(wakeups) < 1000:
-        wakeups.append(w)
-        eng.handle(st, None, w, store.get)
-    grace = eng.config.policy.late_event_grace
-    daily = [w for w in wakeups if (w - grace) % DAY == 0]  # (others: the triggers' steps)
-    assert daily[0] == midnight_after(T0) + grace
-    assert all(b - a == DAY for a, b in itertools.pairwise(daily))
-    # horizon: the longest any timed condition looks (the 365-day RFM window) + 2 days
-    assert 365 <= len(daily) <= 369 and st.segments == ("lapsed",)
-    assert st.seg_due == 0  # no daily check any more (a yearly trigger may still plan)
+    for e in (buy(0), buy(3), buy(40)):
+        eng.handle(st, e, e.ts, store.get)
+    checks = []
+    while (due := st.seg_due) and len(checks) < 1000:
+        checks.append(due)
+        eng.handle(st, None, due + eng.config.policy.late_event_grace, store.get)
+    assert all(c % DAY == 0 for c in checks) and 5 <= len(checks) <= 30, len(checks)
+    assert st.seg_due == 0
+
+
+def test_an_event_within_grace_of_a_due_check_checks_every_segment(tmp_path: Path) -> None:
+    """A view (which moves only 'browsing') read 2 minutes after the midnight at which
+    'lapsed' is due, before that check fired: it checks every segment then."""
+    eng = custom_engine(tmp_path, segments=TIMED, only_segments=True)
+    entered = midnight_after(T0 + 30 * DAY - 1)
+    late_view = ev("product_viewed", (entered - T0) / 60_000 + 2, product_id="p")
+    out = replay(eng, [buy(0), late_view], T0 + 40 * DAY)
+    assert ("lapsed", "entered", late_view.ts) in changes(out)
 
 
 def test_no_timed_segment_no_timer(tmp_path: Path) -> None:
