@@ -992,6 +992,16 @@ def print_summary(s: Summary, out: TextIO | None = None) -> None:
     if reasons:
         print(file=out)
         print_table(["trigger", "step", "suppressed because", "decisions"], reasons, out)
+    branches = [(tid, path, n) for tid, t in s.triggers.items()
+                for path, n in sorted(t.branches.items())]
+    if branches:
+        print(file=out)
+        print_table(["trigger", "branch (from→to)", "instances"], branches, out)
+    if s.segments:
+        print(file=out)
+        print_table(["segment", "entered", "left"],
+                    [(seg, c["entered"], c["left"]) for seg, c in sorted(s.segments.items())],
+                    out)
     print("\nexamples", file=out)
     for tid, t in s.triggers.items():
         if t.examples:

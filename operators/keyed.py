@@ -34,6 +34,7 @@ from cdp_triggers.records import (
     Output,
     Profile,
     ProfileUpdate,
+    SegmentChange,
     Send,
 )
 from cdp_triggers.shutdown import STOP
@@ -322,7 +323,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
 
 #: what an event did, by the records it caused (a start miss or a duplicate is not an effect)
 _EFFECT = {Conversion: "converted", Outcome: "receipt", Decision: "decided",
-           ProfileUpdate: "profile"}
+           ProfileUpdate: "profile", SegmentChange: "segment"}
 _FACT_TYPES = {"order_placed": "order", "consent_changed": "consent"}
 
 

@@ -130,12 +130,17 @@ def test_unknown_customer_metric_and_var_source_name_the_valid_ones(tmp_path):
     assert any(m.endswith("abandoned_cart.yaml:6:15 start.where[0].field: unknown customer "
                           "metric 'order_count'; did you mean 'orders_count'? (valid: "
                           "orders_count, total_spent, last_order_at, days_since_last_order, "
-                          "cart_items, cart_total)") for m in msgs), msgs
+                          "cart_items, cart_total, aov, first_order_at, days_since_first_order, "
+                          "recency_days, frequency, monetary, rfm_recency, rfm_frequency, "
+                          "rfm_monetary, rfm_score, rfm_segment, segments)") for m in msgs), msgs
     assert any(m.endswith("steps[0].vars.total: unknown var source 'cart.totl'; did you mean "
                           "'cart.total'? (valid: cart.items, cart.total, instance.key, "
-                          "event.type, event.props.<path>, customer.<metric>)") for m in msgs)
+                          "event.type, event.props.<path>, customer.<metric>, "
+                          "customer.events.<event type>)") for m in msgs)
     assert any(m.endswith("steps[0].vars.n: unknown customer metric 'spent'; did you mean "
                           "'total_spent'? (valid: "
                           "orders_count, total_spent, last_order_at, days_since_last_order, "
-                          "cart_items, cart_total)") for m in msgs), msgs
+                          "cart_items, cart_total, aov, first_order_at, days_since_first_order, "
+                          "recency_days, frequency, monetary, rfm_recency, rfm_frequency, "
+                          "rfm_monetary, rfm_score, rfm_segment, segments)") for m in msgs), msgs
     assert not any("pattern" in m or "^(" in m for m in msgs), msgs
