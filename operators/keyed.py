@@ -44,6 +44,7 @@ from state.customer import CustomerState
 log = logging.getLogger(__name__)
 
 RETRY_MS = 250  # a deadline the held-back clock has not reached yet is retried this often
+LIVE_RETRY_MS = 10  # ... or this soon when the clock is held back less than RETRY_MS (live)
 
 Mode = Literal["live", "replay"]
 
@@ -206,7 +207,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         if self.state is None:
             if self.dormant is None or self.dormant[0] is None or self.rt.mode != "live":
                 return None
-            return to_datetime(max(self.dormant[0], wall + RETRY_MS))
+            return to_datetime(max(self.dormant[0], self._retry_at(wall)))
         if self.rt.mode != "live":
             return None
         at = self.rt.engine.next_wakeup(self.state)
@@ -219,7 +220,14 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
             at = idle_at if at is None else min(at, idle_at)
         if at is None:
             return None
-        return to_datetime(at if at > wall else wall + RETRY_MS)
+        return to_datetime(at if at > wall else self._retry_at(wall))
+
+    def _retry_at(self, wall: int) -> int:
+        """When to look again at a deadline the held clock has not reached: soon when it is
+        held back only by the input's last poll (a live run that has caught up), else in
+        RETRY_MS (catching up on a backlog: no spinning over every due customer)."""
+        lag = wall - self.rt.clock.now_ms()
+        return wall + (LIVE_RETRY_MS if lag < RETRY_MS else RETRY_MS)
 
     def _timers(self, now: int) -> list[Output | Rejected]:
         """Fire what is due at ``now``; live: how late (wall clock after due + grace) the
