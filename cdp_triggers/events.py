@@ -17,7 +17,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
+
+from cdp_triggers import calendar
 
 MAX_EVENT_BYTES = 64 * 1024
 MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
@@ -132,6 +141,32 @@ class _ProductProps(_Props):
     quantity: Quantity | None = None
 
 
+def _birthday(v: str) -> str:
+    if calendar.birthday(v) is None:
+        raise ValueError("a birthday is MM-DD or YYYY-MM-DD")
+    return v
+
+
+def _moment(v: int | str) -> int | str:
+    if calendar.date_ms(v) is None:
+        raise ValueError("a date is epoch ms, RFC 3339 text or YYYY-MM-DD")
+    return v
+
+
+class _DatesProps(_Props):
+    """``signed_up`` / ``profile_updated``: the profile dates date triggers read (a bad one
+    is a dead letter, never a silently missing birthday)."""
+
+    birthday: Annotated[str, AfterValidator(_birthday)] | None = None
+    registered_at: Annotated[int | str, AfterValidator(_moment)] | None = None
+
+
+def _dates_ok(p: dict[str, Any]) -> bool:
+    b, r = p.get("birthday"), p.get("registered_at")
+    return ((b is None or calendar.birthday(b) is not None)
+            and (r is None or (type(r) in (int, str) and calendar.date_ms(r) is not None)))
+
+
 class _CheckoutProps(_Props):
     cart_id: Id | None = None
 
@@ -181,7 +216,8 @@ PROPS_MODELS: dict[str, type[_Props]] = {
     "order_shipped": _OrderProps,
     "order_delivered": _OrderProps,
     "order_cancelled": _OrderProps,
-    "signed_up": _Props,
+    "signed_up": _DatesProps,
+    "profile_updated": _DatesProps,
     "consent_changed": _ConsentProps,
     "product_updated": _ProductUpdatedProps,
     **{t: _OutcomeProps for t in OUTCOME_TYPES},
@@ -352,7 +388,8 @@ _FAST_PROPS: dict[str, Any] = {
     "order_placed": _order_placed_ok,
     **{t: lambda p: _id(p.get("order_id"))
        for t in ("order_paid", "order_shipped", "order_delivered", "order_cancelled")},
-    "signed_up": lambda p: True,
+    "signed_up": _dates_ok,
+    "profile_updated": _dates_ok,
     "consent_changed": lambda p: (_id(p.get("channel")) and type(p.get("granted")) is bool
                                   and p.get("category") in ("marketing", "transactional")),
     "product_updated": lambda p: (_id(p.get("product_id"))

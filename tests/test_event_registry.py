@@ -56,7 +56,7 @@ def test_builtin_registry_comes_from_the_event_contract_and_the_product_step():
         {"product_id": "string", "quantity": "integer", "price": "number"}]
     assert types["price_dropped"].props == {"product_id": "string", "price": "number",
                                             "old_price": "number", "interest": "string"}
-    assert types["signed_up"].props == {}
+    assert types["signed_up"].props == {"birthday": "string", "registered_at": "any"}
     shipped = load_config(DEFAULT_CONFIG_DIR).events
     assert shipped is not None and "segment_entered" in shipped and "segment_left" in shipped
 
@@ -100,8 +100,8 @@ def test_where_path_the_event_does_not_have(tmp_path):
     msg = one_issue(tmp_path, ORDER.replace("event: order_placed", "event: signed_up")
                     .replace("key: props.order_id\n", "").replace(
                         "    vars: {order_id: event.props.order_id}\n", ""))
-    assert msg.endswith("start.where[0].field: signed_up has no props.total (it has no props; "
-                        "declare them in events.yaml)")
+    assert msg.endswith("start.where[0].field: signed_up has no props.total (props has: "
+                        "birthday, registered_at)")
 
 
 def test_a_path_into_a_list_needs_a_quantifier(tmp_path):
@@ -150,7 +150,7 @@ def test_when_has_no_event_and_same_key_needs_the_key(tmp_path):
                "props.total is never set (use customer.<metric> or instance.<field>)" in m
                for m in msgs), msgs
     assert any(m.endswith("cancel_on[0].same_key: with same_key it never cancels: signed_up "
-                          "has no props.order_id (it has no props; declare them in events.yaml)")
+                          "has no props.order_id (props has: birthday, registered_at)")
                for m in msgs), msgs
 
 

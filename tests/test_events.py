@@ -330,3 +330,27 @@ def test_property_accepted_events_pickle_and_fit_the_limits(case):
                 assert 0 <= x <= E.MAX_MONEY, path
             if name == "quantity":
                 assert isinstance(x, int) and 1 <= x <= E.MAX_QUANTITY, path
+
+
+def test_profile_dates_are_checked_at_parse_time() -> None:
+    """A date trigger reads birthday/registered_at: a bad one is a dead letter with the
+    field named, never a birthday silently missing later."""
+    import orjson as _orjson
+
+    from cdp_triggers.events import Event as _Event
+    from cdp_triggers.events import Rejected as _Rejected
+    from cdp_triggers.events import parse_event as _parse
+
+    def parse(typ: str, props: dict):
+        return _parse(_orjson.dumps({"event_id": "e1", "type": typ, "customer_id": "c1",
+                                     "ts": 1_790_000_000_000, "props": props}), "t:0:1")
+
+    for typ in ("signed_up", "profile_updated"):
+        assert isinstance(parse(typ, {"birthday": "1990-05-17"}), _Event)
+        assert isinstance(parse(typ, {"birthday": "05-17", "registered_at": "2026-01-01"}),
+                          _Event)
+        bad = parse(typ, {"birthday": "13-45"})
+        assert isinstance(bad, _Rejected) and bad.reason == "invalid_props"
+        assert "props.birthday" in bad.detail
+        bad = parse(typ, {"registered_at": "yesterday"})
+        assert isinstance(bad, _Rejected) and "props.registered_at" in bad.detail
