@@ -548,9 +548,12 @@ class Engine:
                 step: Step, t: int, now: int, out: list[Output]) -> None:
         """Decide a done step's branch at ``t``: the first entry whose conditions hold (the
         last has none) names the next step; recorded as a ``branched`` lifecycle row."""
+        inst.branching = False
+        if not step.branch:  # a new config took the branch away: the next step in order
+            self._go(state, slot, inst, trig, inst.step + 1, t, now, out)
+            return
         scope = Scope(None, state, inst, t, self._metrics)
         entry = next((b for b in step.branch if all_hold(b.when, scope)), step.branch[-1])
-        inst.branching = False
         out.append(Lifecycle(stable_id(inst.instance_id, BRANCHED, inst.step),
                              state.customer_id, trig.id, inst.instance_id, inst.key, BRANCHED,
                              f"{step.id or inst.step}→{entry.goto}", "", t, now))

@@ -197,3 +197,26 @@ def test_step_index_stays_the_position_so_send_ids_do_not_move(tmp_path):
     out = run(tmp_path, [ev("signed_up", 0)])
     [last] = [s for s in sends(out) if s.template == "welcome_3"]
     assert last.step == 2  # the position of 'pushed' in steps
+
+
+def test_a_new_config_without_the_branch_goes_on_in_order(tmp_path):
+    """An instance waiting for its branch when the config loses it: the next step in
+    order, no error."""
+    from cdp_triggers.events import Event
+    from state.customer import CustomerState
+    from state.profiles import DictProfileStore
+    from tests.engine_helpers import reachable
+
+    eng = custom_engine(tmp_path / "a", triggers={"chain": CHAIN})
+    store = DictProfileStore([reachable("c1")])
+    st = CustomerState("c1")
+    eng.handle(st, Event("x1", "signed_up", "c1", T0, {}), T0, store.get)
+    eng.handle(st, None, T0 + 3 * HOUR, store.get)  # e-mail, then push: the branch waits
+    [inst] = [i for i in st.instances.values() if i.trigger_id == "chain"]
+    assert inst.branching
+    head, rest = CHAIN.split("    branch:\n", 1)
+    plain = head + rest.split("      - goto: end\n", 1)[1].replace("    branch: [{goto: end}]\n",
+                                                                  "")
+    new = custom_engine(tmp_path / "b", triggers={"chain": plain})
+    out = new.handle(st, None, T0 + 5 * DAY, store.get)
+    assert [s.step for s in sends(out) if s.trigger_id == "chain"] == [1, 2]
