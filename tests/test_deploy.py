@@ -191,9 +191,11 @@ def test_secrets_referenced_are_in_the_example() -> None:
 
 
 def config_files() -> set[str]:
+    """Every file the config loader reads (a list in the manifests is written by
+    ``python deploy/k8s/sync_config.py``)."""
     cfg = ROOT / "config"
-    return {str(p.relative_to(cfg)) for pattern in ("*.yaml", "triggers/*.yaml", "triggers/*.yml")
-            for p in cfg.glob(pattern)}
+    return {str(p.relative_to(cfg)) for folder in ("", "triggers/", "segments/")
+            for ext in ("yaml", "yml") for p in cfg.glob(f"{folder}*.{ext}")}
 
 
 def test_the_configmap_holds_the_whole_config_directory() -> None:

@@ -216,6 +216,7 @@ SAMPLES: dict[str, Any] = {
     "event.props.product_id": "SKU-1042", "instance.key": "SKU-1042",
     "event.props.price": 19.99, "event.props.old_price": 29.99, "customer.orders_count": 3,
     "event.props.total": 349.0, "event.props.currency": "EUR", "event.props.tier": "gold",
+    "event.props.years": 2,
 }
 GATEWAY = {"customer_id": "c-1", "send_id": "s-1", "trigger_id": "t", "variant": "a"}
 
