@@ -226,7 +226,8 @@ def shipped_variables() -> dict[str, list[dict[str, Any]]]:
     cfg = load_config(DEFAULT_CONFIG_DIR)
     out: dict[str, list[dict[str, Any]]] = {}
     for t in cfg.triggers:
-        starts = [t.start.event] if isinstance(t.start.event, str) else list(t.start.event)
+        starts = ([t.start.event] if isinstance(t.start.event, str)
+                  else list(t.start.event or ())) or ["(timed start)"]  # schedule / date
         for step in t.steps:
             unknown = [s for s in step.vars.values() if s not in SAMPLES and s != "event.type"]
             assert not unknown, f"{t.id}: add a sample for {unknown} to SAMPLES"
