@@ -305,6 +305,15 @@ def check_limits(props: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def duplicate_record(event: Event) -> Rejected:
+    """The dead letter of a catalogue record (``product_updated``) whose event id its
+    product has already had: no customer state dedupes it, so the product step does, and
+    it is counted with the other duplicates (id from its source position and wire form)."""
+    return Rejected(DUPLICATE, f"event_id {event.event_id!r} already seen for this product",
+                    event.to_json()[:RAW_KEEP_BYTES], event.source, event.customer_id[:256],
+                    event.event_id[:256], event.type[:256])
+
+
 def processing_error(event: Event, exc: BaseException) -> Rejected:
     """The dead-letter record for an event the engine raised on: the flow goes on without it.
 

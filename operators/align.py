@@ -25,8 +25,14 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from cdp_triggers.events import Event, Rejected
-from operators.interest import DEFAULT_WINDOW, PRODUCT_TYPES, ProductState, on_product_event
+from cdp_triggers.events import Event, Rejected, duplicate_record
+from operators.interest import (
+    DEFAULT_WINDOW,
+    PRODUCT_TYPES,
+    ProductState,
+    on_product_event,
+    seen_update,
+)
 
 NEVER = -(2**62)  # "no event time yet": holds the watermark back
 DONE = 2**62  # a stream at its end no longer holds it back
@@ -146,6 +152,11 @@ class Aligner:
             ev = heapq.heappop(buf)[3]
             if ev.ts < self.released_to:
                 self.stats.late += 1
+            if ev.type == "product_updated" and "product_id" in ev.props and seen_update(
+                    self._product(ev), ev, self.product_window):
+                out.append(duplicate_record(ev))  # (no customer state dedupes these)
+                self.stats.rejected += 1
+                continue
             events.append(ev)
             if ev.type in PRODUCT_TYPES and "product_id" in ev.props:
                 more = self._catalogue(ev)
@@ -161,11 +172,15 @@ class Aligner:
         out += events  # type: ignore[arg-type]
         return out
 
-    def _catalogue(self, ev: Event) -> list[Event]:
+    def _product(self, ev: Event) -> ProductState:
         pid = str(ev.props["product_id"])
         state = self.products.get(pid)
         if state is None:
             state = self.products[pid] = ProductState(pid)
+        return state
+
+    def _catalogue(self, ev: Event) -> list[Event]:
+        state = self._product(ev)
         before = state.stale
         more = on_product_event(state, ev, self.product_window)
         self.stats.stale_catalogue += state.stale - before

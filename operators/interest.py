@@ -42,10 +42,27 @@ class ProductState(Upgradable):
     stale: int = 0  # catalogue records older than updated_at: ignored (counted)
     pruned_at: int = 0  # event time of the last sweep of `interested`
     wished: dict[str, int] = field(default_factory=dict)  # customer → last wishlist ts
+    updates: dict[str, int] = field(default_factory=dict)  # catalogue record id → its ts
 
 
 def product_of(event: Event) -> str:
     return str(event.props["product_id"])
+
+
+MAX_UPDATE_IDS = 256  # catalogue record ids remembered per product (duplicates)
+
+
+def seen_update(state: ProductState, ev: Event, window: int = DEFAULT_WINDOW) -> bool:
+    """Whether this ``product_updated`` record (by event id) was already applied; remembers
+    it otherwise (ids within ``window`` of event time, at most MAX_UPDATE_IDS)."""
+    if ev.event_id in state.updates:
+        return True
+    state.updates[ev.event_id] = ev.ts
+    if len(state.updates) > MAX_UPDATE_IDS:
+        horizon = ev.ts - window
+        kept = [(k, t) for k, t in state.updates.items() if t >= horizon]
+        state.updates = dict(kept[-MAX_UPDATE_IDS:])
+    return False
 
 
 def on_product_event(state: ProductState, ev: Event, window: int = DEFAULT_WINDOW) -> list[Event]:

@@ -145,3 +145,21 @@ def test_snapshot_round_trip_continues_identically():
         al.end(s)
     out += al.release()
     assert per_customer([e for e in out if isinstance(e, Event)]) == per_customer(a)
+
+
+def test_a_resent_catalogue_record_is_a_counted_duplicate_and_applied_once():
+    """No customer state dedupes product_updated: the product step does, so the counts
+    balance (read = accepted + rejected + duplicates) and no drop is told twice."""
+    from cdp_triggers.events import DUPLICATE, Rejected
+
+    al = Aligner(["a"], lateness=0)
+    view = Event("v1", "product_viewed", "c1", 1_000, {"product_id": "p", "price": 20.0})
+    drop = Event("u1", "product_updated", "catalogue", 2_000, {"product_id": "p", "price": 15.0})
+    for e in (view, drop, drop):
+        al.offer("a", e)
+    al.end("a")
+    out = al.release()
+    dups = [r for r in out if isinstance(r, Rejected)]
+    assert [(r.reason, r.event_id) for r in dups] == [(DUPLICATE, "u1")]
+    assert sorted(e.type for e in out if isinstance(e, Event)) == [
+        "price_dropped", "product_updated", "product_viewed"]  # one drop told, once
