@@ -739,6 +739,31 @@ def report(ctx: typer.Context,
     _done(0)
 
 
+@app.command("rfm-boundaries")
+def rfm_boundaries(ctx: typer.Context,
+                   write: Annotated[bool, typer.Option(
+                       "--write", help="Write them to the config's rfm.yaml.")] = False,
+                   now_ms: Annotated[int | None, typer.Option(
+                       "--now-ms", help="Score as of this time (default: now).")] = None,
+                   clickhouse_url: ClickHouseUrl = None) -> None:
+    """RFM score boundaries from the orders in ClickHouse (quintiles); run it on a schedule
+    with --write, the flow reads them at its next start."""
+    import time
+
+    from flows.rfm import refresh_rfm
+
+    s = _settings(ctx)
+    at = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    _, text = _with_database("rfm-boundaries", s, clickhouse_url, lambda b: refresh_rfm(
+        b, s.clickhouse_database, at, s.config_dir))
+    print(text, end="")
+    if write:
+        path = s.config_dir / "rfm.yaml"
+        path.write_text(text)
+        print(f"written: {path}")
+    _done(0)
+
+
 @app.command("gateway-sim")
 def gateway_sim(ctx: typer.Context,
                 outcomes_topic: Annotated[str, typer.Option(

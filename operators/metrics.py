@@ -290,8 +290,9 @@ def repurchased(state: CustomerState, inst: Instance) -> bool:
 
 def rfm_boundaries_query(database: str, now_ms: int, window_days: int = 365) -> str:
     """Quintile boundaries (20/40/60/80 %) of days since the last order, orders and revenue
-    per customer over the window, from the orders ClickHouse holds (``conversions``: one
-    row per attributed order and send; each order counted once)."""
+    per customer over the window, from the orders ClickHouse holds: every order as a stored
+    input (``inputs``, kept ``CDP_RAW_TTL_DAYS``) and, beyond that, the attributed ones
+    (``conversions``, kept); each order counted once."""
     if not database.isidentifier():
         raise ValueError(f"database name must be a plain identifier, got {database!r}")
     now = f"fromUnixTimestamp64Milli(toInt64({int(now_ms)}))"
@@ -302,7 +303,12 @@ SELECT quantiles(0.2, 0.4, 0.6, 0.8)(dateDiff('day', last, {now})) AS recency,
 FROM (SELECT customer_id, max(order_ts) AS last, count() AS orders,
              toFloat64(sum(order_revenue)) AS revenue
       FROM (SELECT customer_id, order_id, any(ts) AS order_ts, any(revenue) AS order_revenue
-            FROM {database}.conversions
+            FROM (SELECT customer_id, order_id, ts, toFloat64(revenue) AS revenue
+                  FROM {database}.conversions
+                  UNION ALL
+                  SELECT customer_id, JSONExtractString(props, 'order_id'), ts,
+                         JSONExtractFloat(props, 'total')
+                  FROM {database}.inputs WHERE type = 'order_placed')
             WHERE ts > {now} - INTERVAL {int(window_days)} DAY AND ts <= {now}
             GROUP BY customer_id, order_id)
       GROUP BY customer_id)"""

@@ -206,3 +206,24 @@ def test_sql_while_another_process_holds_the_directory(db):
         holder.wait()
     r = cli("sql", "SELECT count() FROM t", "--clickhouse-url", f"chdb://{db}")
     assert r.returncode == 0 and r.stdout.split()[-1] == "3", r.stderr
+
+
+def test_rfm_boundaries_from_the_demo_orders_written_to_a_config(tmp_path):
+    """`rfm-boundaries --write` scores the stored orders (quintiles) into the config's
+    rfm.yaml, which then loads; as of a fixed time (the clock is an input)."""
+    import shutil
+
+    from config.loader import DEFAULT_CONFIG_DIR, load_config
+
+    url = f"chdb://{tmp_path}/ch"
+    r = cli("demo", "--customers", "300", "--days", "3", "--no-redis", "--clickhouse-url", url)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = tmp_path / "config"
+    shutil.copytree(DEFAULT_CONFIG_DIR, cfg, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    r = cli("--config-dir", str(cfg), "rfm-boundaries", "--write", "--now-ms",
+            "1793923200000", "--clickhouse-url", url)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rfm = load_config(cfg).rfm
+    assert rfm.recency_days != load_config(DEFAULT_CONFIG_DIR).rfm.recency_days
+    assert rfm.recency_days == sorted(rfm.recency_days) and len(rfm.monetary) == 4
+    assert "written:" in r.stdout
