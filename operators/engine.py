@@ -14,6 +14,7 @@ date starts (:mod:`operators.schedule`): all in ``next_wakeup``, decided in time
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -681,7 +682,7 @@ class Engine:
                      out: list[Output], key: str | None = None) -> None:
         k = key_of(trig.key, ev) if key is None else key
         k = "" if k is None else k
-        slot = f"{trig.id}\x1f{k}"
+        slot = sys.intern(f"{trig.id}\x1f{k}")  # one string per slot across customers
         if slot in state.instances:
             return  # a live instance: the event was applied to it as activity
         policy = self.config.policy
@@ -690,7 +691,7 @@ class Engine:
             recent = [ts for ts in state.counts.pop(slot, ()) if ts > ev.ts - count.within]
             recent.append(ev.ts)
             if len(recent) < count.at_least:
-                state.counts[slot] = recent  # (re)inserted last: the oldest slot goes first
+                state.counts[slot] = tuple(recent)  # (re)inserted last: oldest slot goes first
                 if len(state.counts) > policy.max_count_slots:
                     del state.counts[next(iter(state.counts))]
                 self._miss(state, trig.id, COUNT_NOT_REACHED, ev.ts, out)
@@ -740,7 +741,7 @@ class Engine:
               out: list[Output]) -> None:
         """Count a start that did not happen: a row at counts 1, 2, 4, … of a day, and the
         day's final count when a later day's miss closes it (see records.StartMiss)."""
-        key = f"{trigger_id}\x1f{reason}"
+        key = sys.intern(f"{trigger_id}\x1f{reason}")
         day = ts // DAY
         m = state.misses.get(key)
         if m is not None and m[0] != day:

@@ -70,7 +70,7 @@ class CustomerState(Upgradable):
     cart: dict[str, dict[str, Any]] = field(default_factory=dict)  # product_id → line
     consents: dict[str, tuple[bool, int]] = field(default_factory=dict)  # "ch:cat" → (granted, ts)
     touches: list[Touch] = field(default_factory=list)
-    counts: dict[str, list[int]] = field(default_factory=dict)  # "trigger\x1fkey" → start times
+    counts: dict[str, tuple[int, ...]] = field(default_factory=dict)  # "trigger\x1fkey" → starts
     sent_log: list[Any] = field(default_factory=list)  # operators.policy.Sent, for caps
     invalid: set[str] = field(default_factory=set)  # channels whose contact hard-bounced
     invalid_at: dict[str, int] = field(default_factory=dict)  # channel → its hard bounce ts
