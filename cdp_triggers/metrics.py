@@ -18,6 +18,7 @@ workers. Several processes on one host (``-i``/``-a``) take one port each:
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Hashable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
@@ -222,7 +223,16 @@ class Readiness:
 
     def watch(self, name: str, key: Hashable, check: Callable[[], bool]) -> None:
         """``name`` is missing while ``check()`` is false (asked at each ``/readyz``, so
-        nothing is done on a hot path); ``key`` identifies the watcher for :meth:`unwatch`."""
+        nothing is done on a hot path); ``key`` identifies the watcher for :meth:`unwatch`.
+        A bound method is held weakly: a sink dropped without closing (its flow aborted)
+        stops counting instead of keeping the process out of rotation."""
+        if hasattr(check, "__self__"):
+            ref = weakref.WeakMethod(check)  # type: ignore[arg-type]
+
+            def check() -> bool:
+                live = ref()
+                return True if live is None else live()
+
         with self._lock:
             self._checks[key] = (name, check)
 
