@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.sections import replace_section
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_PICKLED = 1024  # bytes per customer state
 TARGET_RSS = 2048  # bytes of RSS per active customer
@@ -278,13 +280,7 @@ def write_section(path: Path, r: dict, body: str) -> None:
                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: the pure engine "
                f"(replay clock, in-memory profiles), each figure from a fresh process.\n\n"
                f"{body}{END}\n")
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text:
-        head, rest = text.split(START, 1)
-        text = head + section + _after(rest.split(END, 1)[1])
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section(path, START, END, section)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,11 +308,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {a.out}")
     return 0
 
-
-def _after(tail: str) -> str:
-    """What followed the section, one blank line after it."""
-    tail = tail.lstrip("\n")
-    return "\n" + tail if tail else ""
 
 
 if __name__ == "__main__":

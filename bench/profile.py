@@ -24,6 +24,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bench.sections import replace_section
+
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- profile: bench.profile -->", "<!-- /profile -->"
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
@@ -114,13 +116,7 @@ def write_section(path: Path, body: str, customers: int, days: float, samples: i
             f"({samples:,} samples of the shipped flow's process, `bench.floors --only "
             f"shipped`).\n\n")
     section = head + body + END + "\n"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text:
-        before, rest = text.split(START, 1)
-        text = before + section + _after(rest.split(END, 1)[1])
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section(path, START, END, section)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,11 +142,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {a.out}")
     return 0
 
-
-def _after(tail: str) -> str:
-    """What followed the section, one blank line after it."""
-    tail = tail.lstrip("\n")
-    return "\n" + tail if tail else ""
 
 
 if __name__ == "__main__":

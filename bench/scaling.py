@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.sections import replace_section
+
 ROOT = Path(__file__).resolve().parent.parent
 TOPIC, EMPTY, PARTITIONS = "in", "empty", 4
 START, END = "<!-- scaling: bench.scaling -->", "<!-- /scaling -->"
@@ -225,13 +227,7 @@ def write_section(path: Path, r: dict[str, Any], body: str) -> None:
                f"on one Tansu broker (4 partitions), `cdp-triggers run -w 1 -i I -a …` with "
                f"replay clock, Redis profiles, a chdb per process; figures net of the same "
                f"processes over an empty topic, medians of rounds.\n\n{body}{END}\n")
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text:
-        head, rest = text.split(START, 1)
-        text = head + section + _after(rest.split(END, 1)[1])
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section(path, START, END, section)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,11 +255,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {a.out}")
     return 0
 
-
-def _after(tail: str) -> str:
-    """What followed the section, one blank line after it."""
-    tail = tail.lstrip("\n")
-    return "\n" + tail if tail else ""
 
 
 if __name__ == "__main__":

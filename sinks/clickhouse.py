@@ -302,14 +302,19 @@ def ensure_schema(backend: ClickHouseBackend, database: str,
                  detail=lambda _: f"schema of {database} applied")
 
 
+def _has_table(backend: ClickHouseBackend, database: str, table: str) -> bool:
+    if not database.isidentifier():
+        raise ValueError(f"database name must be a plain identifier, got {database!r}")
+    return bool(backend.query_rows(
+        f"SELECT count() FROM system.tables WHERE database = '{database}' "
+        f"AND name = '{table}'")[0][0])
+
+
 def applied_versions(backend: ClickHouseBackend, database: str) -> frozenset[int]:
     """The migration versions ``database`` has recorded (none for a new database)."""
     if not database.isidentifier():
         raise ValueError(f"database name must be a plain identifier, got {database!r}")
-    exists = backend.query_rows(
-        f"SELECT count() FROM system.tables WHERE database = '{database}' "
-        f"AND name = '{SCHEMA_MIGRATIONS}'")[0][0]
-    if not exists:
+    if not _has_table(backend, database, SCHEMA_MIGRATIONS):
         return frozenset()
     return frozenset(int(r[0]) for r in backend.query_rows(applied_versions_sql(database)))
 
@@ -320,10 +325,7 @@ def has_dispatched(backend: ClickHouseBackend, database: str) -> int:
     input without recovery state would replay them."""
     if not database.isidentifier():
         raise ValueError(f"database name must be a plain identifier, got {database!r}")
-    exists = backend.query_rows(
-        f"SELECT count() FROM system.tables WHERE database = '{database}' "
-        f"AND name = '{DISPATCHED}'")[0][0]
-    if not exists:
+    if not _has_table(backend, database, DISPATCHED):
         return 0
     return int(backend.query_rows(
         f"SELECT uniqExact(send_id) FROM {database}.{DISPATCHED}")[0][0])
