@@ -90,6 +90,7 @@ from operators.sendtime import READ_HALF_LIFE, READ_KINDS, Reads, send_time
 from state.customer import CustomerState, Instance, Touch
 
 ProfileLookup = Callable[[str], Profile | None]
+_PLAN_EVENTS = frozenset({*DATE_EVENTS, "order_placed"})  # may move a timed start's plan
 _UNAVAILABLE = object()  # the profile store did not answer and no fallback applies
 CONVERTED = "converted"
 EXIT_MEMORY = 24 * 3_600_000  # how far back an exit read early still cancels a late start
@@ -185,8 +186,13 @@ class Engine:
         lazy = _Lazy(profiles, state.customer_id)
         self._fire_due(state, now, lazy, out)
         if event is not None:
+            segments, profile = state.segments, state.profile
             self._apply(state, event, now, out)
-            self._fire_due(state, now, lazy, out)
+            # a plan changes with the zone, the dates, the first order or the segments:
+            # after an event that touched none of them, the plan just made still holds
+            replan = (not state.sched_basis or event.type in _PLAN_EVENTS
+                      or state.segments is not segments or state.profile is not profile)
+            self._fire_due(state, now, lazy, out, replan)
         return out
 
     def next_wakeup(self, state: CustomerState) -> int | None:
@@ -242,7 +248,8 @@ class Engine:
         return min(state.instances.items(),
                    key=lambda kv: (kv[1].due, -self._priority(kv[1].trigger_id), kv[0]))
 
-    def _fire_due(self, state: CustomerState, now: int, lazy: _Lazy, out: list[Output]) -> None:
+    def _fire_due(self, state: CustomerState, now: int, lazy: _Lazy, out: list[Output],
+                  replan: bool = True) -> None:
         """Decide due timers in (due, -priority, slot) order. Grace only delays a decision:
         a timer whose grace has run out waits behind an earlier-due (or equally due,
         higher-priority) one still in its grace, so grace never changes who wins a cap slot.
@@ -250,8 +257,9 @@ class Engine:
         scheduled/date start due at the same instant, which goes before a step."""
         after = state.high_water
         while True:
-            if self._timed or state.sched:  # (re)plan what changed: zone, dates, segments
+            if replan and (self._timed or state.sched):  # (re)plan: zone, dates, segments
                 self._plan(state, after, lazy)
+            replan = True  # after a timer fired
             timed = self._sched_head(state) if state.sched else None
             if not (state.instances or state.seg_due or timed):
                 return
