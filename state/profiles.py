@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -50,6 +51,7 @@ from cdp_triggers.records import _s
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "cdp:profile:"
+FAIL_FAST_S = 1.0  # after a lookup failed: the next ones fail at once this long
 TOMBSTONE = "~deleted:"  # after the prefix: customer ids are not expected to start with ~
 TOMBSTONE_TTL_S = 30 * 86400
 ProfileLookup = Callable[[str], "Profile | None"]
@@ -136,6 +138,7 @@ class RedisProfileStore:
         self.prefix = prefix
         self._r = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.lookups = StateLog(log, f"profile store {self.name}")
+        self._fail_until = 0.0  # monotonic: lookups fail fast until then (an outage)
         self._upsert = self._r.register_script(_UPSERT)
         self._delete = self._r.register_script(_DELETE)
 
@@ -163,7 +166,12 @@ class RedisProfileStore:
         """One customer's profile; raises ProfileUnavailable when Redis does not answer.
 
         An outage is logged once when it starts and once when it ends (not per lookup).
+        After a failed lookup the next ones fail at once for FAIL_FAST_S, then one tries
+        the server again: an outage costs one socket timeout per FAIL_FAST_S, not one per
+        customer (every customer's decision would wait it out and the flow would crawl).
         """
+        if self._fail_until and time.monotonic() < self._fail_until:
+            raise ProfileUnavailable(f"{self.name} is down (next try within {FAIL_FAST_S} s)")
         try:
             profile = self.get_many([customer_id]).get(customer_id)
         except Exception as e:
@@ -171,8 +179,10 @@ class RedisProfileStore:
 
             if isinstance(e, redis.RedisError):
                 self.lookups.down(e)
+                self._fail_until = time.monotonic() + FAIL_FAST_S
                 raise ProfileUnavailable(mask_url(str(e))) from e
             raise
+        self._fail_until = 0.0
         if self.lookups.is_down:
             self.lookups.up()
         return profile
