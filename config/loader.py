@@ -14,7 +14,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -120,6 +120,9 @@ def validate_document(text: str, filename: str,
     return (None, issues) if doc is None else validate_parsed(doc, model)
 
 
+M = TypeVar("M", Trigger, Segment)  # a file-per-item model with an ``id``
+
+
 class _Reader:
     """Reads each file once: its text feeds the version hash, its parse the models."""
 
@@ -147,22 +150,28 @@ class _Reader:
 RFM_FILE = "rfm.yaml"
 
 
-def _load_segments(reader: _Reader, folder: Path) -> tuple[list[Segment], dict[str, Document]]:
-    """``segments/*.yaml`` (optional folder): one segment per file, ids unique."""
-    segments: list[Segment] = []
+def _yaml_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml"))
+
+
+def _load_each(reader: _Reader, paths: list[Path], model: type[M],
+               kind: str) -> tuple[list[M], dict[str, Document]]:
+    """One ``model`` per file (triggers, segments), ids unique across the files: a repeated
+    id is an issue on the later file's ``id``."""
+    items: list[M] = []
     documents: dict[str, Document] = {}
-    for path in sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml")):
-        segment, doc = reader.read(path, Segment)
-        if segment is None or doc is None:
+    for path in paths:
+        item, doc = reader.read(path, model)
+        if item is None or doc is None:
             continue
-        if segment.id in documents:
+        if item.id in documents:
             reader.issues.append(doc.issue(
                 ("id",), "id",
-                f"duplicate segment id '{segment.id}' (also in {documents[segment.id].name})"))
+                f"duplicate {kind} id '{item.id}' (also in {documents[item.id].name})"))
             continue
-        documents[segment.id] = doc
-        segments.append(segment)
-    return segments, documents
+        documents[item.id] = doc
+        items.append(item)
+    return items, documents
 
 
 def _unknown_segments(triggers: list[Trigger], documents: dict[str, Document],
@@ -202,27 +211,16 @@ def load_config(config_dir: str | Path = DEFAULT_CONFIG_DIR) -> ConfigSet:
         if decls is not None and doc is not None:
             events, found = build_registry(decls, doc)
             reader.issues += found
-    triggers: list[Trigger] = []
-    documents: dict[str, Document] = {}
-    paths = sorted((root / "triggers").glob("*.yaml")) + sorted((root / "triggers").glob("*.yml"))
+    paths = _yaml_files(root / "triggers")
     if not paths:
         reader.issues.append(ConfigIssue(display_path(root / "triggers"), 1, 1, "",
                                          "no trigger files (*.yaml) found"))
-    for path in paths:
-        trigger, doc = reader.read(path, Trigger)
-        if trigger is None or doc is None:
-            continue
-        if trigger.id in documents:
-            reader.issues.append(doc.issue(
-                ("id",), "id",
-                f"duplicate trigger id '{trigger.id}' (also in {documents[trigger.id].name})"))
-            continue
-        documents[trigger.id] = doc
-        triggers.append(trigger)
+    triggers, documents = _load_each(reader, paths, Trigger, "trigger")
     rfm = Rfm()
     if (root / RFM_FILE).exists():
         rfm = reader.read(root / RFM_FILE, Rfm)[0] or rfm
-    segments, segment_docs = _load_segments(reader, root / "segments")
+    segments, segment_docs = _load_each(reader, _yaml_files(root / "segments"), Segment,
+                                        "segment")
     reader.issues += _unknown_segments(triggers, documents, {s.id for s in segments})
     config = ConfigSet(tuple(triggers), policy, reader.digest.hexdigest(), tuple(reader.files),
                        templates, events, documents, tuple(segments), rfm, segment_docs)
