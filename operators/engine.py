@@ -182,18 +182,28 @@ class Engine:
     def handle(self, state: CustomerState, event: Event | None, now: int,
                profiles: ProfileLookup) -> list[Output]:
         """Fire due timers at ``now``, apply ``event``, fire what it made due. Mutates."""
-        out: list[Output] = []
+        due, caused = self.handle_split(state, event, now, profiles)
+        return due + caused
+
+    def handle_split(self, state: CustomerState, event: Event | None, now: int,
+                     profiles: ProfileLookup) -> tuple[list[Output], list[Output]]:
+        """:meth:`handle` as (what timers due before the event decided, what the event
+        caused, delay-0 steps it made due included), for callers that record the event's
+        effect (the keyed step's stored inputs)."""
+        due: list[Output] = []
         lazy = _Lazy(profiles, state.customer_id)
-        self._fire_due(state, now, lazy, out)
-        if event is not None:
-            segments, profile = state.segments, state.profile
-            self._apply(state, event, now, out)
-            # a plan changes with the zone, the dates, the first order or the segments:
-            # after an event that touched none of them, the plan just made still holds
-            replan = (not state.sched_basis or event.type in _PLAN_EVENTS
-                      or state.segments is not segments or state.profile is not profile)
-            self._fire_due(state, now, lazy, out, replan)
-        return out
+        self._fire_due(state, now, lazy, due)
+        if event is None:
+            return due, []
+        out: list[Output] = []
+        segments, profile = state.segments, state.profile
+        self._apply(state, event, now, out)
+        # a plan changes with the zone, the dates, the first order or the segments:
+        # after an event that touched none of them, the plan just made still holds
+        replan = (not state.sched_basis or event.type in _PLAN_EVENTS
+                  or state.segments is not segments or state.profile is not profile)
+        self._fire_due(state, now, lazy, out, replan)
+        return due, out
 
     def next_wakeup(self, state: CustomerState) -> int | None:
         """When the next timer of this customer fires (epoch ms), or None: a step, the

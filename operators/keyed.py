@@ -282,15 +282,12 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         return self.RETAIN
 
     def _handle(self, event: Event | None, now: int) -> list[Output]:
-        st, engine = self.state, self.rt.engine
-        if event is None:
-            out = engine.handle(st, None, now, self._profile)
-        else:
-            out = engine.handle(st, None, now, self._profile) if st.instances else []
-            before = {s: i.activity_at for s, i in st.instances.items()}
-            caused = engine.handle(st, event, now, self._profile)
-            seen = input_seen(event, caused, before, st)
+        st = self.state
+        before = {s: i.activity_at for s, i in st.instances.items()} if event else {}
+        out, caused = self.rt.engine.handle_split(st, event, now, self._profile)
+        if event is not None:
             out += caused
+            seen = input_seen(event, caused, before, st)
             if seen is not None:
                 out.append(seen)
         if self.rt.loopback is not None:
