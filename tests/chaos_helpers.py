@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -99,9 +100,32 @@ def outcome(chdb_url: str, database: str) -> dict[str, set]:
                                "SELECT conversion_id FROM {db}.conversions")}
 
 
-def topic_send_ids(kafka, topic: str, idle: float = 3.0) -> list[str]:
-    """Every send id on the sends topic, duplicates kept."""
-    return [k.decode() for k, _ in consume_all(kafka.bootstrap, topic, idle=idle) if k]
+def topic_send_ids(kafka, topic: str, idle: float = 3.0, expected: int | None = None,
+                   timeout: float = 90.0) -> list[str]:
+    """Every send id on the sends topic, duplicates kept. With ``expected`` (the count the
+    test knows is there), read until that many came (or ``timeout``) and then ``idle``
+    seconds more for duplicates: an idle gap alone ends early when the broker is slow."""
+    if expected is None:
+        got = consume_all(kafka.bootstrap, topic, idle=idle)
+    else:
+        got = consume_all(kafka.bootstrap, topic, expected=expected, timeout=timeout,
+                          linger=idle)
+    return [k.decode() for k, _ in got if k]
+
+
+def assert_sends_on_topic_once(kafka, topic: str, expected: set[str]) -> list[str]:
+    """Each of ``expected`` is on ``topic`` exactly once, and nothing else is. A shortfall
+    is read again after a pause, so the failure says late (broker) or lost."""
+    on_topic = topic_send_ids(kafka, topic, expected=len(expected))
+    if set(on_topic) != expected:
+        time.sleep(5)
+        again = set(topic_send_ids(kafka, topic, expected=len(expected), timeout=30))
+        raise AssertionError(
+            f"{len(expected)} sends decided; on the topic {len(set(on_topic))} distinct "
+            f"({len(expected - set(on_topic))} missing, {len(set(on_topic) - expected)} "
+            f"extra), re-read after 5 s: {len(expected - again)} missing")
+    assert len(on_topic) == len(set(on_topic)), "duplicate send commands on the topic"
+    return on_topic
 
 
 def env_of(s: Settings) -> dict[str, str]:

@@ -372,11 +372,14 @@ def consume_all(
     expected: int | None = None,
     timeout: float = 30.0,
     idle: float = 2.0,
+    linger: float = 0.0,
 ) -> list[Message]:
     """Read an existing `topic` from the beginning of every partition, in a fresh group.
 
-    Stops when `expected` messages arrived (or after `timeout` seconds, returning what came);
-    with expected=None, stops once no message came for `idle` seconds.
+    Stops when `expected` messages arrived (or after `timeout` seconds, returning what came)
+    and then no further message came for `linger` seconds (to see duplicates past the
+    count); with expected=None, stops once no message came for `idle` seconds. On a loaded
+    machine Tansu may serve a partition seconds late: wait for a known count, not for quiet.
     Partitions are assigned directly rather than subscribed: a consumer-group join on Tansu
     takes about half of session.timeout.ms (23 s with librdkafka's defaults).
     """
@@ -395,11 +398,13 @@ def consume_all(
         deadline = time.monotonic() + timeout
         last = time.monotonic()
         while time.monotonic() < deadline:
-            if expected is not None and len(out) >= expected:
+            reached = expected is not None and len(out) >= expected
+            if reached and not linger:
                 break
             msg = consumer.poll(0.1)
             if msg is None:
-                if expected is None and time.monotonic() - last >= idle:
+                quiet = time.monotonic() - last
+                if (expected is None and quiet >= idle) or (reached and quiet >= linger):
                     break
                 continue
             if msg.error():

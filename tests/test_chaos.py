@@ -17,6 +17,7 @@ from bytewax.testing import cluster_main, run_main
 from chaos_helpers import (
     TOPICS,
     Traffic,
+    assert_sends_on_topic_once,
     cdp_run,
     ids,
     outcome,
@@ -76,8 +77,7 @@ def test_kafka_backfill_decides_exactly_like_the_file_replay(traffic, reference,
     assert got["sends"] == reference["sends"]
     assert got["decisions"] == reference["decisions"]
     assert got["conversions"] == reference["conversions"]
-    on_topic = topic_send_ids(kafka, s.sends_topic)
-    assert set(on_topic) == reference["sends"] and len(on_topic) == len(set(on_topic))
+    assert_sends_on_topic_once(kafka, s.sends_topic, reference["sends"])
 
 
 def _run_to_end(s, timeout: float = 240.0) -> str:
@@ -138,7 +138,7 @@ def test_kill_9_at_random_moments_then_restart_gives_the_clean_run(traffic, refe
     _run_to_end(s)
     got = outcome(chdb_dir, s.clickhouse_database)
     assert got == reference
-    on_topic = topic_send_ids(kafka, s.sends_topic)
+    on_topic = topic_send_ids(kafka, s.sends_topic, expected=len(reference["sends"]))
     assert set(on_topic) == reference["sends"]
     dupes = len(on_topic) - len(set(on_topic))
     print(f"\nkill -9 before the first snapshot ({len(early)} sends out) and ×{hit} mid-run: "
@@ -159,7 +159,7 @@ def test_restart_without_recovery_is_refused_then_reprocessing_sends_nothing_twi
     _run_to_end(s)
     print(f"\nclean `cdp-triggers run` of {len(traffic.raws):,} events: "
           f"{time.monotonic() - t0:.1f} s")
-    first = topic_send_ids(kafka, s.sends_topic)
+    first = topic_send_ids(kafka, s.sends_topic, expected=len(reference["sends"]))
     assert set(first) == reference["sends"]
 
     p = cdp_run(s)  # the same again, no recovery directory: refused, loudly
@@ -168,7 +168,7 @@ def test_restart_without_recovery_is_refused_then_reprocessing_sends_nothing_twi
     assert b"already has" in out and b"CDP_RECOVERY_DIR" in out
 
     _run_to_end(s.model_copy(update={"allow_reprocess": True}))
-    again = topic_send_ids(kafka, s.sends_topic)
+    again = topic_send_ids(kafka, s.sends_topic, expected=len(first))
     assert again == first or sorted(again) == sorted(first)  # the outbox sent nothing again
     assert outcome(chdb_dir, s.clickhouse_database) == reference
 
@@ -270,8 +270,7 @@ def test_clickhouse_outage_mid_run_is_waited_out_with_the_same_result(
     took = time.monotonic() - t0
     assert outage.failures >= 2 and took >= 4.0
     assert outcome(chdb_url, s.clickhouse_database) == reference
-    on_topic = topic_send_ids(kafka, s.sends_topic)
-    assert set(on_topic) == reference["sends"] and len(on_topic) == len(set(on_topic))
+    assert_sends_on_topic_once(kafka, s.sends_topic, reference["sends"])
 
 
 def test_redis_outage_defers_once_per_message_and_loses_no_profile_update(

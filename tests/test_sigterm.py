@@ -125,8 +125,8 @@ def test_sigterm_mid_run_exits_cleanly_and_a_restart_continues(traffic, kafka, r
     assert took <= EXIT_BOUND_S
 
     # flushed on the way out: every row's command is on the topic, and only those, once
-    first = topic_send_ids(kafka, s.sends_topic)
     rows = _rows(chdb_dir, s.clickhouse_database)
+    first = topic_send_ids(kafka, s.sends_topic, expected=len(rows))
     assert rows and set(first) == rows
     assert len(first) == len(set(first))
 
@@ -140,8 +140,8 @@ def test_sigterm_mid_run_exits_cleanly_and_a_restart_continues(traffic, kafka, r
             again.kill()
             again.wait(30)
     assert again.returncode == 0, out[-3000:]
-    on_topic = topic_send_ids(kafka, s.sends_topic)
     final = _rows(chdb_dir, s.clickhouse_database)
+    on_topic = topic_send_ids(kafka, s.sends_topic, expected=len(final))
     assert len(on_topic) == len(set(on_topic)), "duplicate send commands after the restart"
     assert set(on_topic) == final
     assert rows < final, "the restart decided nothing new: the first run was not mid-run"
