@@ -60,6 +60,14 @@ def from_datetime(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def ch_time(ms: int) -> float:
+    """Epoch ms → the JSON number a ClickHouse DateTime64(3) column reads exactly: seconds
+    with the milliseconds as fraction (``1764500000.123``; the shortest float text of
+    ms/1000 is those digits). Rows are written this way: formatting ISO text was 4 % of a
+    flow's time."""
+    return ms / 1000
+
+
 def iso(ms: int) -> str:
     """Epoch ms → ClickHouse DateTime64(3) text, UTC (``2026-11-23 16:00:00.000``)."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}"

@@ -138,7 +138,8 @@ def build_run(s: Settings, source: Literal["kafka", "files", "generator"] = "kaf
     loop = s.simulate_gateways if loopback is None else loopback
     runtime = EngineRuntime(Engine(config), _lookup_factory(store), mode=s.clock, clock=clock,
                             horizon_ms=s.horizon_ms, loopback=simulate if loop else None,
-                            copy_snapshots=recovery, idle_ttl_ms=s.idle_ttl_ms)
+                            copy_snapshots=recovery, idle_ttl_ms=s.idle_ttl_ms,
+                            prefetch=getattr(store, "warm", None))
     opts = AlignOptions(s.max_out_of_orderness_ms, s.align_max_buffer, live=live,
                         copy_snapshots=recovery, clock=clock)
     if source == "kafka":

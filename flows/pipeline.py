@@ -77,9 +77,15 @@ def engine_streams(flow: Dataflow, source: Source,
 
     parsed = op.map("parse", raw, parse)
     valid = op.branch("valid", parsed, lambda x: isinstance(x, Event))
-    customer_events = op.filter("customer_events", valid.trues,
-                                lambda e: e.type != "product_updated")
-    keyed = op.key_on("by_customer", customer_events, lambda e: e.customer_id)
+    def by_customer(batch: list[Event]) -> list[tuple[str, Event]]:
+        """Customer events keyed by customer (catalogue updates were fanned out already);
+        their profiles are read in one round trip for the engine's lookups that follow."""
+        keyed = [(e.customer_id, e) for e in batch if e.type != "product_updated"]
+        if runtime.prefetch is not None and keyed:
+            runtime.prefetch([k for k, _ in keyed])
+        return keyed
+
+    keyed = op.flat_map_batch("by_customer", valid.trues, by_customer)
     decided = op.stateful_batch("engine", keyed, runtime.builder)
     records = op.map("unkey", decided, lambda kv: kv[1])
     # an event the engine could not process comes back as a dead letter (processing_error)

@@ -59,6 +59,9 @@ class EngineRuntime:
     clock: Clock = field(default_factory=WallClock)
     horizon_ms: int | None = None
     loopback: Callable[[Send], list[Event]] | None = None  # simulated gateway (demo, tests)
+    # read these customers' profiles in one round trip ahead of the keyed step (the store's
+    # ``warm``); None: each activation that needs a profile reads it alone
+    prefetch: Callable[[list[str]], None] | None = None
     # Bytewax asks for snapshots at every epoch even without recovery; only a run WITH
     # recovery needs them to be independent copies (they are serialised later).
     copy_snapshots: bool = True

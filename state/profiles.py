@@ -25,7 +25,11 @@ time, atomically per customer (a Lua script): an upsert older than the profile's
 ignored; a delete removes the hash and leaves a tombstone ``{prefix}~deleted:{id}`` = ts
 (kept ``TOMBSTONE_TTL_S``) so that an older upsert read late does not bring it back.
 
-Reads are pipelined (one round trip for many customers). When Redis is not reachable the
+Reads are pipelined (one round trip for many customers). The flow warms the profiles of
+each input batch's customers in one round trip (:meth:`RedisProfileStore.warm`) before the
+keyed step asks for them one by one: a decision reads the same profile, read a moment
+earlier (at most ``PREFETCH_MAX_AGE_S``), instead of one round trip per customer.
+When Redis is not reachable the
 caller decides what to do (the embedded demo falls back to generated profiles, loudly);
 the store logs the outage once when it starts and once when it ends, never per lookup,
 and never the URL's password.
@@ -52,6 +56,8 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "cdp:profile:"
 FAIL_FAST_S = 1.0  # after a lookup failed: the next ones fail at once this long
+PREFETCH_MAX_AGE_S = 1.0  # a warmed profile older than this is read again
+PREFETCH_GENERATIONS = 8  # warmed batches kept (several worker threads warm in turn)
 TOMBSTONE = "~deleted:"  # after the prefix: customer ids are not expected to start with ~
 TOMBSTONE_TTL_S = 30 * 86400
 ProfileLookup = Callable[[str], "Profile | None"]
@@ -141,6 +147,10 @@ class RedisProfileStore:
         self._fail_until = 0.0  # monotonic: lookups fail fast until then (an outage)
         self._upsert = self._r.register_script(_UPSERT)
         self._delete = self._r.register_script(_DELETE)
+        # warmed batches, newest last: (monotonic time, customer → profile or None). Rebound,
+        # never mutated, so the worker threads of the process read it without a lock.
+        self._warm: tuple[tuple[float, dict[str, Profile | None]], ...] = ()
+        self.warmed = 0  # lookups answered from a warmed batch
 
     def ping(self) -> bool:
         """True when the server answers; False (never raises) when it does not."""
@@ -170,7 +180,14 @@ class RedisProfileStore:
         the server again: an outage costs one socket timeout per FAIL_FAST_S, not one per
         customer (every customer's decision would wait it out and the flow would crawl).
         """
-        if self._fail_until and time.monotonic() < self._fail_until:
+        now = time.monotonic()
+        for at, batch in reversed(self._warm):
+            if now - at > PREFETCH_MAX_AGE_S:
+                break
+            if customer_id in batch:
+                self.warmed += 1
+                return batch[customer_id]
+        if self._fail_until and now < self._fail_until:
             raise ProfileUnavailable(f"{self.name} is down (next try within {FAIL_FAST_S} s)")
         try:
             profile = self.get_many([customer_id]).get(customer_id)
@@ -186,6 +203,24 @@ class RedisProfileStore:
         if self.lookups.is_down:
             self.lookups.up()
         return profile
+
+    def warm(self, customer_ids: Iterable[str]) -> None:
+        """Read these customers' profiles in one round trip for the :meth:`get` calls that
+        follow within ``PREFETCH_MAX_AGE_S`` (customers without a profile are remembered as
+        such). Never raises: while the store is failing, or when this read fails, nothing
+        is warmed and :meth:`get` asks (and reports the outage) as before."""
+        ids = list(dict.fromkeys(customer_ids))
+        if not ids or (self._fail_until and time.monotonic() < self._fail_until):
+            return
+        try:
+            got = self.get_many(ids)
+        except Exception as e:
+            log.debug("profile prefetch from %s failed: %s", self.name, mask_url(str(e)))
+            return
+        now = time.monotonic()
+        batch = {cid: got.get(cid) for cid in ids}
+        self._warm = (*(g for g in self._warm[-(PREFETCH_GENERATIONS - 1):]
+                        if now - g[0] <= PREFETCH_MAX_AGE_S), (now, batch))
 
     def get_many(self, customer_ids: Iterable[str]) -> dict[str, Profile]:
         """One pipelined round trip; customers without a profile are absent from the result."""
@@ -217,6 +252,7 @@ class RedisProfileStore:
 
     def put_many(self, profiles: Iterable[Profile], chunk: int = 1000) -> int:
         n = 0
+        self._warm = ()  # this process wrote: nothing warmed before is read
         pipe = self._r.pipeline(transaction=False)
         for p in profiles:
             key = self.prefix + p.customer_id
@@ -231,6 +267,7 @@ class RedisProfileStore:
     def apply_updates(self, updates: Iterable[tuple[str, str, str]]) -> int:
         """(customer_id, field, value) writes from the engine (unsubscribes, hard bounces),
         one pipelined round trip. Fields: ``consent:CH:CAT`` and ``invalid:CH``."""
+        self._warm = ()  # this process wrote: nothing warmed before is read
         pipe = self._r.pipeline(transaction=False)
         n = 0
         for cid, field_, value in updates:
@@ -242,6 +279,7 @@ class RedisProfileStore:
     def forget(self, customer_ids: Iterable[str], chunk: int = 1000) -> None:
         """Remove these customers' profiles and tombstones outright (a demo re-seeding its
         own customers; not for CDP deletes, which keep a tombstone)."""
+        self._warm = ()  # this process wrote: nothing warmed before is read
         pipe = self._r.pipeline(transaction=False)
         for n, cid in enumerate(customer_ids, 1):
             pipe.delete(self.prefix + cid, self.prefix + TOMBSTONE + cid)
@@ -252,6 +290,7 @@ class RedisProfileStore:
     def write_profiles(self, writes: Iterable[ProfileWrite]) -> list[bool]:
         """CDP upserts/deletes in one pipelined round trip, last writer wins by event time:
         True per write applied, False when the profile already holds a newer one."""
+        self._warm = ()  # this process wrote: nothing warmed before is read
         pipe = self._r.pipeline(transaction=False)
         for w in writes:
             keys = [self.prefix + w.customer_id, self.prefix + TOMBSTONE + w.customer_id]
@@ -265,6 +304,7 @@ class RedisProfileStore:
         return [bool(r) for r in pipe.execute()]
 
     def set_consent(self, customer_id: str, channel: str, category: str, granted: bool) -> None:
+        self._warm = ()  # this process wrote: nothing warmed before is read
         self._r.hset(self.prefix + customer_id, f"consent:{channel}:{category}",
                      "1" if granted else "0")
 

@@ -125,7 +125,10 @@ def test_each_record_type_round_trips(backend: ChdbBackend, db: str) -> None:
     cols, rows = backend.query(f"SELECT * FROM {db}.decisions WHERE decision_id = 'dec2'")
     got = dict(zip(cols, rows[0], strict=True))
     assert got.pop("inserted_at")
-    assert got == {**rows_for(decision(2, "suppressed", "no_consent", channel="sms"))[1]}
+    written = rows_for(decision(2, "suppressed", "no_consent", channel="sms"))[1]
+    # times are written as epoch seconds (ms fraction) and read back as DateTime64 text
+    assert got == {k: iso(round(v * 1000)) if isinstance(v, float) else v
+                   for k, v in written.items()}
 
     cols, rows = backend.query(f"SELECT * EXCEPT inserted_at FROM {db}.sends")
     got = dict(zip(cols, rows[0], strict=True))
@@ -146,6 +149,19 @@ def test_each_record_type_round_trips(backend: ChdbBackend, db: str) -> None:
     assert dup[:5] == (DUPLICATE, "", "clicks:0:7", "ev7", iso(T0))
     assert bad[0] == "invalid_json" and bad[1].endswith("\ufffd") and bad[4] is None
     assert bad[5] == iso(T0) and bad[6] == rejected_id(rejected(8))
+
+
+@pytest.mark.parametrize("ms", [0, 1, 999, 1_000, T0, T0 + 1, T0 + 7, T0 + 999,
+                                1_764_500_000_123, 4_102_444_799_999])  # … 2099-12-31 23:59
+def test_row_times_are_exact_to_the_millisecond(backend: ChdbBackend, db: str, ms: int) -> None:
+    """Rows carry times as JSON numbers (epoch seconds, ms fraction): ClickHouse stores
+    exactly the millisecond the record had, whatever the digits."""
+    row = rows_for(decision(1))[1]
+    row.update(decision_id=f"ms{ms}", ts=ms / 1000, decided_at=ms / 1000)
+    backend.insert_json_rows(f"{db}.raw_decisions", [row])
+    got = backend.query_rows(f"SELECT toUnixTimestamp64Milli(ts), toString(decided_at) "
+                             f"FROM {db}.raw_decisions WHERE decision_id = 'ms{ms}'")
+    assert got == [(ms, iso(ms))]
 
 
 def test_analyst_views(backend: ChdbBackend, db: str) -> None:

@@ -55,3 +55,80 @@ def test_demo_says_so_when_redis_is_absent():
     assert "Redis is NOT reachable at redis://:***@127.0.0.1" in said
     assert "hunter2" not in said  # no secret in what is printed
     assert store.get("c000001") == gen.profiles()[0]
+
+
+def _no_round_trips(store: RedisProfileStore, monkeypatch) -> None:
+    def refuse(ids):
+        raise AssertionError(f"a round trip for {list(ids)}")
+    monkeypatch.setattr(store, "get_many", refuse)
+
+
+def test_warmed_profiles_answer_lookups_without_a_round_trip(redis_server, monkeypatch):
+    """One pipelined read warms a batch's customers; the engine's lookups that follow
+    (those without a profile included) are answered from it."""
+    store = RedisProfileStore(redis_server.url, prefix="warm1:")
+    a = Profile("a", "Europe/Berlin", "de-DE", frozenset({"email"}), {"email:marketing": True})
+    store.put_many([a])
+    store.warm(["a", "nobody", "a"])
+    _no_round_trips(store, monkeypatch)
+    assert store.get("a") == a and store.get("nobody") is None
+    assert store.warmed == 2
+
+
+def test_a_warmed_profile_is_read_again_once_old_or_after_a_write(redis_server, monkeypatch):
+    import state.profiles as profiles
+
+    store = RedisProfileStore(redis_server.url, prefix="warm2:")
+    a = Profile("a", "UTC", "en", frozenset({"email"}), {"email:marketing": True})
+    store.put_many([a])
+    store.warm(["a"])
+    store.set_consent("a", "email", "marketing", False)  # this process wrote: read again
+    assert store.get("a").consent("email", "marketing") is False
+    store.warm(["a"])
+    monkeypatch.setattr(profiles, "PREFETCH_MAX_AGE_S", -1.0)  # everything warmed is old
+    RedisProfileStore.set_consent(RedisProfileStore(redis_server.url, prefix="warm2:"),
+                                  "a", "email", "marketing", True)  # another writer
+    assert store.get("a").consent("email", "marketing") is True
+    assert store.warmed == 0
+
+
+def test_warming_an_unreachable_store_never_raises_and_lookups_still_say_so():
+    store = RedisProfileStore(f"redis://127.0.0.1:{free_port()}/0")
+    store.warm(["a", "b"])
+    with pytest.raises(ProfileUnavailable):
+        store.get("a")
+    store.warm(["a"])  # while failing fast: not even tried
+    with pytest.raises(ProfileUnavailable):
+        store.get("b")
+
+
+def test_prefetching_profiles_changes_no_decision(redis_server):
+    """The shipped config over generated traffic with Redis profiles: the same sends and
+    decisions with the batch prefetch as with one read per customer, and the prefetch
+    really answered the lookups."""
+    from bytewax.testing import run_main
+
+    from cdp_triggers.records import Decision, Send
+    from flows.app import build_run
+
+    gen = SyntheticRetail(SyntheticConfig(customers=400, days=3, seed=23))
+    s = Settings(redis_url=redis_server.url, redis_key_prefix="warm3:", clock="replay",
+                 horizon_ms=gen.end_ms)
+    RedisProfileStore(redis_server.url, prefix="warm3:").put_many(gen.profiles())
+
+    def decided(prefetch: bool) -> tuple[set, set, int]:
+        run = build_run(s, "generator", generator=gen.events, profiles="redis",
+                        outputs="memory", loopback=True)
+        store = run.runtime.prefetch.__self__ if run.runtime.prefetch else None
+        if not prefetch:
+            run.runtime.prefetch = None
+        run_main(run.flow)
+        got = run.captured or []
+        return ({r.send_id for r in got if isinstance(r, Send)},
+                {(r.decision_id, r.status, r.reason) for r in got if isinstance(r, Decision)},
+                store.warmed if prefetch and store else 0)
+
+    *one_by_one, _ = decided(False)
+    *batched, warmed = decided(True)
+    assert one_by_one[0] and batched == one_by_one
+    assert warmed > 100
