@@ -31,8 +31,9 @@ START, END = "<!-- profile: bench.profile -->", "<!-- /profile -->"
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 # named rows: a function (file suffix, name) and everything it calls
 GROUPS = (
-    ("engine `Engine.handle` (incl. profile reads)", ("operators/engine.py", "handle")),
+    ("engine `Engine.handle_split` (incl. profile reads)", ("operators/engine.py", "handle_split")),
     ("profile reads (Redis, synchronous)", ("state/profiles.py", "get")),
+    ("profile prefetch (Redis, one read per batch)", ("state/profiles.py", "warm")),
     ("aligned Kafka source `next_batch`", ("flows/sources.py", "next_batch")),
     ("  of which `parse_event`", ("cdp_triggers/events.py", "parse_event")),
     ("effects sink `write_batch`", ("sinks/effects.py", "write_batch")),
