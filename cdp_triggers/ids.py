@@ -10,7 +10,7 @@ import hashlib
 
 def stable_id(*parts: object, size: int = 16) -> str:
     """Hex digest (``size`` bytes) of the parts joined unambiguously."""
-    text = "".join(f"{len(s)}:{s}" for s in map(str, parts))  # length-prefixed: unambiguous
+    text = "".join([f"{len(s)}:{s}" for s in map(str, parts)])  # length-prefixed: unambiguous
     return hashlib.blake2b(text.encode(), digest_size=size).hexdigest()
 
 

@@ -143,6 +143,7 @@ class Engine:
         self.config = config
         policy = config.policy
         self._by_id: dict[str, Trigger] = {t.id: t for t in config.triggers}
+        self._rank = {t.id: -t.priority for t in config.triggers}  # timer order: higher first
         self._grace = {t.id: policy.late_event_grace if t.grace is None else t.grace
                        for t in config.triggers}
         self._starts: dict[str, list[Trigger]] = {}
@@ -255,8 +256,9 @@ class Engine:
 
     def _head(self, state: CustomerState) -> tuple[str, Instance]:
         """The timer decided next: the earliest due in event time, ties by priority."""
+        rank = self._rank
         return min(state.instances.items(),
-                   key=lambda kv: (kv[1].due, -self._priority(kv[1].trigger_id), kv[0]))
+                   key=lambda kv: (kv[1].due, rank.get(kv[1].trigger_id, 0), kv[0]))
 
     def _fire_due(self, state: CustomerState, now: int, lazy: _Lazy, out: list[Output],
                   replan: bool = True) -> None:
@@ -273,7 +275,8 @@ class Engine:
             timed = self._sched_head(state) if state.sched else None
             if not (state.instances or state.seg_due or timed):
                 return
-            head = self._head(state)[1].due if state.instances else None
+            first = self._head(state) if state.instances else None
+            head = first[1].due if first is not None else None
             if state.seg_due and (head is None or state.seg_due <= head) and (
                     timed is None or state.seg_due <= timed[0]):
                 if state.seg_due + self.config.policy.late_event_grace > now:
@@ -287,7 +290,7 @@ class Engine:
                 after = max(after, timed[0])
                 self._sched_fire(state, timed[1], now, out)
                 continue
-            slot, inst = self._head(state)
+            slot, inst = first  # not None: without instances a branch above was taken
             if self._fires_at(inst) > now:
                 return
             after = max(after, inst.due)
@@ -297,7 +300,8 @@ class Engine:
 
     def _sched_head(self, state: CustomerState) -> tuple[int, str] | None:
         """(due, trigger id) of the earliest planned occurrence, ties by priority."""
-        due, _, tid = min(((d, -self._priority(tid), tid) for tid, (d, _) in state.sched.items()
+        rank = self._rank
+        due, _, tid = min(((d, rank.get(tid, 0), tid) for tid, (d, _) in state.sched.items()
                            if d), default=(0, 0, ""))
         return (due, tid) if due else None
 

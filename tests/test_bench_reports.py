@@ -25,9 +25,9 @@ def test_profile_shares_count_only_the_flow_process():
     flow = ("process 2:\"python -m bench.floors --child shipped\";_run_timed "
             "(bench/floors.py:80)")
     raw = "\n".join([
-        f"{flow};CustomerLogic.on_batch (operators/keyed.py:120);Engine.handle "
+        f"{flow};CustomerLogic.on_batch (operators/keyed.py:120);Engine.handle_split "
         "(operators/engine.py:170);RedisProfileStore.get (state/profiles.py:160) 30",
-        f"{flow};CustomerLogic.on_batch (operators/keyed.py:120);Engine.handle "
+        f"{flow};CustomerLogic.on_batch (operators/keyed.py:120);Engine.handle_split "
         "(operators/engine.py:170);Engine._apply (operators/engine.py:430) 50",
         f"{flow};_KafkaShard.next_batch (flows/sources.py:150);parse_event "
         "(cdp_triggers/events.py:400) 20",
@@ -35,7 +35,7 @@ def test_profile_shares_count_only_the_flow_process():
     ])
     r = profile.analyse(raw)
     assert r["samples"] == 100
-    assert r["groups"]["engine `Engine.handle` (incl. profile reads)"] == pytest.approx(0.8)
+    assert r["groups"]["engine `Engine.handle_split` (incl. profile reads)"] == pytest.approx(0.8)
     assert r["groups"]["profile reads (Redis, synchronous)"] == pytest.approx(0.3)
     assert r["groups"]["aligned Kafka source `next_batch`"] == pytest.approx(0.2)
     assert r["self"][0] == ("Engine._apply (operators/engine.py)", pytest.approx(0.5))
