@@ -339,6 +339,9 @@ def write_floors_table(path: Path, r: dict, table: str) -> None:
     if FLOORS_START in text:
         head, rest = text.split(FLOORS_START, 1)
         text = head + block + rest.split(FLOORS_END, 1)[1]
+    elif THROUGHPUT_END in text:  # at the end of the throughput section
+        head, rest = text.split(THROUGHPUT_END, 1)
+        text = head + block + "\n" + THROUGHPUT_END + rest
     else:
         text = (text.rstrip("\n") + f"\n\n{THROUGHPUT_START}\n## Throughput (issue 10)\n\n"
                 f"{block}\n{THROUGHPUT_END}\n")

@@ -38,3 +38,17 @@ def test_floors_table_is_replaced_and_the_section_survives_a_report(tmp_path: Pa
     bench_run.write_report(out, 1, 1.0, results)
     text = out.read_text()
     assert "hand-written profile" in text and "TABLE-2" in text
+
+
+def test_floors_table_goes_inside_a_throughput_section_that_lost_its_markers(
+        tmp_path: Path) -> None:
+    """A hand-edited section without the floors markers gets the table at its end, not a
+    second "Throughput" section at the end of the file."""
+    out = tmp_path / "benchmarks.md"
+    out.write_text(f"# Benchmarks\n\n{bench_run.THROUGHPUT_START}\n## Throughput (issue 10)\n"
+                   f"\nhand-written\n{bench_run.THROUGHPUT_END}\n\n## Latency\n")
+    r = floors.summarize({"floor_b": [2.0], "shipped": [1.0]}, 10, 1, 1.0)
+    bench_run.write_floors_table(out, r, "TABLE-1")
+    text = out.read_text()
+    assert text.count("## Throughput") == 1 and text.index("TABLE-1") < text.index("## Latency")
+    assert text.index("hand-written") < text.index("TABLE-1")
