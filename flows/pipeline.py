@@ -40,6 +40,7 @@ class Outputs:
     clickhouse_batch_rows: int = 20_000
     clickhouse_batch_seconds: float = 2.0
     clickhouse_shards: int = 2
+    clickhouse_trickle: bool = False  # live: due background rows go one table per batch
     profile_store: Callable[[], ProfileWriter] | None = None  # unsubscribes, hard bounces
     kafka_brokers: list[str] | None = None
     sends_topic: str = "sends"
@@ -107,6 +108,7 @@ def attach_outputs(records: Stream, rejected: Stream, outputs: Outputs) -> None:
                        outputs.kafka_brokers, outputs.sends_topic, outputs.dead_letter_topic,
                        outputs.kafka_config, max_rows=outputs.clickhouse_batch_rows,
                        max_seconds=outputs.clickhouse_batch_seconds,
-                       parts=outputs.clickhouse_shards, policy=outputs.retry)
+                       parts=outputs.clickhouse_shards, policy=outputs.retry,
+                       trickle=outputs.clickhouse_trickle)
     effects = op.merge("all_records", updates.falses, rejected)
     op.output("effects", op.map("route", effects, sink.route), sink)

@@ -14,8 +14,10 @@ Live sends leave at once: a batch holding a send decided on live time (``decided
 within ``live_ms`` of the wall clock: a live run that has caught up, not a backfill or a
 replay, whose decision times lie behind) flushes the partition's *send* part straight
 away: its decisions and sends rows, then step 2; their outbox rows (step 3) wait for the
-next full flush with every other table (and the dead letters, rows before messages).
-Backfills and replays batch as before.
+next flush with every other table (and the dead letters, rows before messages). In live
+runs (``trickle``) a due partition with no command or dead letter waiting writes its
+tables one per batch, so no live send waits behind ten INSERTs. Backfills and replays
+batch as before.
 
 Every step blocks until it succeeds (outages are waited out with backoff, see
 :class:`sinks.clickhouse_sink.ClickHouseWriter` and :class:`sinks.kafka_out.KafkaOut`), so
@@ -95,7 +97,7 @@ class EffectsPartition(StatefulSinkPartition[Record, None]):
                  max_rows: int = 20_000, max_seconds: float = 2.0,
                  clock: Callable[[], float] = time.monotonic, name: str = part_name(0),
                  live_ms: int | None = LIVE_MS,
-                 wall_ms: Callable[[], int] | None = None) -> None:
+                 wall_ms: Callable[[], int] | None = None, trickle: bool = False) -> None:
         self.clickhouse = clickhouse
         self.kafka = kafka
         self.sends_topic = sends_topic
@@ -106,6 +108,9 @@ class EffectsPartition(StatefulSinkPartition[Record, None]):
         self.name = name
         self.live_ms = live_ms
         self.wall_ms = wall_ms or _now_ms
+        self.trickle = trickle
+        self.round: list[str] = []  # due tables not yet written this round (trickle)
+        self.trickled = 0  # due background tables written one per batch (trickle)
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.sends: dict[str, bytes] = {}  # send_id → message value
         self.dead: list[Message] = []
@@ -157,12 +162,38 @@ class EffectsPartition(StatefulSinkPartition[Record, None]):
             self.pending += 1
             if self.pending >= self.max_rows:
                 self.flush()
-        if self.pending and self.clock() - self.oldest >= self.max_seconds:
+        due = self.pending and (self.round or self.clock() - self.oldest >= self.max_seconds)
+        if urgent and self.sends and (self.trickle or not due):
+            self.flush(sends_only=True)  # (live, trickle: the due tables go on next batches)
+        elif due and not self._trickle_one():
             self.flush()
-        elif urgent and self.sends:
-            self.flush(sends_only=True)
         else:
             self.backlog.set(self.pending)
+
+    def _trickle_one(self) -> bool:
+        """Live runs (``trickle``): a due partition writes its buffered tables ONE per
+        batch, in a round (each table that had rows when it fell due, largest first), as
+        long as no command or dead letter waits on the rows (then nothing orders the
+        tables); after the round the buffer's age counts from then. Every INSERT stalls the
+        worker ~10 ms however few its rows, so writing a due partition's ten tables at once
+        held every live send behind them for ~100 ms. False: flush whole instead."""
+        if not (self.trickle and self.clickhouse is not None) or self.sends or self.dead:
+            return False
+        if not self.round:
+            self.round = sorted(self.rows, key=lambda t: len(self.rows[t]))
+        while self.round:
+            table = self.round.pop()  # the largest left
+            if table in self.rows:
+                with self.flush_seconds.time():
+                    self.pending -= self.clickhouse.insert_all(self.rows, (table,))
+                self.trickled += 1
+                break
+        if not self.round:
+            self.oldest = self.clock()  # round done: what is left counts from now
+        if not self.rows:
+            self.pending = 0
+        self.backlog.set(self.pending)
+        return True
 
     def flush(self, sends_only: bool = False) -> None:
         """Rows, then send commands not yet in the outbox, then the outbox, then dead letters
@@ -170,6 +201,8 @@ class EffectsPartition(StatefulSinkPartition[Record, None]):
 
         Blocks through outages; a buffer part is dropped only once its step succeeded.
         """
+        if not sends_only:
+            self.round = []  # everything goes now
         try:
             with self.flush_seconds.time():
                 self._flush(sends_only and self.clickhouse is not None)
@@ -248,7 +281,8 @@ class EffectsSink(FixedPartitionedSink[Record, None]):
     Either side may be off: ``clickhouse=None`` (no rows, no outbox: commands are produced
     straight away) or ``kafka_brokers=None`` (rows only, e.g. the embedded demo). Feed items
     made by ``self.route``; ``parts`` partitions are spread over the workers. ``live_ms``:
-    sends decided within this long of the wall clock leave at once (None: always batched).
+    sends decided within this long of the wall clock leave at once (None: always batched);
+    ``trickle`` (live runs): a due partition writes its tables one per batch.
     """
 
     def __init__(self, clickhouse: Callable[[], ClickHouseBackend] | None,
@@ -256,7 +290,8 @@ class EffectsSink(FixedPartitionedSink[Record, None]):
                  sends_topic: str = "sends", dead_letter_topic: str = "dead_letters",
                  kafka_config: dict[str, Any] | None = None, max_rows: int = 20_000,
                  max_seconds: float = 2.0, parts: int = 2,
-                 policy: RetryPolicy = DEFAULT_RETRY, live_ms: int | None = LIVE_MS) -> None:
+                 policy: RetryPolicy = DEFAULT_RETRY, live_ms: int | None = LIVE_MS,
+                 trickle: bool = False) -> None:
         if parts < 1 or max_rows < 1:
             raise ValueError("parts and max_rows must be at least 1")
         self.clickhouse = clickhouse
@@ -270,6 +305,7 @@ class EffectsSink(FixedPartitionedSink[Record, None]):
         self.parts = parts
         self.policy = policy
         self.live_ms = live_ms
+        self.trickle = trickle
         # Bytewax indexes part_fn's value into the sorted global list of partitions.
         self._index = {n: i for i, n in enumerate(sorted(map(part_name, range(parts))))}
 
@@ -290,4 +326,4 @@ class EffectsSink(FixedPartitionedSink[Record, None]):
                  if self.kafka_brokers else None)
         return EffectsPartition(writer, kafka, self.sends_topic, self.dead_letter_topic,
                                 self.max_rows, self.max_seconds, name=for_part,
-                                live_ms=self.live_ms)
+                                live_ms=self.live_ms, trickle=self.trickle)

@@ -230,3 +230,50 @@ def test_a_live_send_leaves_at_once_with_its_rows_the_rest_stays_batched(
     assert part.send_flushes == 1 and part.sends_produced == 2
     part.close()
     assert has_dispatched(backend, db) == 2
+
+
+def test_a_live_partition_writes_due_tables_one_per_batch_then_waits_again(
+        chdb_dir: str, backend: ChdbBackend, db: str, kafka: Any,
+        topics: tuple[str, str]) -> None:
+    """Live (``trickle``): once due, the buffered tables go one per batch, largest first,
+    with nothing but its own INSERT in a batch; after the round the age counts anew. A
+    live send in a due batch still leaves at once; a dead letter waiting makes the flush
+    whole again (its rows before it)."""
+    import time
+
+    journal, clock = Journal(), [0.0]
+    part = EffectsPartition(
+        ClickHouseWriter(SpyBackend(ChdbBackend(chdb_dir), journal), db),
+        SpyKafka(journal, [kafka.bootstrap]), topics[0], topics[1], max_seconds=2.0,
+        clock=lambda: clock[0], trickle=True)
+    background = [Lifecycle(f"lc{i}", f"c{i}", "cart", f"i{i}", "", "started", "", f"e{i}",
+                            T0, T0) for i in range(3)]
+    background += [Decision(f"d{i}", f"s{i}", f"c{i}", "cart", "marketing", "v1", f"i{i}", 0,
+                            "email", "tpl", "A", "suppressed", "no_consent", T0, T0)
+                   for i in range(2)]
+    part.write_batch(background)
+    assert journal.events == [] and part.pending == 5
+    clock[0] = 2.5  # due
+    part.write_batch([])
+    assert [e[:2] for e in journal.events] == [("insert", "raw_lifecycle")]
+    assert part.pending == 2
+    now = time.time_ns() // 1_000_000
+    live = [Decision("dec-live", "send-live", "cust-live", "order_status", "transactional",
+                     "v1", "inst-live", 0, "email", "tpl", "A", "sent", "", now, now),
+            Send("send-live", "cust-live", "order_status", "transactional", "v1", "inst-live",
+                 0, "email", "tpl", "A", {}, now, now)]
+    part.write_batch(live)  # the live send first: its rows and command only
+    assert [e[:2] for e in journal.events[1:]] == [
+        ("insert", "raw_decisions"), ("insert", "raw_sends"), ("deliver", topics[0])]
+    part.write_batch([])  # the round ends: its decisions went with the live send
+    assert len(journal.events) == 4 and part.trickled == 1
+    assert part.pending == 1 and set(part.rows) == {"raw_dispatched"}  # the live outbox row
+    part.write_batch(background[:1])  # the age counts from the round's end: not due
+    assert len(journal.events) == 4
+    clock[0] = 5.0
+    part.write_batch([rejected(1)])  # a dead letter waits: the whole partition flushes
+    assert [e[:2] for e in journal.events[4:]] == [
+        ("insert", "raw_dispatched"), ("insert", "raw_lifecycle"),
+        ("insert", "raw_rejected_events"), ("deliver", topics[1])]
+    assert part.pending == 0
+    part.close()
