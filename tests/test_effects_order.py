@@ -192,8 +192,9 @@ def test_a_live_send_leaves_at_once_with_its_rows_the_rest_stays_batched(
         chdb_dir: str, backend: ChdbBackend, db: str, kafka: Any,
         topics: tuple[str, str]) -> None:
     """A send decided on live time (decided_at = now) is produced within its own batch:
-    its decision and send rows first, then the command; its outbox row, the batch's other
-    rows and its dead letter wait for the next full flush. A send decided long ago (a
+    its send row first, then the command; its decision and outbox rows, the batch's other
+    rows and its dead letter wait for the next full flush (DESIGN: no command without its
+    row). A send decided long ago (a
     replay or a backfill) waits for the batch like any row."""
     import time
 
@@ -213,17 +214,16 @@ def test_a_live_send_leaves_at_once_with_its_rows_the_rest_stays_batched(
     ]
     part.write_batch(live)
     kinds = [(kind, where) for kind, where, _ in journal.events]
-    assert kinds == [("insert", "raw_decisions"), ("insert", "raw_sends"),
-                     ("deliver", topics[0])]
-    assert part.pending == 3 and set(part.rows) == {"raw_lifecycle", "raw_rejected_events",
-                                                    "raw_dispatched"}
+    assert kinds == [("insert", "raw_sends"), ("deliver", topics[0])]
+    assert part.pending == 4 and set(part.rows) == {"raw_lifecycle", "raw_rejected_events",
+                                                    "raw_dispatched", "raw_decisions"}
     assert [k for k, _ in consume_all(kafka.bootstrap, topics[0], expected=1)] == [b"send-live"]
 
     old = records(1)  # decided at T0, months ago: batched
     part.write_batch(old)
-    assert len(journal.events) == 3 and part.pending == 3 + len(old)
+    assert len(journal.events) == 2 and part.pending == 4 + len(old)
     part.snapshot()  # the epoch closes: everything, rows before commands and dead letters
-    later = [(kind, where) for kind, where, _ in journal.events[3:]]
+    later = [(kind, where) for kind, where, _ in journal.events[2:]]
     assert ("insert", "raw_dispatched") in later[:later.index(("deliver", topics[0]))]
     assert later.index(("deliver", topics[0])) > later.index(("insert", "raw_sends"))
     assert later[-1] == ("deliver", topics[1]) and part.pending == 0
@@ -262,12 +262,14 @@ def test_a_live_partition_writes_due_tables_one_per_batch_then_waits_again(
                      "v1", "inst-live", 0, "email", "tpl", "A", "sent", "", now, now),
             Send("send-live", "cust-live", "order_status", "transactional", "v1", "inst-live",
                  0, "email", "tpl", "A", {}, now, now)]
-    part.write_batch(live)  # the live send first: its rows and command only
-    assert [e[:2] for e in journal.events[1:]] == [
-        ("insert", "raw_decisions"), ("insert", "raw_sends"), ("deliver", topics[0])]
-    part.write_batch([])  # the round ends: its decisions went with the live send
-    assert len(journal.events) == 4 and part.trickled == 1
-    assert part.pending == 1 and set(part.rows) == {"raw_dispatched"}  # the live outbox row
+    part.write_batch(live)  # the live send first: its row and command only
+    assert [e[:2] for e in journal.events[1:]] == [("insert", "raw_sends"),
+                                                   ("deliver", topics[0])]
+    part.write_batch([])  # the round goes on: the decisions (the live one's too)
+    assert [e[:2] for e in journal.events[3:]] == [("insert", "raw_decisions")]
+    assert part.trickled == 2 and part.pending == 1
+    assert set(part.rows) == {"raw_dispatched"}  # the live send's outbox row: next round
+    part.write_batch([])  # the round is over
     part.write_batch(background[:1])  # the age counts from the round's end: not due
     assert len(journal.events) == 4
     clock[0] = 5.0
