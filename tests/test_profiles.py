@@ -132,3 +132,29 @@ def test_prefetching_profiles_changes_no_decision(redis_server):
     *batched, warmed = decided(True)
     assert one_by_one[0] and batched == one_by_one
     assert warmed > 100
+
+
+def test_warming_that_lookups_do_not_use_is_mostly_skipped(redis_server, monkeypatch):
+    """A config whose decisions are rare asks for few warmed profiles: below the minimum
+    share of use, only one batch in PREFETCH_PROBE is read (to notice when use grows)."""
+    import state.profiles as profiles
+
+    store = RedisProfileStore(redis_server.url, prefix="warm4:")
+    reads = []
+    real = store.get_many
+    monkeypatch.setattr(store, "get_many", lambda ids: reads.append(len(ids)) or real(ids))
+    for b in range(4):  # 2,000 warmed, none asked for
+        store.warm([f"c{b}-{i}" for i in range(500)])
+    assert len(reads) == 4
+    for b in range(32):
+        store.warm([f"d{b}-{i}" for i in range(10)])
+    assert len(reads) == 4 + 32 // profiles.PREFETCH_PROBE
+    warmed = len(reads)
+    for b in range(200):  # now every profile is asked for: probes are used, warming resumes
+        ids = [f"e{b}-{i}" for i in range(100)]
+        store.warm(ids)
+        for cid in ids:
+            store.get(cid)
+        if b >= 190:  # every batch warmed again: one read, no lookup goes alone
+            assert reads[-1] == 100 and len(reads) == warmed + 1
+        warmed = len(reads)
