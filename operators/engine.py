@@ -193,7 +193,10 @@ class Engine:
         effect (the keyed step's stored inputs)."""
         due: list[Output] = []
         lazy = _Lazy(profiles, state.customer_id)
-        self._fire_due(state, now, lazy, due)
+        # the plan the last call left holds unless the config changed since (a restore):
+        # zone, dates and segments change only with an event or a timer, which replan
+        self._fire_due(state, now, lazy, due,
+                       replan=not state.sched_basis.startswith(self._timed.tag))
         if event is None:
             return due, []
         out: list[Output] = []

@@ -48,6 +48,8 @@ class Timed:
                                      key=lambda t: t.id))
         self.default_zone = default_zone
         self.version = version
+        # a basis starts with the config's tag: a plan made under another config is stale
+        self.tag = f"{zlib.crc32(version.encode()) & 0xFFFF:04x}:"
         dates = {t.start.date for t in self.triggers}
         self.birthday = "profile.birthday" in dates
         self.registered = "profile.registered_at" in dates
@@ -81,10 +83,11 @@ class Timed:
             state.registered_at = profile.registered_at
 
     def basis(self, state: CustomerState, zone: str) -> str:
-        """What a plan is made from, as a short checksum (kept per customer)."""
+        """What a plan is made from, as a short checksum (kept per customer), behind the
+        config's :attr:`tag`."""
         text = (f"{self.version}|{zone}|{state.birthday}|{state.registered_at}|"
                 f"{state.first_order_at}|{','.join(state.segments)}")
-        return f"{zlib.crc32(text.encode()):08x}"
+        return f"{self.tag}{zlib.crc32(text.encode()):08x}"
 
     def zone(self, trig: Trigger, customer_zone: str) -> str:
         sched = trig.start.schedule

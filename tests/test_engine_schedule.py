@@ -228,14 +228,15 @@ steps:
 
 
 def test_zone_change_replans() -> None:
-    """The plan follows the zone the last profile read gave."""
+    """The plan follows the zone the last profile read gave (here: a shipping notice's)."""
     eng = engine()
     st = CustomerState("c1")
     berlin = with_(reachable("c1"), birthday="10-10")
     eng.handle(st, ev("product_viewed", 0, product_id="p"), T0, store(berlin).get)
     first = st.sched["birthday"]
-    st.profile = with_(berlin, timezone="America/New_York")  # as a send's read would
-    eng.handle(st, ev("product_viewed", 60, product_id="p"), T0 + HOUR, store(berlin).get)
+    moved = with_(berlin, timezone="America/New_York")
+    eng.handle(st, ev("order_shipped", 60, order_id="o1"), T0 + HOUR, store(moved).get)
+    assert st.profile == moved
     due, key = st.sched["birthday"]
     assert key == first[1] == "2026-10-10" and due - first[0] == 6 * HOUR
 
@@ -384,3 +385,24 @@ def test_keyed_dormant_customer_is_woken_by_its_birthday() -> None:
     wall.t = wake
     out, _ = logic.on_notify()
     assert [x.channel for x in sends(at(out, "birthday"))] == ["email", "push"]
+
+
+def test_a_plan_made_under_another_config_is_redone_at_the_next_call(tmp_path: Path) -> None:
+    """A customer's timed plan holds from one call to the next, except across a config
+    change (a restart with edited YAML): the first call under the new config, a timer-only
+    one here, plans again and fires by the new time."""
+    import pickle
+
+    def bday(at: str) -> str:
+        return (f'id: bday\nstart: {{date: profile.birthday, at: "{at}"}}\n'
+                "steps:\n  - template: win_back\n    channels: [email]\n")
+
+    old = custom_engine(tmp_path / "old", triggers={"bday": bday("18:30")})
+    new = custom_engine(tmp_path / "new", triggers={"bday": bday("08:00")})
+    lookup = store(reachable("c1")).get
+    st = CustomerState("c1")
+    old.handle(st, ev("signed_up", 0, birthday="09-25"), T0, lookup)
+    noon = int(datetime(2026, 9, 25, 12, 0, tzinfo=BERLIN).timestamp() * 1000)
+    assert not sends(at(old.handle(pickle.loads(pickle.dumps(st)), None, noon, lookup), "bday"))
+    got = sends(at(new.handle(pickle.loads(pickle.dumps(st)), None, noon, lookup), "bday"))
+    assert [(local(s.ts).day, local(s.ts).hour) for s in got] == [(25, 8)]
