@@ -236,13 +236,16 @@ def _flow_metrics(port: int) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     status, text = _get(port, "/metrics")
-    out = {"flushes": 0.0, "flush_s": 0.0, "produced": 0.0}
+    out = {"flushes": 0.0, "flush_s": 0.0, "produced": 0.0, "flushes_over_100ms": 0.0}
     if status != 200:
         return out
     for fam in text_string_to_metric_families(text):
         for smp in fam.samples:
             if smp.name == "cdp_sink_flush_seconds_count":
                 out["flushes"] += smp.value
+                out["flushes_over_100ms"] += smp.value
+            elif smp.name == "cdp_sink_flush_seconds_bucket" and smp.labels.get("le") == "0.1":
+                out["flushes_over_100ms"] -= smp.value
             elif smp.name == "cdp_sink_flush_seconds_sum":
                 out["flush_s"] += smp.value
             elif smp.name == "cdp_sends_produced_total":
@@ -296,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                 f" of {r['timers_started']} carts (control ~10 % send nothing)"))
     if r["flushes"]:
         print(f"effects sink: {r['flushes']:.0f} flushes, mean "
-              f"{1000 * r['flush_s'] / r['flushes']:.0f} ms, {r['produced']:.0f} commands "
+              f"{1000 * r['flush_s'] / r['flushes']:.0f} ms "
+              f"({r.get('flushes_over_100ms', 0):.0f} over 100 ms), {r['produced']:.0f} commands "
               "produced (flow's /metrics)")
     if a.json:
         Path(a.json).write_text(orjson.dumps(r, option=orjson.OPT_INDENT_2).decode())

@@ -178,7 +178,7 @@ def build_run(s: Settings, source: Literal["kafka", "files", "generator"] = "kaf
                   clickhouse_batch_rows=s.clickhouse_batch_rows,
                   clickhouse_batch_seconds=s.clickhouse_batch_seconds,
                   clickhouse_shards=s.sink_partitions, profile_store=lambda: store,
-                  clickhouse_trickle=live,
+                  clickhouse_trickle=live, keep_snapshots=recovery,
                   retry=RetryPolicy(cap_s=s.retry_cap_seconds,
                                     max_attempts=s.retry_max_attempts))
     if outputs == "full" and source == "kafka":

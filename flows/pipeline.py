@@ -41,6 +41,7 @@ class Outputs:
     clickhouse_batch_seconds: float = 2.0
     clickhouse_shards: int = 2
     clickhouse_trickle: bool = False  # live: due background rows go one table per batch
+    keep_snapshots: bool = True  # recovery on: the sink's live buffer is its snapshot
     profile_store: Callable[[], ProfileWriter] | None = None  # unsubscribes, hard bounces
     kafka_brokers: list[str] | None = None
     sends_topic: str = "sends"
@@ -109,6 +110,7 @@ def attach_outputs(records: Stream, rejected: Stream, outputs: Outputs) -> None:
                        outputs.kafka_config, max_rows=outputs.clickhouse_batch_rows,
                        max_seconds=outputs.clickhouse_batch_seconds,
                        parts=outputs.clickhouse_shards, policy=outputs.retry,
-                       trickle=outputs.clickhouse_trickle)
+                       trickle=outputs.clickhouse_trickle,
+                       keep_snapshots=outputs.keep_snapshots)
     effects = op.merge("all_records", updates.falses, rejected)
     op.output("effects", op.map("route", effects, sink.route), sink)

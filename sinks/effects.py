@@ -29,7 +29,9 @@ crash before the full flush that records live sends' outbox rows (``max_seconds`
 or the epoch's close).
 
 Records are routed by customer, so a Send and its decision and sends rows share a
-partition and a flush. The resume state is ``None``: nothing stays buffered past an epoch.
+partition and a flush. Replays and backfills keep nothing buffered past an epoch (resume
+state ``None``); a live run's epoch close keeps its buffer as the partition's resume state
+instead of flushing it (see :meth:`EffectsPartition.snapshot`).
 
 Metrics (:mod:`cdp_triggers.metrics`), published once per flush: decisions by status and
 reason, sends by channel, dead letters by reason (``duplicate_event_id`` included), commands
@@ -40,6 +42,7 @@ While ClickHouse or Kafka is in an outage the process is not ready (``sinks``).
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -90,7 +93,7 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class EffectsPartition(StatefulSinkPartition[Record, None]):
+class EffectsPartition(StatefulSinkPartition[Record, bytes | None]):
     """One partition: rows per table, send commands and dead letters, flushed in order."""
 
     def __init__(self, clickhouse: ClickHouseWriter | None, kafka: KafkaOut | None,
@@ -98,7 +101,8 @@ class EffectsPartition(StatefulSinkPartition[Record, None]):
                  max_rows: int = 20_000, max_seconds: float = 2.0,
                  clock: Callable[[], float] = time.monotonic, name: str = part_name(0),
                  live_ms: int | None = LIVE_MS,
-                 wall_ms: Callable[[], int] | None = None, trickle: bool = False) -> None:
+                 wall_ms: Callable[[], int] | None = None, trickle: bool = False,
+                 keep_snapshots: bool = True) -> None:
         self.clickhouse = clickhouse
         self.kafka = kafka
         self.sends_topic = sends_topic
@@ -110,6 +114,7 @@ class EffectsPartition(StatefulSinkPartition[Record, None]):
         self.live_ms = live_ms
         self.wall_ms = wall_ms or _now_ms
         self.trickle = trickle
+        self.keep_snapshots = keep_snapshots  # recovery on: a snapshot is written
         self.round: list[str] = []  # due tables not yet written this round (trickle)
         self.trickled = 0  # due background tables written one per batch (trickle)
         self.rows: dict[str, list[dict[str, Any]]] = {}
@@ -253,9 +258,29 @@ class EffectsPartition(StatefulSinkPartition[Record, None]):
         metrics.SENDS_SKIPPED.inc(len(done))
         self.sends.clear()
 
-    def snapshot(self) -> None:
-        self.flush()
-        return None
+    def snapshot(self) -> bytes | None:
+        """At every epoch close. Replays and backfills flush whole (nothing stays buffered
+        past an epoch). A live run (``trickle``) does not while only rows wait (ten INSERTs
+        at once stalled every live send for ~180 ms each epoch): its buffered rows are the
+        partition's resume state instead (pickled when the run keeps snapshots), so a
+        restart from this epoch writes them; rows are idempotent. The records of the
+        epoch's events are durable in ClickHouse or in the snapshot, never in neither. A
+        command or dead letter waiting makes it flush whole: those are never produced from
+        a snapshot (a graceful stop flushes at close too, after its last snapshot)."""
+        if not self.trickle or self.sends or self.dead:
+            self.flush()
+            return None
+        if not self.pending or not self.keep_snapshots:
+            return None  # (no recovery: a crash re-reads every topic anyway)
+        return pickle.dumps((self.rows, self.pending), pickle.HIGHEST_PROTOCOL)
+
+    def resume(self, state: bytes | None) -> None:
+        """Take back what a live run's snapshot had buffered (see :meth:`snapshot`)."""
+        if state is None:
+            return
+        self.rows, self.pending = pickle.loads(state)
+        self.oldest = self.clock() - self.max_seconds  # due at once
+        self.backlog.set(self.pending)
 
     def close(self) -> None:
         """Flush and release. Bytewax also calls this while a failed worker unwinds, where an
@@ -276,14 +301,15 @@ class EffectsPartition(StatefulSinkPartition[Record, None]):
                 self.kafka.close()
 
 
-class EffectsSink(FixedPartitionedSink[Record, None]):
+class EffectsSink(FixedPartitionedSink[Record, bytes | None]):
     """Engine records and dead letters → ClickHouse rows, sends topic, dead-letter topic.
 
     Either side may be off: ``clickhouse=None`` (no rows, no outbox: commands are produced
     straight away) or ``kafka_brokers=None`` (rows only, e.g. the embedded demo). Feed items
     made by ``self.route``; ``parts`` partitions are spread over the workers. ``live_ms``:
     sends decided within this long of the wall clock leave at once (None: always batched);
-    ``trickle`` (live runs): a due partition writes its tables one per batch.
+    ``trickle`` (live runs): a due partition writes its tables one per batch, and an epoch's
+    close keeps the buffer as the partition's snapshot (``keep_snapshots``: recovery on).
     """
 
     def __init__(self, clickhouse: Callable[[], ClickHouseBackend] | None,
@@ -292,7 +318,7 @@ class EffectsSink(FixedPartitionedSink[Record, None]):
                  kafka_config: dict[str, Any] | None = None, max_rows: int = 20_000,
                  max_seconds: float = 2.0, parts: int = 2,
                  policy: RetryPolicy = DEFAULT_RETRY, live_ms: int | None = LIVE_MS,
-                 trickle: bool = False) -> None:
+                 trickle: bool = False, keep_snapshots: bool = True) -> None:
         if parts < 1 or max_rows < 1:
             raise ValueError("parts and max_rows must be at least 1")
         self.clickhouse = clickhouse
@@ -307,6 +333,7 @@ class EffectsSink(FixedPartitionedSink[Record, None]):
         self.policy = policy
         self.live_ms = live_ms
         self.trickle = trickle
+        self.keep_snapshots = keep_snapshots
         # Bytewax indexes part_fn's value into the sorted global list of partitions.
         self._index = {n: i for i, n in enumerate(sorted(map(part_name, range(parts))))}
 
@@ -320,11 +347,15 @@ class EffectsSink(FixedPartitionedSink[Record, None]):
         index = self._index.get(item_key)
         return zlib.adler32(item_key.encode()) if index is None else index
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> EffectsPartition:
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: bytes | None) -> EffectsPartition:
         writer = (ClickHouseWriter(self.clickhouse(), self.database, self.policy)
                   if self.clickhouse is not None else None)
         kafka = (KafkaOut(self.kafka_brokers, self.kafka_config, self.policy)
                  if self.kafka_brokers else None)
-        return EffectsPartition(writer, kafka, self.sends_topic, self.dead_letter_topic,
+        part = EffectsPartition(writer, kafka, self.sends_topic, self.dead_letter_topic,
                                 self.max_rows, self.max_seconds, name=for_part,
-                                live_ms=self.live_ms, trickle=self.trickle)
+                                live_ms=self.live_ms, trickle=self.trickle,
+                                keep_snapshots=self.keep_snapshots)
+        part.resume(resume_state)
+        return part

@@ -279,3 +279,45 @@ def test_a_live_partition_writes_due_tables_one_per_batch_then_waits_again(
         ("insert", "raw_rejected_events"), ("deliver", topics[1])]
     assert part.pending == 0
     part.close()
+
+
+def test_a_live_epoch_close_keeps_waiting_rows_as_the_snapshot_and_a_restart_writes_them(
+        chdb_dir: str, backend: ChdbBackend, db: str, kafka: Any,
+        topics: tuple[str, str]) -> None:
+    """Live (``trickle``): an epoch's close with only rows waiting writes nothing (ten
+    INSERTs stalled live sends); with recovery on they are the partition's snapshot, and a
+    partition built from it (a restart from that epoch) writes them. A command or a dead
+    letter waiting makes the close flush whole, as a replay's always does."""
+    journal = Journal()
+
+    def part(resume: bytes | None = None, trickle: bool = True) -> EffectsPartition:
+        p = EffectsPartition(
+            ClickHouseWriter(SpyBackend(ChdbBackend(chdb_dir), journal), db),
+            SpyKafka(journal, [kafka.bootstrap]), topics[0], topics[1], max_seconds=600.0,
+            trickle=trickle, keep_snapshots=True)
+        p.resume(resume)
+        return p
+
+    rows = [r for r in records(3) if isinstance(r, Decision | Lifecycle)]
+    live = part()
+    live.write_batch(rows)
+    snap = live.snapshot()
+    assert journal.events == [] and isinstance(snap, bytes)
+    live.failed = True  # the process dies here: nothing written at close
+    live.close()
+    assert journal.events == []
+    again = part(snap)  # restarted from that epoch
+    assert again.pending == len(rows) == 6
+    again.write_batch([])  # due at once: a table per batch
+    again.write_batch([])
+    assert sorted(w for _, w, _ in journal.events) == ["raw_decisions", "raw_lifecycle"]
+    assert again.pending == 0
+    again.write_batch([rejected(1)])
+    assert again.snapshot() is None and again.pending == 0  # a dead letter: flushed whole
+    assert journal.events[-1][:2] == ("deliver", topics[1])
+    again.close()
+    replay = part(trickle=False)
+    replay.write_batch(records(1))
+    assert replay.snapshot() is None and replay.pending == 0  # flushed whole
+    replay.close()
+    assert has_dispatched(backend, db) == 1
