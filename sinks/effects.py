@@ -194,10 +194,10 @@ class EffectsPartition(StatefulSinkPartition[Record, bytes | None]):
                     self.pending -= self.clickhouse.insert_all(self.rows, (table,))
                 self.trickled += 1
                 break
+        if not self.rows:
+            self.pending, self.round = 0, []
         if not self.round:
             self.oldest = self.clock()  # round done: what is left counts from now
-        if not self.rows:
-            self.pending = 0
         self.backlog.set(self.pending)
         return True
 

@@ -113,19 +113,38 @@ def topic_send_ids(kafka, topic: str, idle: float = 3.0, expected: int | None = 
     return [k.decode() for k, _ in got if k]
 
 
-def assert_sends_on_topic_once(kafka, topic: str, expected: set[str]) -> list[str]:
+def assert_sends_on_topic_once(kafka, topic: str, expected: set[str],
+                               outbox: set[str] | None = None) -> list[str]:
     """Each of ``expected`` is on ``topic`` exactly once, and nothing else is. A shortfall
-    is read again after a pause, so the failure says late (broker) or lost."""
+    is read again after a pause, and the failure says whether the missing commands are in
+    the ``outbox`` (the flow had every delivery report: the broker acknowledged them) and
+    what each partition's watermarks hold."""
     on_topic = topic_send_ids(kafka, topic, expected=len(expected))
     if set(on_topic) != expected:
         time.sleep(5)
         again = set(topic_send_ids(kafka, topic, expected=len(expected), timeout=30))
+        missing = expected - again
+        acked = "" if outbox is None else f"; of them in the outbox (acked): " \
+                                         f"{len(missing & outbox)}"
         raise AssertionError(
             f"{len(expected)} sends decided; on the topic {len(set(on_topic))} distinct "
             f"({len(expected - set(on_topic))} missing, {len(set(on_topic) - expected)} "
-            f"extra), re-read after 5 s: {len(expected - again)} missing")
+            f"extra), re-read after 5 s: {len(missing)} missing{acked}; "
+            f"watermarks {watermarks(kafka, topic)}")
     assert len(on_topic) == len(set(on_topic)), "duplicate send commands on the topic"
     return on_topic
+
+
+def watermarks(kafka, topic: str) -> dict[int, tuple[int, int]]:
+    """Partition → (low, high) watermark offsets, as the broker reports them."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"wm-{uuid.uuid4().hex}"})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in parts}
+    finally:
+        c.close()
 
 
 def env_of(s: Settings) -> dict[str, str]:

@@ -65,7 +65,11 @@ def test_kafka_backfill_decides_exactly_like_the_file_replay(traffic, reference,
                                                              redis_server, chdb_url, workers,
                                                              order):
     run = uuid.uuid4().hex[:8]
-    s = settings(kafka, redis_server.url, chdb_url, run, traffic)
+    # one effects partition, so one producer: with two producers writing the same
+    # partitions at once, Tansu (memory storage) lost acknowledged commands now and then
+    # (58, 74 and 77 of 553: rows and outbox complete, still missing 5 s later; not
+    # reproduced by two producers alone). The decisions are made by `workers` either way.
+    s = settings(kafka, redis_server.url, chdb_url, run, traffic, sink_partitions=1)
     kafka.create_topics([*topic_names(run).values(), s.sends_topic, s.dead_letter_topic],
                         partitions=4)
     traffic.produce(kafka, topic_names(run), order)
@@ -78,7 +82,8 @@ def test_kafka_backfill_decides_exactly_like_the_file_replay(traffic, reference,
     assert got["sends"] == reference["sends"]
     assert got["decisions"] == reference["decisions"]
     assert got["conversions"] == reference["conversions"]
-    assert_sends_on_topic_once(kafka, s.sends_topic, reference["sends"])
+    outbox = ids(chdb_url, s.clickhouse_database, "SELECT send_id FROM {db}.dispatched")
+    assert_sends_on_topic_once(kafka, s.sends_topic, reference["sends"], outbox)
 
 
 def _run_to_end(s, timeout: float = 240.0) -> str:
