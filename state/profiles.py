@@ -29,19 +29,21 @@ Reads are pipelined (one round trip for many customers). The flow warms the prof
 each input batch's customers in one round trip (:meth:`RedisProfileStore.warm`) before the
 keyed step asks for them one by one: a decision reads the same profile, read a moment
 earlier (at most ``PREFETCH_MAX_AGE_S``), instead of one round trip per customer.
-When Redis is not reachable the
-caller decides what to do (the embedded demo falls back to generated profiles, loudly);
-the store logs the outage once when it starts and once when it ends, never per lookup,
-and never the URL's password.
+
+When Redis is not reachable the caller decides what to do (the embedded demo falls back to
+generated profiles, loudly); the store logs the outage once when it starts and once when it
+ends, never per lookup, and never the URL's password.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from cdp_triggers.logs import StateLog, mask_url
 
@@ -138,6 +140,21 @@ return 1
 """
 
 
+def _a_write(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A write of this process: nothing warmed before it is read again, nor a warm read
+    that overlapped it (its count moves before and after the write)."""
+    @functools.wraps(method)
+    def write(self: RedisProfileStore, *args: Any, **kwargs: Any) -> Any:
+        self._writes += 1
+        self._warm = ()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._writes += 1
+            self._warm = ()
+    return write
+
+
 class RedisProfileStore:
     """Profiles in Redis. One per process: redis-py's connection pool is thread-safe and
     every call builds its own pipeline, so the worker threads of a process share it."""
@@ -157,6 +174,7 @@ class RedisProfileStore:
         # never mutated, so the worker threads of the process read it without a lock.
         self._warm: tuple[tuple[float, dict[str, Profile | None]], ...] = ()
         self.warmed = 0  # lookups answered from a warmed batch
+        self._writes = 0  # this process's writes: a warm read before one is not kept
         self._use = [0, 0]  # recent (profiles warmed, lookups answered by them), decayed
         self._skipped = 0  # batches not warmed in a row (low use)
 
@@ -228,6 +246,7 @@ class RedisProfileStore:
             self._skipped += 1  # lookups hardly use it: read one by one, when asked
             return
         self._skipped = 0
+        writes = self._writes
         use[0] += len(ids)
         if use[0] > 20_000:
             use[0] //= 2
@@ -237,6 +256,8 @@ class RedisProfileStore:
         except Exception as e:
             log.debug("profile prefetch from %s failed: %s", self.name, mask_url(str(e)))
             return
+        if writes != self._writes:
+            return  # this process wrote while it was read: the answer may be older
         now = time.monotonic()
         batch = {cid: got.get(cid) for cid in ids}
         self._warm = (*(g for g in self._warm[-(PREFETCH_GENERATIONS - 1):]
@@ -270,9 +291,9 @@ class RedisProfileStore:
             out.append(Contact(cid, channel, address, _s(locale or b"") or "en", reason))
         return out
 
+    @_a_write
     def put_many(self, profiles: Iterable[Profile], chunk: int = 1000) -> int:
         n = 0
-        self._warm = ()  # this process wrote: nothing warmed before is read
         pipe = self._r.pipeline(transaction=False)
         for p in profiles:
             key = self.prefix + p.customer_id
@@ -284,10 +305,10 @@ class RedisProfileStore:
         pipe.execute()
         return n
 
+    @_a_write
     def apply_updates(self, updates: Iterable[tuple[str, str, str]]) -> int:
         """(customer_id, field, value) writes from the engine (unsubscribes, hard bounces),
         one pipelined round trip. Fields: ``consent:CH:CAT`` and ``invalid:CH``."""
-        self._warm = ()  # this process wrote: nothing warmed before is read
         pipe = self._r.pipeline(transaction=False)
         n = 0
         for cid, field_, value in updates:
@@ -296,10 +317,10 @@ class RedisProfileStore:
         pipe.execute()
         return n
 
+    @_a_write
     def forget(self, customer_ids: Iterable[str], chunk: int = 1000) -> None:
         """Remove these customers' profiles and tombstones outright (a demo re-seeding its
         own customers; not for CDP deletes, which keep a tombstone)."""
-        self._warm = ()  # this process wrote: nothing warmed before is read
         pipe = self._r.pipeline(transaction=False)
         for n, cid in enumerate(customer_ids, 1):
             pipe.delete(self.prefix + cid, self.prefix + TOMBSTONE + cid)
@@ -307,10 +328,10 @@ class RedisProfileStore:
                 pipe.execute()
         pipe.execute()
 
+    @_a_write
     def write_profiles(self, writes: Iterable[ProfileWrite]) -> list[bool]:
         """CDP upserts/deletes in one pipelined round trip, last writer wins by event time:
         True per write applied, False when the profile already holds a newer one."""
-        self._warm = ()  # this process wrote: nothing warmed before is read
         pipe = self._r.pipeline(transaction=False)
         for w in writes:
             keys = [self.prefix + w.customer_id, self.prefix + TOMBSTONE + w.customer_id]
@@ -323,8 +344,8 @@ class RedisProfileStore:
                 self._upsert(keys=keys, args=[arg], client=pipe)
         return [bool(r) for r in pipe.execute()]
 
+    @_a_write
     def set_consent(self, customer_id: str, channel: str, category: str, granted: bool) -> None:
-        self._warm = ()  # this process wrote: nothing warmed before is read
         self._r.hset(self.prefix + customer_id, f"consent:{channel}:{category}",
                      "1" if granted else "0")
 

@@ -158,3 +158,19 @@ def test_warming_that_lookups_do_not_use_is_mostly_skipped(redis_server, monkeyp
         if b >= 190:  # every batch warmed again: one read, no lookup goes alone
             assert reads[-1] == 100 and len(reads) == warmed + 1
         warmed = len(reads)
+
+
+def test_a_warm_read_that_overlaps_a_write_of_this_process_is_not_kept(redis_server):
+    store = RedisProfileStore(redis_server.url, prefix="warm5:")
+    store.put_many([Profile("a", "UTC", "en", frozenset({"email"}), {"email:marketing": True})])
+    real = store.get_many
+
+    def read_then_someone_writes(ids):
+        got = real(ids)  # the answer from before the write below
+        store.set_consent("a", "email", "marketing", False)
+        return got
+
+    store.get_many = read_then_someone_writes
+    store.warm(["a"])
+    store.get_many = real
+    assert store.get("a").consent("email", "marketing") is False and store.warmed == 0
