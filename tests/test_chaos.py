@@ -36,6 +36,12 @@ SCALE = float(os.environ.get("CDP_CHAOS_SCALE", "1"))
 
 
 @pytest.fixture(scope="module")
+def kafka(own_kafka):
+    """This module's own broker (see ``own_kafka``): its flows run several producers."""
+    return own_kafka
+
+
+@pytest.fixture(scope="module")
 def traffic(tmp_path_factory, redis_server):
     return Traffic(tmp_path_factory.mktemp("chaos"), redis_server.url,
                    customers=int(1200 * SCALE), days=2)

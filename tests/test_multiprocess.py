@@ -11,12 +11,27 @@ import uuid
 import orjson
 import pytest
 from bytewax.testing import run_main
-from chaos_helpers import ROOT, TOPICS, Traffic, env_of, outcome, settings, topic_names
+from chaos_helpers import (
+    ROOT,
+    TOPICS,
+    Traffic,
+    env_of,
+    outcome,
+    settings,
+    topic_names,
+    watermarks,
+)
 from services import consume_all, free_port
 
 from flows.app import build_run
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def kafka(own_kafka):
+    """This module's own broker (see ``own_kafka``): its flows run several producers."""
+    return own_kafka
 
 
 @pytest.mark.parametrize("processes", [2, 4])
@@ -46,7 +61,18 @@ def test_processes_share_the_work_and_match_one(processes, kafka, redis_server, 
         assert p.returncode == 0, err[-3000:]
 
     got = consume_all(kafka.bootstrap, s.sends_topic, expected=len(expected), timeout=60)
-    assert sorted(k.decode() for k, _ in got) == sorted(expected)
+    on_topic = sorted(k.decode() for k, _ in got)
+    if on_topic != sorted(expected):  # say whether the flows had the delivery reports
+        missing = set(expected) - set(on_topic)
+        outbox = [subprocess.run([sys.executable, "-m", "cdp_triggers.cli", "sql",
+                                  f"SELECT send_id FROM {s.clickhouse_database}.dispatched",
+                                  "--format", "tsv"], env=envs[i], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=60).stdout.split()
+                  for i in range(processes)]
+        acked = missing & {x for ids in outbox for x in ids}
+        raise AssertionError(f"{len(missing)} of {len(expected)} sends not on the topic; "
+                             f"{len(acked)} of them in an outbox (delivery reported); "
+                             f"watermarks {watermarks(kafka, s.sends_topic)}")
     assert {orjson.loads(v)["trigger_id"] for _, v in got} >= {
         "abandoned_cart", "browse_abandonment", "price_drop"}
     # the processes wrote rows: the effects sink's partitions are spread over them
