@@ -22,6 +22,12 @@ from tests.flow_helpers import kafka_key
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture(scope="module")
+def kafka(own_kafka):
+    """This module's own broker (see ``own_kafka``): its flows run several producers."""
+    return own_kafka
+
 TOPIC_OF = {"order_placed": "orders", "order_paid": "orders", "order_shipped": "orders",
             "order_delivered": "orders", "order_cancelled": "orders",
             "consent_changed": "consents"}
@@ -48,7 +54,9 @@ def test_kafka_to_bytewax_to_clickhouse_and_sends_topic(kafka, redis_server, chd
     RedisProfileStore(redis_server.url).put_many(profiles)
     raws = list(gen.events())
     topic = f"clickstream_{uuid.uuid4().hex[:8]}"
-    s = _settings(kafka, redis_server, chdb_url, [topic], clock="replay", horizon_ms=gen.end_ms)
+    # one effects partition, so one producer, whatever the workers (see ``own_kafka``)
+    s = _settings(kafka, redis_server, chdb_url, [topic], clock="replay", horizon_ms=gen.end_ms,
+                  sink_partitions=1)
     kafka.create_topics([topic, s.sends_topic, s.dead_letter_topic], partitions=4)
     produce(kafka.bootstrap, topic, [(kafka_key(r), r) for r in raws])
 
