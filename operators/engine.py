@@ -382,10 +382,6 @@ class Engine:
             due = pending  # (a check of some segments keeps a time-based one still ahead)
         state.seg_due = due
 
-    def _priority(self, trigger_id: str) -> int:
-        t = self._by_id.get(trigger_id)
-        return t.priority if t else 0
-
     def _run_step(self, state: CustomerState, slot: str, inst: Instance, now: int,
                   lazy: _Lazy, out: list[Output]) -> None:
         """The instance's timer fired at its due time ``t``: a step to start, a channel to
