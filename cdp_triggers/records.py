@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from cdp_triggers import calendar
-from state.compact import Upgradable
+from state.compact import Upgradable, positional
 
 CHANNELS = ("push", "email", "sms")
 CATEGORIES = ("marketing", "transactional")
@@ -107,6 +107,7 @@ def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
+@positional
 @dataclass(frozen=True, slots=True)
 class Decision:
     """One considered message (trigger × step × channel): sent, or not sent with a reason."""
@@ -130,6 +131,7 @@ class Decision:
     tz: str = ""  # the customer's zone (not personal data): local-time reports
 
 
+@positional
 @dataclass(frozen=True, slots=True)
 class Send:
     """A command for a channel gateway. ``send_id`` is the Kafka key: gateways dedupe on it."""
@@ -150,6 +152,7 @@ class Send:
     tz: str = ""  # the customer's zone: local-time reports, smart send time
 
 
+@positional
 @dataclass(frozen=True, slots=True)
 class Lifecycle:
     """A trigger instance changed: ``started``, ``cancelled``, ``completed`` or ``expired``;
@@ -168,6 +171,7 @@ class Lifecycle:
     decided_at: int
 
 
+@positional
 @dataclass(frozen=True, slots=True)
 class Conversion:
     """An ``order_placed`` attributed (last touch) to a marketing message within its
@@ -189,6 +193,7 @@ class Conversion:
     arm: str = "treated"  # treated | control | holdout
 
 
+@positional
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """A delivery receipt from a channel gateway, joined to the send it is about."""
@@ -209,6 +214,7 @@ START_CONDITION_NOT_MET = "start_condition_not_met"  # a start event whose `wher
 COUNT_NOT_REACHED = "count_not_reached"  # a start event short of `start.count`
 
 
+@positional
 @dataclass(frozen=True, slots=True)
 class StartMiss:
     """A trigger that did not start on this customer's events, counted, not one row per
@@ -226,6 +232,7 @@ class StartMiss:
     last_ts: int
 
 
+@positional
 @dataclass(frozen=True, slots=True)
 class ProfileUpdate:
     """A change the profile store must learn (an unsubscribe, a hard bounce)."""
@@ -236,6 +243,7 @@ class ProfileUpdate:
     ts: int
 
 
+@positional
 @dataclass(frozen=True, slots=True)
 class Duplicate:
     """An event whose event_id this customer already had: dropped, but counted."""
@@ -253,6 +261,7 @@ CONTACT_PROPS = frozenset({"email", "phone", "phone_number", "msisdn", "address"
 MAX_INPUT_PROPS = 4096  # bytes of props JSON kept with an input (longer: cut, marked)
 
 
+@positional
 @dataclass(frozen=True, slots=True)
 class InputSeen:
     """An input event that mattered to this customer's decisions — it started, reset or
@@ -279,6 +288,7 @@ class InputSeen:
                    text, ",".join(sorted(effects)))
 
 
+@positional
 @dataclass(frozen=True, slots=True)
 class SegmentChange:
     """A customer entered or left a dynamic segment (config/segments) at event time ``ts``;

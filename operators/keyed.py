@@ -88,8 +88,8 @@ class EngineRuntime:
         return self._profiles
 
     def builder(self, resume: CustomerState | Dormant | bytes | None) -> CustomerLogic:
-        if isinstance(resume, bytes):  # a snapshot: the pickled state (see snapshot)
-            resume = pickle.loads(resume)
+        if isinstance(resume, bytes):  # a snapshot: the stored state (see snapshot)
+            resume = CustomerState.from_bytes(resume)
         if isinstance(resume, CustomerState) and not resume.customer_id:
             resume = None  # an empty snapshot (older versions wrote these)
         return CustomerLogic(self, resume)
@@ -321,13 +321,13 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
                 return out
 
     def snapshot(self) -> CustomerState | Dormant | bytes:
-        """Recovery on: the state pickled now (Bytewax serialises snapshots later, after
-        the state has moved on; bytes are the independent copy, at half the cost of a
+        """Recovery on: the state's stored form now (Bytewax serialises snapshots later,
+        after the state has moved on; bytes are the independent copy, at half the cost of a
         pickle round trip, and Bytewax pickles bytes for nothing). Off: the object."""
         if self.state is None:
             return self.dormant if self.dormant is not None else CustomerState("")
         if self.rt.copy_snapshots:
-            return pickle.dumps(self.state, pickle.HIGHEST_PROTOCOL)
+            return self.state.to_bytes()
         return self.state
 
     def _keep_or_discard(self) -> bool:

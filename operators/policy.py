@@ -11,11 +11,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cdp_triggers.ids import stable_fraction
 from config.schema import CapRule, Policy, QuietHours, Trigger, Variant
+from state.compact import positional
 
 CONTROL = "control"
 HOLDOUT = "holdout"
 
 
+@positional
 @dataclass(frozen=True, slots=True)
 class Sent:
     """A message that counts against caps (sent, or "would have sent" for control)."""

@@ -21,9 +21,11 @@ A frozen dataclass opts in by naming these methods in its body, since
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 from functools import cache
 from math import copysign
+from operator import attrgetter
 from typing import Any
 
 # Field values (and the keys of dict/set fields) repeated across customers: one shared
@@ -36,8 +38,10 @@ _REQUIRED = object()  # marks a field without a default
 
 
 @cache
-def _layout(cls: type) -> tuple[tuple[str, Any, Any, bool], ...]:
-    """Per field, in declaration order: (name, kind, default or factory, interned)."""
+def _layout(cls: type) -> tuple[tuple[str, Any, Any, bool, Codec | None], ...]:
+    """Per field, in declaration order: (name, kind, default or factory, interned, the
+    class's packing of it — ``__packed__``)."""
+    packed: dict[str, Codec] = getattr(cls, "__packed__", {})
     out = []
     for f in fields(cls):
         if f.default is not MISSING:
@@ -46,8 +50,20 @@ def _layout(cls: type) -> tuple[tuple[str, Any, Any, bool], ...]:
             kind, default = _FACTORY, f.default_factory
         else:
             kind, default = _REQUIRED, None
-        out.append((f.name, kind, default, f.name in INTERNED))
+        out.append((f.name, kind, default, f.name in INTERNED, packed.get(f.name)))
     return tuple(out)
+
+
+@cache
+def _plan(cls: type) -> tuple[Callable[[Any], tuple], tuple[tuple[int, Any, Any, Any], ...]]:
+    """What ``__getstate__`` walks: one getter of every field's value, and per field its
+    mask bit, kind, default (or factory) and packing."""
+    layout = _layout(cls)
+    names = [name for name, *_ in layout]
+    one = attrgetter(*names)
+    get = one if len(names) > 1 else (lambda obj: (one(obj),))
+    return get, tuple((1 << i, kind, default, codec)
+                      for i, (_, kind, default, _, codec) in enumerate(layout))
 
 
 def _intern(value: Any) -> Any:
@@ -88,21 +104,20 @@ class Upgradable:
         default is one of the same type and value (``0`` is not ``0.0``, ``False`` not
         ``0``, ``-0.0`` not ``0.0``), and an empty container of the factory's type: restoring
         is exact."""
-        mask, bit, values = 0, 1, [0]
-        for name, kind, default, _ in _layout(type(self)):
-            value = getattr(self, name)
+        get, plan = _plan(type(self))
+        mask, values = 0, [0]
+        for value, (bit, kind, default, codec) in zip(get(self), plan, strict=True):
+            if value is default:  # the usual case: 0, "", (), None, False are singletons
+                continue
             if kind is _FACTORY:
-                keep = value or type(value) is not default
-            elif kind is _REQUIRED:
-                keep = True
-            else:  # -0.0 == 0.0, yet it prints differently: kept
-                keep = (type(value) is not type(default) or value != default
-                        or (type(value) is float
-                            and copysign(1.0, value) != copysign(1.0, default)))
-            if keep:
-                mask |= bit
-                values.append(value)
-            bit <<= 1
+                if not value and type(value) is default:
+                    continue
+            elif kind is None and type(value) is type(default) and value == default and (
+                    type(value) is not float  # -0.0 == 0.0, yet it prints differently
+                    or copysign(1.0, value) == copysign(1.0, default)):
+                continue
+            mask |= bit
+            values.append(value if codec is None else codec.pack(value))
         values[0] = mask
         return tuple(values)
 
@@ -117,10 +132,12 @@ class Upgradable:
             raise ValueError(f"{type(self).__name__} snapshot holds {mask.bit_length()} "
                              f"fields, this version knows {len(layout)}: written by a newer "
                              "version")
-        for name, kind, default, interned in layout:
+        for name, kind, default, interned, codec in layout:
             if mask & 1:
                 value = state[j]
                 j += 1
+                if codec is not None:
+                    value = codec.unpack(value)
                 _set(self, name, _intern(value) if interned else value)
             elif kind is _FACTORY:
                 _set(self, name, default())
@@ -145,7 +162,7 @@ class Upgradable:
                      else ()):
             if part:
                 items.update(part)
-        for name, kind, default, interned in layout:
+        for name, kind, default, interned, _ in layout:
             if name in items:
                 value = items[name]
                 _set(self, name, _intern(value) if interned else value)
@@ -155,3 +172,66 @@ class Upgradable:
                 _set(self, name, default)
             else:
                 raise ValueError(f"{type(self).__name__} snapshot lacks {name}")
+
+
+# ---- packed fields ---------------------------------------------------------------------------
+# A class may pickle some fields in a smaller form (``__packed__``). Only cheap packings
+# belong here: a snapshot is taken of every customer an epoch touched, on the worker's path.
+
+
+class Codec:
+    """How a class packs one field (``__packed__ = {"field": Codec(...)}``): ``pack`` gives
+    a value of type ``packed`` (or the value itself when it cannot pack it exactly),
+    ``unpack`` turns it back and passes anything else (an unpacked value, an older
+    snapshot's) through. The field's values must never be of type ``packed`` themselves."""
+
+    def __init__(self, pack: Callable[[Any], Any], unpack: Callable[[Any], Any],
+                 packed: type = tuple) -> None:
+        self.pack, self._unpack, self.packed = pack, unpack, packed
+
+    def unpack(self, value: Any) -> Any:
+        return self._unpack(value) if type(value) is self.packed else value
+
+
+def _pack_hex(value: Any) -> Any:
+    """A lowercase hex id (``cdp_triggers.ids``) as its bytes: half the size."""
+    if type(value) is not str or len(value) % 2:
+        return value
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        return value
+    return raw if raw.hex() == value else value
+
+
+HEX = Codec(_pack_hex, bytes.hex, packed=bytes)
+
+
+def nested(cls: type) -> Codec:
+    """An object of ``cls`` (an Upgradable) as its compact state alone, without the class
+    reference its own pickle would carry; anything else stays as it is."""
+
+    def pack(value: Any) -> Any:
+        return value.__getstate__() if type(value) is cls else value
+
+    def unpack(value: tuple) -> Any:
+        obj = object.__new__(cls)
+        obj.__setstate__(value)
+        return obj
+
+    return Codec(pack, unpack)
+
+
+def positional(cls: type) -> type:
+    """Class decorator for a frozen slotted dataclass moved between processes or kept in
+    state: pickle it as its constructor's arguments, ``cls(*values)``, instead of the
+    generic dataclass form (which calls ``fields()`` on every object) — about half the cost.
+    Pickles of the generic form still load (its ``__setstate__`` stays); a field appended
+    later needs a default."""
+    get = attrgetter(*(f.name for f in fields(cls)))
+
+    def __reduce__(self: Any) -> tuple[type, tuple[Any, ...]]:
+        return cls, get(self)
+
+    cls.__reduce__ = __reduce__  # type: ignore[attr-defined]
+    return cls

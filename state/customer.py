@@ -10,12 +10,19 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
-from state.compact import Upgradable
+import lz4.block
+
+from cdp_triggers.records import Profile
+from state.compact import HEX, Upgradable, nested
+
+_LZ4 = b"LZ4:"  # a pickle starts with b"\x80": the tag cannot be a pickle's beginning
 
 
 @dataclass(slots=True)
 class Instance(Upgradable):
     """One live run of a trigger for this customer (customer × trigger × key)."""
+
+    __packed__ = {"instance_id": HEX, "awaiting": HEX}
 
     trigger_id: str
     key: str
@@ -49,6 +56,8 @@ class Touch(Upgradable):
     conversion attribution. A touch from before ``arm``/``kind`` existed reads as a sent
     marketing message."""
 
+    __packed__ = {"send_id": HEX, "instance_id": HEX}
+
     send_id: str
     trigger_id: str
     variant: str
@@ -63,6 +72,9 @@ class Touch(Upgradable):
 
 @dataclass(slots=True)
 class CustomerState(Upgradable):
+    # the last profile pickles without its class reference (state/compact.py)
+    __packed__ = {"profile": nested(Profile)}
+
     customer_id: str
     instances: dict[str, Instance] = field(default_factory=dict)  # by "trigger\x1fkey"
     last_entry: dict[str, int] = field(default_factory=dict)  # trigger → ts of its last first send
@@ -103,12 +115,17 @@ class CustomerState(Upgradable):
     sched_done: dict[str, str] = field(default_factory=dict)  # trigger → last key fired
     sched_basis: str = ""  # what `sched` was planned from (zone, dates, segments)
 
-    def snapshot(self) -> CustomerState:
-        """An independent copy for Bytewax recovery (the live object keeps changing).
+    def to_bytes(self) -> bytes:
+        """The stored form (recovery snapshots): the compact pickle, LZ4-compressed behind
+        a tag (about 0.6 of the bytes for ~4 µs; see docs/benchmarks.md)."""
+        return _LZ4 + lz4.block.compress(pickle.dumps(self, pickle.HIGHEST_PROTOCOL))
 
-        A pickle round trip: the same deep copy, several times faster than copy.deepcopy.
-        """
-        return pickle.loads(pickle.dumps(self, pickle.HIGHEST_PROTOCOL))
+    @staticmethod
+    def from_bytes(data: bytes) -> CustomerState:
+        """A state from :meth:`to_bytes`, or from a plain pickle (snapshots written before)."""
+        if data[:len(_LZ4)] == _LZ4:
+            data = lz4.block.decompress(data[len(_LZ4):])
+        return pickle.loads(data)
 
     def is_empty(self) -> bool:
         """Nothing worth keeping: Bytewax may discard this key."""
