@@ -810,7 +810,7 @@ class Engine:
                     and p["granted"] and ch in state.invalid
                     and state.invalid_at.get(ch, 0) < ev.ts):
                 # confirmed again after its hard bounce: the latest fact in event time wins
-                state.invalid.discard(ch)
+                state.invalid = state.invalid - {ch}  # shared empty default: no in-place
                 out.append(ProfileUpdate(state.customer_id, f"invalid:{ch}", "0", ev.ts))
         elif ev.type == "order_placed":
             state.cart.clear()
@@ -848,7 +848,7 @@ class Engine:
                 granted and ts > ev.ts for key, (granted, ts) in state.consents.items()
                 if key.startswith(f"{channel}:")):  # not if confirmed again after it
             if ev.ts >= state.invalid_at.get(channel, ev.ts):
-                state.invalid.add(channel)
+                state.invalid = state.invalid | {channel}
                 state.invalid_at[channel] = ev.ts
                 out.append(ProfileUpdate(state.customer_id, f"invalid:{channel}", "1", ev.ts))
         elif kind == "unsubscribed" and _set_consent(state, f"{channel}:marketing", False,

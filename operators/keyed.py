@@ -298,8 +298,8 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         if self.rt.loopback is not None:
             receipts = [e for r in out if isinstance(r, Send) for e in self.rt.loopback(r)]
             if receipts:
-                self.state.pending = sorted(self.state.pending + receipts,
-                                            key=lambda e: (e.ts, e.event_id))
+                self.state.pending = tuple(sorted((*self.state.pending, *receipts),
+                                                  key=lambda e: (e.ts, e.event_id)))
         return out
 
     def _advance(self, until: int) -> list[Output]:
@@ -313,7 +313,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
             receipt = st.pending[0] if st.pending else None
             if receipt is not None and receipt.ts <= until and (wake is None
                                                                 or receipt.ts <= wake):
-                st.pending.pop(0)
+                st.pending = st.pending[1:]
                 out += self._handle(receipt, max(st.high_water, receipt.ts))
             elif wake is not None and wake <= until:
                 out += self._handle(None, wake)

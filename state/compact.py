@@ -88,12 +88,22 @@ def _intern(value: Any) -> Any:
         return sys.intern(value)
     if type(value) is dict:
         return {sys.intern(k) if type(k) is str else k: v for k, v in value.items()}
-    if type(value) is set:
-        return {sys.intern(k) if type(k) is str else k for k in value}
+    if type(value) is set or type(value) is frozenset:
+        return type(value)(sys.intern(k) if type(k) is str else k for k in value)
     return value
 
 
 _set = object.__setattr__
+_MUTABLE_OF = {tuple: list, frozenset: set}
+
+
+def _restored(value: Any, kind: Any, default: Any, interned: bool) -> Any:
+    """A snapshot's value as the field holds it now: an empty list or set of a field whose
+    default became the shared ``()`` / ``frozenset()`` reads as that default."""
+    if (kind is None and not value and type(value) is _MUTABLE_OF.get(type(default))
+            and not default):
+        return default
+    return _intern(value) if interned else value
 
 
 class Upgradable:
@@ -140,7 +150,7 @@ class Upgradable:
                 j += 1
                 if codec is not None:
                     value = codec.unpack(value)
-                _set(self, name, _intern(value) if interned else value)
+                _set(self, name, _restored(value, kind, default, interned))
             elif kind is _FACTORY:
                 _set(self, name, default())
             elif kind is None:
@@ -166,8 +176,7 @@ class Upgradable:
                 items.update(part)
         for name, kind, default, interned, _ in layout:
             if name in items:
-                value = items[name]
-                _set(self, name, _intern(value) if interned else value)
+                _set(self, name, _restored(items[name], kind, default, interned))
             elif kind is _FACTORY:
                 _set(self, name, default())
             elif kind is None:

@@ -84,14 +84,17 @@ class CustomerState(Upgradable):
     touches: list[Touch] = field(default_factory=list)
     counts: dict[str, tuple[int, ...]] = field(default_factory=dict)  # "trigger\x1fkey" → starts
     sent_log: list[Any] = field(default_factory=list)  # operators.policy.Sent, for caps
-    invalid: set[str] = field(default_factory=set)  # channels whose contact hard-bounced
+    # channels whose contact hard-bounced; replaced, never changed in place: one shared
+    # empty default instead of a 216-byte set per customer
+    invalid: frozenset[str] | set[str] = frozenset()
     invalid_at: dict[str, int] = field(default_factory=dict)  # channel → its hard bounce ts
     profile: Any = None  # last profile read: used for transactional when the store is down
     orders_count: int = 0
     total_spent: float = 0.0
     last_order_at: int = 0
     exits: list[Any] = field(default_factory=list)  # recent cancel-type events (Event), newest last
-    pending: list[Any] = field(default_factory=list)  # loopback gateway receipts (demo/tests)
+    # loopback gateway receipts (demo/tests), replaced, never changed in place
+    pending: tuple[Any, ...] | list[Any] = ()
     high_water: int = 0  # highest event time seen: replay mode's `now` never goes back
     pruned_at: int = 0  # event time of the last sweep of the bounded parts
     refused: dict[str, int] = field(default_factory=dict)  # slot → ts: not started (limit)
