@@ -230,9 +230,8 @@ class Engine:
         policy = self.config.policy
         horizon = now - policy.dedup_window
         if state.seen and (len(state.seen) > policy.dedup_max_ids
-                           or next(iter(state.seen.values())) < horizon):
-            keep = [(k, v) for k, v in state.seen.items() if v >= horizon]
-            state.seen = dict(keep[-policy.dedup_max_ids:])
+                           or state.seen.oldest_ts() < horizon):
+            state.seen.keep(horizon, policy.dedup_max_ids)
         if state.touches and state.touches[0].ts + self._max_window < now:
             state.touches = [t for t in state.touches if t.ts + t.window >= now]
         if state.last_entry and min(state.last_entry.values()) + self._max_cooldown < now:
@@ -636,13 +635,10 @@ class Engine:
     # ---- events -----------------------------------------------------------------------
 
     def _apply(self, state: CustomerState, ev: Event, now: int, out: list[Output]) -> None:
-        if ev.event_id in state.seen:
+        policy = self.config.policy
+        if not state.seen.add(ev.event_id, ev.ts, policy.dedup_max_ids):  # oldest id goes
             out.append(Duplicate(ev.event_id, ev.customer_id, ev.type, ev.source, ev.ts))
             return
-        state.seen[ev.event_id] = ev.ts
-        policy = self.config.policy
-        if len(state.seen) > policy.dedup_max_ids:  # O(1): the oldest id goes
-            del state.seen[next(iter(state.seen))]
         state.high_water = max(state.high_water, ev.ts)
         self._facts(state, ev, now, out)
         if ev.type in OUTCOME_TYPES:

@@ -13,7 +13,8 @@ from typing import Any
 import lz4.block
 
 from cdp_triggers.records import Profile
-from state.compact import HEX, Upgradable, nested
+from state.compact import HEX, Codec, Upgradable, nested
+from state.seen import SeenIds
 
 _LZ4 = b"LZ4:"  # a pickle starts with b"\x80": the tag cannot be a pickle's beginning
 
@@ -73,12 +74,14 @@ class Touch(Upgradable):
 @dataclass(slots=True)
 class CustomerState(Upgradable):
     # the last profile pickles without its class reference (state/compact.py)
-    __packed__ = {"profile": nested(Profile)}
+    # (a snapshot from before SeenIds holds ``seen`` as a dict: it restores as SeenIds)
+    __packed__ = {"profile": nested(Profile),
+                  "seen": Codec(lambda v: v, SeenIds.of, packed=dict)}
 
     customer_id: str
     instances: dict[str, Instance] = field(default_factory=dict)  # by "trigger\x1fkey"
     last_entry: dict[str, int] = field(default_factory=dict)  # trigger → ts of its last first send
-    seen: dict[str, int] = field(default_factory=dict)  # event_id → ts, insertion ordered
+    seen: SeenIds = field(default_factory=SeenIds)  # event_id → ts, oldest first (dedupe)
     cart: dict[str, dict[str, Any]] = field(default_factory=dict)  # product_id → line
     consents: dict[str, tuple[bool, int]] = field(default_factory=dict)  # "ch:cat" → (granted, ts)
     touches: list[Touch] = field(default_factory=list)
@@ -117,6 +120,10 @@ class CustomerState(Upgradable):
     sched: dict[str, tuple[int, str]] = field(default_factory=dict)  # trigger → (due, key)
     sched_done: dict[str, str] = field(default_factory=dict)  # trigger → last key fired
     sched_basis: str = ""  # what `sched` was planned from (zone, dates, segments)
+
+    def __post_init__(self) -> None:
+        if type(self.seen) is dict:  # CustomerState(seen={event_id: ts}) reads as before
+            self.seen = SeenIds.of(self.seen)
 
     def to_bytes(self) -> bytes:
         """The stored form (recovery snapshots): the compact pickle, LZ4-compressed behind
