@@ -118,7 +118,7 @@ def _why_start(trig, held: bool, started: bool, running: bool, state: CustomerSt
         return "already running: applied to the live instance as activity"
     if trig.start.count is not None:
         c = trig.start.count
-        return (f"not started: count not reached ({len(state.counts.get(slot, ()))} of "
+        return (f"not started: count not reached ({len(state.starts(slot))} of "
                 f"{c.at_least} within {format_duration(c.within)})")
     return "not started"
 

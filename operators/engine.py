@@ -87,6 +87,7 @@ from operators.policy import (
 from operators.schedule import DATE_EVENTS, Timed
 from operators.segments import Segments
 from operators.sendtime import READ_HALF_LIFE, READ_KINDS, Reads, send_time
+from state.compact import own
 from state.customer import CustomerState, Instance, Touch
 
 ProfileLookup = Callable[[str], Profile | None]
@@ -243,7 +244,8 @@ class Engine:
             state.exits = [x for x in state.exits if x.ts >= now]
         if len(state.counts) > 32 or sweep:  # each slot is windowed when used; sweep idle
             state.counts = {k: v for k, v in state.counts.items()
-                            if v and v[-1] + self._max_count_window >= now}
+                            if v and (v if type(v) is int else v[-1])
+                            + self._max_count_window >= now}
         if state.misses:  # a day over: its count stays as last written
             today = now // DAY
             state.misses = {k: m for k, m in state.misses.items() if m[0] >= today}
@@ -341,7 +343,7 @@ class Engine:
             del state.sched[trigger_id]
             return
         zone = self._zone_name(state)
-        state.sched_done[trigger_id] = key
+        own(state, "sched_done")[trigger_id] = key
         state.sched[trigger_id] = self._timed.occurrence(trig, state, due, zone)
         if not all_hold(trig.start.where, Scope(None, state, None, due, self._metrics)):
             self._miss(state, trigger_id, START_CONDITION_NOT_MET, due, out)
@@ -705,10 +707,12 @@ class Engine:
         policy = self.config.policy
         count = trig.start.count
         if count is not None:
-            recent = [ts for ts in state.counts.pop(slot, ()) if ts > ev.ts - count.within]
+            recent = [ts for ts in state.starts(slot) if ts > ev.ts - count.within]
+            state.counts.pop(slot, None)
             recent.append(ev.ts)
-            if len(recent) < count.at_least:
-                state.counts[slot] = tuple(recent)  # (re)inserted last: oldest slot goes first
+            if len(recent) < count.at_least:  # (re)inserted last: the oldest slot goes first;
+                # a lone start as the int itself (most slots: a tuple would double its size)
+                state.counts[slot] = recent[0] if len(recent) == 1 else tuple(recent)
                 if len(state.counts) > policy.max_count_slots:
                     del state.counts[next(iter(state.counts))]
                 self._miss(state, trig.id, COUNT_NOT_REACHED, ev.ts, out)
@@ -717,7 +721,8 @@ class Engine:
                 policy.max_instances_per_trigger):
             self._refuse(state, trig, slot, k, ev, now, out)
             return
-        state.refused.pop(slot, None)
+        if state.refused:
+            state.refused.pop(slot, None)
         due = ev.ts + trig.wait.ms + trig.steps[0].delay
         variant = assign_variant(trig, state.customer_id)
         arm = ""
@@ -744,8 +749,9 @@ class Engine:
                 now: int, out: list[Output]) -> None:
         """A start over ``max_instances_per_trigger``: not started, recorded once per key
         (its id is the key's, so a replay or a forgotten key writes the same row again)."""
-        if slot in state.refused:
-            state.refused[slot] = max(state.refused[slot], ev.ts)
+        refused = own(state, "refused")
+        if slot in refused:
+            refused[slot] = max(refused[slot], ev.ts)
             return
         state.refused[slot] = ev.ts
         if len(state.refused) > MAX_REFUSED:
@@ -845,7 +851,7 @@ class Engine:
                 if key.startswith(f"{channel}:")):  # not if confirmed again after it
             if ev.ts >= state.invalid_at.get(channel, ev.ts):
                 state.invalid = state.invalid | {channel}
-                state.invalid_at[channel] = ev.ts
+                own(state, "invalid_at")[channel] = ev.ts
                 out.append(ProfileUpdate(state.customer_id, f"invalid:{channel}", "1", ev.ts))
         elif kind == "unsubscribed" and _set_consent(state, f"{channel}:marketing", False,
                                                      ev.ts):  # written back if newest only

@@ -41,6 +41,7 @@ from typing import Any
 from cdp_triggers.clock import DAY
 from cdp_triggers.events import Event
 from config.schema import Condition, Rfm, Segment, Trigger
+from state.compact import own
 from state.customer import CustomerState, Instance
 
 MISSING = object()  # a value that is not there (a condition on it is false, except exists)
@@ -135,7 +136,7 @@ def observe(tr: Tracking, state: CustomerState, ev: Event) -> None:
         return
     if ev.type in tr.ever:  # kept for good: only when a config counts since ever
         total, first = state.ev_total.get(ev.type, (0, ev.ts))
-        state.ev_total[ev.type] = (total + 1, min(first, ev.ts))
+        own(state, "ev_total")[ev.type] = (total + 1, min(first, ev.ts))
     if keep:
         path = tr.keys.get(ev.type)
         key = ""
@@ -144,7 +145,7 @@ def observe(tr: Tracking, state: CustomerState, ev: Event) -> None:
             key = "" if value is MISSING or value is None else str(value)
         recent = list(state.ev_recent.get(ev.type, ()))
         bisect.insort(recent, (ev.ts, key))
-        state.ev_recent[ev.type] = tuple(recent[-keep:])
+        own(state, "ev_recent")[ev.type] = tuple(recent[-keep:])
 
 
 def _order(tr: Tracking, state: CustomerState, ev: Event) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import lz4.block
 
 from cdp_triggers.records import Profile
-from state.compact import HEX, Codec, Upgradable, nested
+from state.compact import EMPTY, HEX, Codec, Upgradable, nested
 from state.seen import SeenIds
 
 _LZ4 = b"LZ4:"  # a pickle starts with b"\x80": the tag cannot be a pickle's beginning
@@ -85,12 +85,13 @@ class CustomerState(Upgradable):
     cart: dict[str, dict[str, Any]] = field(default_factory=dict)  # product_id → line
     consents: dict[str, tuple[bool, int]] = field(default_factory=dict)  # "ch:cat" → (granted, ts)
     touches: list[Touch] = field(default_factory=list)
-    counts: dict[str, tuple[int, ...]] = field(default_factory=dict)  # "trigger\x1fkey" → starts
+    # "trigger\x1fkey" → its start times, oldest first (one start: the int itself)
+    counts: dict[str, int | tuple[int, ...]] = field(default_factory=dict)
     sent_log: list[Any] = field(default_factory=list)  # operators.policy.Sent, for caps
     # channels whose contact hard-bounced; replaced, never changed in place: one shared
     # empty default instead of a 216-byte set per customer
     invalid: frozenset[str] | set[str] = frozenset()
-    invalid_at: dict[str, int] = field(default_factory=dict)  # channel → its hard bounce ts
+    invalid_at: dict[str, int] = EMPTY  # channel → its hard bounce ts
     profile: Any = None  # last profile read: used for transactional when the store is down
     orders_count: int = 0
     total_spent: float = 0.0
@@ -100,14 +101,14 @@ class CustomerState(Upgradable):
     pending: tuple[Any, ...] | list[Any] = ()
     high_water: int = 0  # highest event time seen: replay mode's `now` never goes back
     pruned_at: int = 0  # event time of the last sweep of the bounded parts
-    refused: dict[str, int] = field(default_factory=dict)  # slot → ts: not started (limit)
+    refused: dict[str, int] = EMPTY  # slot → ts: not started (limit)
     misses: dict[str, list[int]] = field(default_factory=dict)  # "trigger\x1freason" →
     # [day, count, first ts, last ts]: start misses being counted (records.StartMiss)
     # metrics (operators/metrics.py), bounded by what the config reads:
     first_order_at: int = 0
     orders: tuple[tuple[int, int], ...] = ()  # (ts, total in cents) within the RFM window
-    ev_total: dict[str, tuple[int, int]] = field(default_factory=dict)  # type → (n, first ts)
-    ev_recent: dict[str, tuple[tuple[int, str], ...]] = field(default_factory=dict)
+    ev_total: dict[str, tuple[int, int]] = EMPTY  # type → (n, first ts)
+    ev_recent: dict[str, tuple[tuple[int, str], ...]] = EMPTY
     # type → recent (ts, key), oldest first: as many as the config's counts need
     bought: dict[str, int] = field(default_factory=dict)  # product → last ordered (bounded)
     segments: tuple[str, ...] = ()  # segments (config/segments) the customer is in, sorted
@@ -118,12 +119,17 @@ class CustomerState(Upgradable):
     birthday: str = ""  # MM-DD, from a profile read or a signed_up/profile_updated event
     registered_at: int = 0  # epoch ms, likewise (signed_up: its own time)
     sched: dict[str, tuple[int, str]] = field(default_factory=dict)  # trigger → (due, key)
-    sched_done: dict[str, str] = field(default_factory=dict)  # trigger → last key fired
+    sched_done: dict[str, str] = EMPTY  # trigger → last key fired
     sched_basis: str = ""  # what `sched` was planned from (zone, dates, segments)
 
     def __post_init__(self) -> None:
         if type(self.seen) is dict:  # CustomerState(seen={event_id: ts}) reads as before
             self.seen = SeenIds.of(self.seen)
+
+    def starts(self, slot: str) -> tuple[int, ...]:
+        """The start times a count slot holds (``counts`` keeps a lone one as an int)."""
+        v = self.counts.get(slot, ())
+        return (v,) if type(v) is int else v
 
     def to_bytes(self) -> bytes:
         """The stored form (recovery snapshots): the compact pickle, LZ4-compressed behind

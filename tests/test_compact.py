@@ -266,3 +266,19 @@ def test_records_pickle_by_position_and_their_generic_form_still_loads(cls):
     buf = io.BytesIO()
     Generic(buf, pickle.HIGHEST_PROTOCOL).dump(obj)
     assert pickle.loads(buf.getvalue()) == obj
+
+
+def test_the_shared_empty_map_reads_as_empty_refuses_writes_and_restores_as_itself():
+    from state.compact import EMPTY, own
+
+    a, b = CustomerState("a"), CustomerState("b")
+    assert a.refused is EMPTY is b.refused and a.refused == {} and not a.ev_total
+    with pytest.raises(TypeError):
+        a.refused["k"] = 1
+    own(a, "refused")["k"] = 1
+    assert a.refused == {"k": 1} and b.refused is EMPTY  # b's is still the shared one
+    assert pickle.loads(pickle.dumps(EMPTY)) is EMPTY
+    assert pickle.loads(pickle.dumps(b)).refused is EMPTY
+    a.refused = {}  # emptied by a prune: restores as the shared one
+    assert pickle.loads(pickle.dumps(a)).refused is EMPTY
+    assert pickle.loads(pickle.dumps(sample())) == sample()  # invalid_at given: its own dict

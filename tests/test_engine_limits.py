@@ -186,3 +186,21 @@ def test_refusals_are_lifecycle_records_with_a_stable_id(tmp_path):
     again = [o for o in replay(eng, events, T0 + HOUR) if isinstance(o, Lifecycle)]
     [r] = [o for o in first if o.action == NOT_STARTED]
     assert r in again and r.instance_key == "k2"
+
+
+def test_a_lone_start_is_kept_as_an_int_and_an_older_one_tuple_counts_the_same(tmp_path):
+    """Count slots hold one start as the int itself (half the memory of a 1-tuple); a
+    snapshot from before, with 1-tuples, goes on counting the same."""
+    eng = Engine(load_config(_config(tmp_path, "")))
+    store = DictProfileStore([reachable()])
+    first, second = (ev("product_viewed", at, product_id="a") for at in (0, 1))
+    runs = []
+    for older in (False, True):
+        st = CustomerState("c1")
+        eng.handle(st, first, first.ts, store.get)
+        (slot, start), = st.counts.items()
+        assert type(start) is int
+        if older:
+            st.counts[slot] = (start,)
+        runs.append([repr(r) for r in eng.handle(st, second, second.ts, store.get)])
+    assert runs[0] == runs[1] and any("started" in r for r in runs[0])
