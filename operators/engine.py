@@ -87,7 +87,7 @@ from operators.policy import (
 from operators.schedule import DATE_EVENTS, Timed
 from operators.segments import Segments
 from operators.sendtime import READ_HALF_LIFE, READ_KINDS, Reads, send_time
-from state.compact import own
+from state.compact import EMPTY, own
 from state.customer import CustomerState, Instance, Touch
 
 ProfileLookup = Callable[[str], Profile | None]
@@ -114,7 +114,7 @@ def _set_consent(state: CustomerState, key: str, granted: bool, ts: int) -> bool
     prev = state.consents.get(key)
     if prev is not None and (prev[1] > ts or (prev[1] == ts and (granted or not prev[0]))):
         return False
-    state.consents[key] = (granted, ts)
+    own(state, "consents")[key] = (granted, ts)
     return True
 
 
@@ -241,7 +241,7 @@ class Engine:
         if state.sent_log and state.sent_log[0].ts + self._max_sent_window < now:
             state.sent_log = [x for x in state.sent_log if x.ts + self._max_sent_window >= now]
         if sweep and state.exits:  # a start at or after `now` only looks at exits after it
-            state.exits = [x for x in state.exits if x.ts >= now]
+            state.exits = [x for x in state.exits if x.ts >= now] or ()
         if len(state.counts) > 32 or sweep:  # each slot is windowed when used; sweep idle
             state.counts = {k: v for k, v in state.counts.items()
                             if v and (v if type(v) is int else v[-1])
@@ -693,9 +693,8 @@ class Engine:
             else:
                 self._miss(state, trig.id, START_CONDITION_NOT_MET, ev.ts, out)
         if ev.type in self._exit_types:  # kept a while: it may cancel an instance whose
-            state.exits.append(ev)       # start event is read after it (out-of-order input)
-            state.exits = [x for x in state.exits
-                           if x.ts >= ev.ts - EXIT_MEMORY][-policy.max_exits:]
+            state.exits = [x for x in (*state.exits, ev)  # start event is read after it
+                           if x.ts >= ev.ts - EXIT_MEMORY][-policy.max_exits:]  # (out of order)
 
     def _maybe_start(self, state: CustomerState, trig: Trigger, ev: Event, now: int,
                      out: list[Output], key: str | None = None) -> None:
@@ -735,7 +734,7 @@ class Engine:
                         ev.event_id, ev.ts, ev.ts, due, context=dict(ev.props),
                         event_type=ev.type, variant=variant.id if variant else "", arm=arm,
                         step_base=due)
-        state.instances[slot] = inst
+        own(state, "instances")[slot] = inst
         out.append(self._life(state, inst, "started", "", ev.event_id, ev.ts, now))
         for x in state.exits:  # an exit already read, but later in event time than the start
             cancel = next((c for c in trig.cancel_on
@@ -798,12 +797,13 @@ class Engine:
             pid = str(p["product_id"])
             line = state.cart.get(pid)
             if line is None and len(state.cart) < self.config.policy.max_cart_lines:
-                line = state.cart[pid] = {"quantity": 0, "price": p.get("price")}
+                line = own(state, "cart")[pid] = {"quantity": 0, "price": p.get("price")}
             if line is not None:  # else: a product past max_cart_lines, ignored
                 line["quantity"] = min(line["quantity"] + int(p.get("quantity") or 1),
                                        MAX_QUANTITY)
         elif ev.type == "removed_from_cart":
-            state.cart.pop(str(p["product_id"]), None)
+            if state.cart:
+                state.cart.pop(str(p["product_id"]), None)
         elif ev.type in DATE_EVENTS and self._timed:
             self._timed.remember(state, ev)
         elif ev.type == "consent_changed":
@@ -815,7 +815,7 @@ class Engine:
                 state.invalid = state.invalid - {ch}  # shared empty default: no in-place
                 out.append(ProfileUpdate(state.customer_id, f"invalid:{ch}", "0", ev.ts))
         elif ev.type == "order_placed":
-            state.cart.clear()
+            state.cart = EMPTY
             state.orders_count += 1
             state.total_spent += float(p["total"])
             state.last_order_at = max(state.last_order_at, ev.ts)

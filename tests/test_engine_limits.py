@@ -169,8 +169,8 @@ def test_exits_remembered_are_capped(tmp_path):
 
 
 def test_a_snapshot_from_before_the_new_fields_restores_with_their_defaults():
-    st = CustomerState("c1")
-    st.instances["t\x1fk"] = Instance("t", "k", "i", "e", T0, T0, T0 + HOUR)
+    st = CustomerState("c1", instances={"t\x1fk": Instance("t", "k", "i", "e", T0, T0,
+                                                             T0 + HOUR)})
     del st.instances["t\x1fk"].held  # what a snapshot written before the field looks like
     del st.refused
     restored = pickle.loads(pickle.dumps(st, pickle.HIGHEST_PROTOCOL))
