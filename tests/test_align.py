@@ -163,3 +163,22 @@ def test_a_resent_catalogue_record_is_a_counted_duplicate_and_applied_once():
     assert [(r.reason, r.event_id) for r in dups] == [(DUPLICATE, "u1")]
     assert sorted(e.type for e in out if isinstance(e, Event)) == [
         "price_dropped", "product_updated", "product_viewed"]  # one drop told, once
+
+
+def test_a_snapshot_holds_the_waiting_events_exactly_as_json_and_older_ones_restore():
+    """The held-back events pickle as one JSON document (a live shard snapshots ~lateness
+    worth of them at every epoch): the same events come back, in the same heap order."""
+    al = Aligner(["s"], lateness=10_000)
+    props = [{"product_id": "p1", "price": 0.1 + 0.2, "items": [{"q": 2, "x": None}]},
+             {"text": "ünïcödé \x1f", "big": 2**63 - 1, "neg": -0.0, "flag": True}, {}]
+    for i, p in enumerate(props * 3):
+        al.offer("s", Event(f"e{i % 4}", "product_viewed", f"c{i}", 1_000 + (i * 7) % 5, p,
+                            f"clickstream:0:{i}"))
+    back = pickle.loads(pickle.dumps(al, pickle.HIGHEST_PROTOCOL))
+    assert back.buffer == al.buffer and back.__dict__ == al.__dict__
+    assert str(back.buffer[[e.customer_id for *_, e in back.buffer].index("c4")][3]
+               .props["neg"]) == "-0.0"
+    assert b"cdp_triggers.events" not in pickle.dumps(al)  # no pickled Event objects
+    before = Aligner.__new__(Aligner)  # a snapshot from before: the heap as a pickled list
+    before.__setstate__(pickle.loads(pickle.dumps(al.__dict__.copy())))
+    assert before.buffer == al.buffer
