@@ -41,6 +41,7 @@ bench: venv
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.delivery
 	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.recovery
 
 # The chaos suite at 5× the CI size (more customers, more kill -9 rounds); CI runs it at 1×.
 chaos: venv services

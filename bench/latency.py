@@ -18,8 +18,8 @@ on the quick stream, a backfill through the same broker kind), so the run says w
 fraction of the maximum it ran at; ``--rate N`` skips that measurement. The flow serves its
 metrics: the run waits for ``/readyz`` and reports the sink flushes from ``/metrics``.
 
-Run: ``python -m bench.latency [--rate half|N] [--seconds 20]`` (``make bench`` runs it);
-results go to docs/benchmarks.md ("Latency (issue 10)").
+Run: ``python -m bench.latency [--rate half|N] [--seconds 20] [--recovery]`` (``make bench``
+runs it); results go to docs/benchmarks.md ("Latency (issue 10)").
 """
 
 from __future__ import annotations
@@ -279,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probes", type=float, default=10.0, help="order_shipped probes/s")
     ap.add_argument("--batch-seconds", type=float, default=2.0,
                     help="CDP_CLICKHOUSE_BATCH_SECONDS of the flow")
+    ap.add_argument("--recovery", action="store_true",
+                    help="run the flow with recovery on (CDP_RECOVERY_DIR, as production "
+                         "does): each epoch's close snapshots the customers it touched "
+                         "(bench.recovery measures that floor)")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args(argv)
     maximum = None
@@ -287,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         rate = max(1, round(maximum / 2))
     else:
         rate = int(a.rate)
-    r = run(rate, a.seconds, a.probes, a.batch_seconds)
+    extra = ({"CDP_RECOVERY_DIR": tempfile.mkdtemp(prefix="cdp-latency-recovery-")}
+             if a.recovery else None)
+    r = run(rate, a.seconds, a.probes, a.batch_seconds, extra)
     r["maximum"] = maximum
     t, m = r["transactional_ms"], r["timer_late_ms"]
     share = f" = {rate / maximum:.2f} of the maximum" if maximum else ""
