@@ -4,7 +4,7 @@ Measures, on synthetic retail traffic (seeded, so runs compare):
 1. parse: raw bytes → Event/Rejected (events/s)
 2. engine: the pure engine alone, replay clock, in-memory profiles (events/s)
 3. flow: the whole embedded pipeline (generator → Bytewax → engine → chdb), 1 and 2 workers
-4. state: pickled bytes per customer state (what Bytewax snapshots)
+4. state: bytes per customer state as Bytewax snapshots it (compact pickle, LZ4)
 5. floors: the flow over Kafka against two floors and a naive peer, ratios from one run
    (:mod:`bench.floors`; ``--floors`` runs only these and updates their table)
 6. memory per customer, scaling over 1/2/4 processes and the py-spy profile
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import platform
 import resource
 import subprocess
@@ -68,7 +67,7 @@ def bench_engine(customers: int, days: float) -> dict:
     for st in states.values():
         outputs += len(eng.handle(st, None, gen.end_ms, store.get))
     dt = time.perf_counter() - t0
-    sizes = [len(pickle.dumps(s)) for s in states.values()]
+    sizes = [len(s.to_bytes()) for s in states.values()]  # as a recovery snapshot
     return {"events": len(events), "seconds": dt, "events_per_s": len(events) / dt,
             "outputs": outputs, "customers_with_state": len(states),
             "state_bytes_mean": sum(sizes) / len(sizes), "state_bytes_max": max(sizes),
@@ -310,7 +309,7 @@ throughput: scale out with processes (`-i/-a`) and Kafka partitions.
   events/s, start-up of ~2 s included). That two processes decide exactly like one is
   tested (`tests/test_multiprocess.py`); measure scaling on hosts with cores to spare.
 - Keyed state: {e['customers_with_state']:,} customers hold state after the run; a
-  customer's pickled state is {e['state_bytes_mean']:,.0f} bytes on average,
+  customer's snapshot (compact pickle, LZ4) is {e['state_bytes_mean']:,.0f} bytes on average,
   {e['state_bytes_max']:,} at most (bounded: dedup ids pruned by window and count,
   touches by attribution window).
 """
