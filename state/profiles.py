@@ -59,7 +59,13 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "cdp:profile:"
 FAIL_FAST_S = 1.0  # after a lookup failed: the next ones fail at once this long
 PREFETCH_MAX_AGE_S = 1.0  # a warmed profile older than this is read again
-PREFETCH_GENERATIONS = 8  # warmed batches kept (several worker threads warm in turn)
+# Warmed batches are kept while younger than PREFETCH_MAX_AGE_S, at most PREFETCH_MAX_IDS
+# profiles in all: a fixed count of batches dropped answers still needed when the keyed step
+# ran behind (after an epoch's snapshot stall the source hands over many small batches before
+# the engine reads the first one's profiles), and each of those became a round trip alone.
+PREFETCH_MAX_IDS = 200_000
+PREFETCH_MERGE = 512  # a batch this small joins the newest one (fewer dicts for get to scan)
+PREFETCH_MERGE_S = 0.05  # … when that one is this young (it keeps its older time: expires first)
 # Warming pays when lookups use what it read: a config whose decisions are rare (only
 # abandoned_cart: 6 % of warmed profiles were asked for) loses more reading every batch's
 # customers than it saves. Below this share of use, only every PREFETCH_PROBE-th batch is
@@ -260,8 +266,16 @@ class RedisProfileStore:
             return  # this process wrote while it was read: the answer may be older
         now = time.monotonic()
         batch = {cid: got.get(cid) for cid in ids}
-        self._warm = (*(g for g in self._warm[-(PREFETCH_GENERATIONS - 1):]
-                        if now - g[0] <= PREFETCH_MAX_AGE_S), (now, batch))
+        gens = [g for g in self._warm if now - g[0] <= PREFETCH_MAX_AGE_S]
+        if (gens and len(gens[-1][1]) + len(batch) <= PREFETCH_MERGE
+                and now - gens[-1][0] <= PREFETCH_MERGE_S):
+            gens[-1] = (gens[-1][0], {**gens[-1][1], **batch})
+        else:
+            gens.append((now, batch))
+        total = sum(len(b) for _, b in gens)
+        while len(gens) > 1 and total > PREFETCH_MAX_IDS:
+            total -= len(gens.pop(0)[1])
+        self._warm = tuple(gens)
 
     def get_many(self, customer_ids: Iterable[str]) -> dict[str, Profile]:
         """One pipelined round trip; customers without a profile are absent from the result."""

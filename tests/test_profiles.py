@@ -174,3 +174,36 @@ def test_a_warm_read_that_overlaps_a_write_of_this_process_is_not_kept(redis_ser
     store.warm(["a"])
     store.get_many = real
     assert store.get("a").consent("email", "marketing") is False and store.warmed == 0
+
+
+def test_many_batches_warmed_before_their_lookups_still_answer_them(redis_server, monkeypatch):
+    """After a stall the source hands over many small batches, each warmed by the step
+    before the engine, before the engine looks up the first one's customers: every one of
+    them is answered from what was warmed (not only the last few batches)."""
+    import state.profiles as profiles
+
+    store = RedisProfileStore(redis_server.url, prefix="warm5:")
+    store.put_many([Profile(f"c{i}", "UTC", "en", frozenset({"email"}), {})
+                    for i in range(0, 3000, 7)])
+    monkeypatch.setattr(profiles, "PREFETCH_MERGE", 40)  # batches of 10 merged by fours
+    monkeypatch.setattr(profiles, "PREFETCH_MIN_USE", 0.0)  # (no lookups yet: warm anyway)
+    for b in range(300):
+        store.warm([f"c{b * 10 + i}" for i in range(10)])
+    _no_round_trips(store, monkeypatch)
+    for i in range(3000):
+        assert (store.get(f"c{i}") is not None) is (i % 7 == 0)
+    assert store.warmed == 3000
+    assert len(store._warm) < 300  # small batches were merged into fewer dicts
+
+
+def test_warmed_profiles_are_bounded_in_number(redis_server, monkeypatch):
+    import state.profiles as profiles
+
+    store = RedisProfileStore(redis_server.url, prefix="warm6:")
+    monkeypatch.setattr(profiles, "PREFETCH_MAX_IDS", 1000)
+    monkeypatch.setattr(profiles, "PREFETCH_MERGE", 0)
+    monkeypatch.setattr(profiles, "PREFETCH_MIN_USE", 0.0)
+    for b in range(10):
+        store.warm([f"c{b}-{i}" for i in range(300)])
+    assert sum(len(g) for _, g in store._warm) <= 1000
+    assert "c9-299" in store._warm[-1][1]  # the newest kept, the oldest gone
