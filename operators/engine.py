@@ -752,9 +752,9 @@ class Engine:
         if slot in refused:
             refused[slot] = max(refused[slot], ev.ts)
             return
-        state.refused[slot] = ev.ts
-        if len(state.refused) > MAX_REFUSED:
-            del state.refused[next(iter(state.refused))]
+        refused[slot] = ev.ts
+        if len(refused) > MAX_REFUSED:
+            del refused[next(iter(refused))]
         out.append(Lifecycle(stable_id(state.customer_id, trig.id, key, INSTANCE_LIMIT),
                              state.customer_id, trig.id, "", key, NOT_STARTED, INSTANCE_LIMIT,
                              ev.event_id, ev.ts, now))
