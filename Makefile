@@ -41,6 +41,7 @@ bench: venv
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.delivery
 	$(BIN)/python -m bench.latency
+	CDP_EPOCH_SECONDS=1 $(BIN)/python -m bench.latency --recovery
 	$(BIN)/python -m bench.recovery
 
 # The chaos suite at 5× the CI size (more customers, more kill -9 rounds); CI runs it at 1×.

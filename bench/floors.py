@@ -12,7 +12,11 @@ up and imports excluded, Kafka connection included):
   with a dict, a reminder when a cart went an hour without activity);
 * ``cart``: ``cdp-triggers``' own flow (``flows.app.build_run``, replay clock, Redis
   profiles, chdb rows, the sends topic) with the abandoned_cart trigger only;
-* ``shipped``: the same with the shipped config (every trigger, caps, holdout, …).
+* ``shipped``: the same with the shipped config (every trigger, caps, holdout, …);
+* ``shipped_recovery`` (only when asked for, ``--only``): ``shipped`` with recovery on, as
+  production runs it (a fresh recovery directory, ``CDP_EPOCH_SECONDS`` epochs, default
+  10 s): every epoch's close snapshots the customers it touched. ``bench.latency
+  --recovery`` takes its maximum from it.
 
 Rounds are interleaved (each round runs every contestant once, in turn) so a drift of the
 shared machine's speed hits all of them alike; figures are medians over rounds and each
@@ -40,6 +44,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTESTANTS = ("floor_a", "floor_b", "naive", "cart", "shipped")
+EXTRA = ("shipped_recovery",)  # run only when named in --only
 TOPIC = "in"
 PARTITIONS = 4
 TARGETS = {("shipped", "floor_b"): 0.5, ("cart", "naive"): 1.5}
@@ -84,11 +89,11 @@ def _null_sink() -> Any:
     return _Sink()
 
 
-def _run_timed(flow: Any) -> float:
+def _run_timed(flow: Any, **run_kwargs: Any) -> float:
     from bytewax.testing import run_main
 
     t0 = time.perf_counter()
-    run_main(flow)
+    run_main(flow, **run_kwargs)
     return time.perf_counter() - t0
 
 
@@ -171,9 +176,9 @@ def naive(brokers: str, **_: Any) -> float:
 
 
 def _cdp(brokers: str, redis: str, horizon: int, work: str, name: str,
-         config_dir: str | None) -> float:
+         config_dir: str | None, recovery: bool = False) -> float:
     from cdp_triggers.settings import Settings
-    from flows.app import build_run
+    from flows.app import build_run, prepare_recovery
 
     env = {"kafka_brokers": brokers, "input_topics": [TOPIC], "sends_topic": f"sends_{name}",
            "dead_letter_topic": f"dead_{name}", "kafka_tail": False, "clock": "replay",
@@ -181,9 +186,16 @@ def _cdp(brokers: str, redis: str, horizon: int, work: str, name: str,
            "clickhouse_url": f"chdb://{tempfile.mkdtemp(prefix=f'{name}-', dir=work)}"}
     if config_dir:
         env["config_dir"] = Path(config_dir)
+    if recovery:  # epoch length from CDP_EPOCH_SECONDS, as the live run reads it
+        env["recovery_dir"] = Path(tempfile.mkdtemp(prefix=f"{name}-recovery-", dir=work))
     s = Settings(**env)
-    run = build_run(s, "kafka", profiles="redis", recovery=False)
-    return _run_timed(run.flow)
+    run = build_run(s, "kafka", profiles="redis", recovery=recovery)
+    if not recovery:
+        return _run_timed(run.flow)
+    from datetime import timedelta
+
+    return _run_timed(run.flow, epoch_interval=timedelta(seconds=s.epoch_seconds),
+                      recovery_config=prepare_recovery(s, say=lambda _line: None))
 
 
 def cart(brokers: str, redis: str, horizon: int, work: str, **_: Any) -> float:
@@ -194,8 +206,12 @@ def shipped(brokers: str, redis: str, horizon: int, work: str, **_: Any) -> floa
     return _cdp(brokers, redis, horizon, work, "shipped", None)
 
 
+def shipped_recovery(brokers: str, redis: str, horizon: int, work: str, **_: Any) -> float:
+    return _cdp(brokers, redis, horizon, work, "shipped", None, recovery=True)
+
+
 RUNNERS = {"floor_a": floor_a, "floor_b": floor_b, "naive": naive, "cart": cart,
-           "shipped": shipped}
+           "shipped": shipped, "shipped_recovery": shipped_recovery}
 
 
 def _child(a: argparse.Namespace) -> int:
@@ -302,7 +318,8 @@ def report(r: dict[str, Any]) -> str:
              "floor_b": "Floor B: Bytewax KafkaSource → map(orjson) → key_on → stateful_map",
              "naive": "naive Bytewax abandoned cart (pydantic, stateful_map dict)",
              "cart": "cdp-triggers flow, abandoned_cart only",
-             "shipped": "cdp-triggers flow, shipped config"}
+             "shipped": "cdp-triggers flow, shipped config",
+             "shipped_recovery": "cdp-triggers flow, shipped config, recovery on"}
     lines = ["| what runs | events/s (median) | runs |", "|---|---:|---|"]
     for c, v in r["median_events_per_s"].items():
         runs = ", ".join(f"{x:,.0f}" for x in r["runs"][c])
@@ -322,11 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="8k customers × 2 days, 1 round")
     ap.add_argument("--only", default=",".join(CONTESTANTS),
-                    help=f"comma-separated subset of {','.join(CONTESTANTS)}")
+                    help=f"comma-separated subset of {','.join(CONTESTANTS + EXTRA)}")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--profile", help="cProfile each child into PATH.<name>")
     # child mode (internal)
-    ap.add_argument("--child", choices=CONTESTANTS, help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=CONTESTANTS + EXTRA, help=argparse.SUPPRESS)
     for k in ("brokers", "redis", "work"):
         ap.add_argument(f"--{k}", help=argparse.SUPPRESS)
     ap.add_argument("--horizon", type=int, help=argparse.SUPPRESS)
