@@ -1,7 +1,8 @@
 """The one dataflow shape every run uses (demo, replay, live; embedded or real stack).
 
 input (event-time aligned shards, catalogue fan-out) → parse (strict) ─bad→ dead letters
-              └─ key by customer_id → engine (stateful_batch) → records ─error→ dead letters
+              └─ bundle per owning worker → deliver → key by customer_id (profiles read)
+                 → engine (stateful_batch) → records ─error→ dead letters
 records → ClickHouse (all); Send → sends topic; Rejected → dead-letter topic
 """
 
@@ -20,6 +21,7 @@ from cdp_triggers.events import Event, Rejected, parse_event
 from cdp_triggers.logs import DEFAULT_RETRY, RetryPolicy
 from cdp_triggers.records import ProfileUpdate
 from flows.sources import RawEvent, from_kafka
+from operators import routing
 from operators.keyed import EngineRuntime
 from sinks.clickhouse import ClickHouseBackend
 from sinks.effects import EffectsSink
@@ -79,15 +81,27 @@ def engine_streams(flow: Dataflow, source: Source,
 
     parsed = op.map("parse", raw, parse)
     valid = op.branch("valid", parsed, lambda x: isinstance(x, Event))
-    def by_customer(batch: list[Event]) -> list[tuple[str, Event]]:
-        """Customer events keyed by customer (catalogue updates were fanned out already);
-        their profiles are read in one round trip for the engine's lookups that follow."""
-        keyed = [(e.customer_id, e) for e in batch if e.type != "product_updated"]
+    topology = runtime.topology
+
+    def bundle(batch: list[Event]) -> list[tuple[str, list[tuple[str, Event]]]]:
+        """Customer events (catalogue updates were fanned out already), one bundle per
+        worker that owns some of them (:mod:`operators.routing`)."""
+        return topology.bundle((e.customer_id, e) for e in batch if e.type != "product_updated")
+
+    bundles = op.flat_map_batch("bundle", valid.trues, bundle)
+    op.output("topology", op.flat_map_batch("never", bundles, lambda _: []),
+              routing.probe(topology))
+    delivered = op.stateful_batch("deliver", bundles, routing.deliver_logic)
+
+    def by_customer(items: list[tuple[str, list[tuple[str, Event]]]]) -> list[tuple[str, Event]]:
+        """The bundles that reached this worker, keyed by customer; their profiles are read
+        in one round trip here, where the engine's lookups that follow will ask for them."""
+        keyed = [pair for _, pairs in items for pair in pairs]
         if runtime.prefetch is not None and keyed:
             runtime.prefetch([k for k, _ in keyed])
         return keyed
 
-    keyed = op.flat_map_batch("by_customer", valid.trues, by_customer)
+    keyed = op.flat_map_batch("by_customer", delivered, by_customer)
     decided = op.stateful_batch("engine", keyed, runtime.builder)
     records = op.map("unkey", decided, lambda kv: kv[1])
     # an event the engine could not process comes back as a dead letter (processing_error)

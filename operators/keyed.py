@@ -39,6 +39,7 @@ from cdp_triggers.records import (
 )
 from cdp_triggers.shutdown import STOP
 from operators.engine import Engine, ProfileLookup
+from operators.routing import Topology
 from state.customer import CustomerState
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class EngineRuntime:
     # a customer idle this long (wall time) is compacted: pruned at a time no later event
     # can precede, then pickled (or discarded when nothing remains). Decision-neutral.
     idle_ttl_ms: int | None = 60_000
+    # the run's worker count, for moving events to their customers' workers in bundles
+    topology: Topology = field(default_factory=Topology)
     _profiles: ProfileLookup | None = None
 
     @property
