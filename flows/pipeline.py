@@ -55,14 +55,27 @@ class Outputs:
 def build_flow(source: Source, runtime: EngineRuntime, outputs: Outputs,
                flow_id: str = "cdp_triggers") -> Dataflow:
     flow = Dataflow(flow_id)
-    records, rejected = engine_streams(flow, source, runtime)
-    attach_outputs(records, rejected, outputs)
+    decided, refused = engine_outputs(flow, source, runtime)
+    attach_outputs(op.merge("all_outputs", decided, refused), outputs)
     return flow
 
 
 def engine_streams(flow: Dataflow, source: Source,
                    runtime: EngineRuntime) -> tuple[Stream, Stream]:
-    """input → parse → key by customer → engine; returns (engine records, rejected).
+    """:func:`engine_outputs` as one item per record: (engine records, rejected) — for
+    the runs that keep records in memory (preview, tests)."""
+    decided, refused = engine_outputs(flow, source, runtime)
+    records = op.map("unkey", decided, lambda kv: kv[1])
+    # an event the engine could not process comes back as a dead letter (processing_error)
+    failed = op.branch("processing_errors", records, lambda r: isinstance(r, Rejected))
+    return failed.falses, op.merge("rejected", refused, failed.trues)
+
+
+def engine_outputs(flow: Dataflow, source: Source,
+                   runtime: EngineRuntime) -> tuple[Stream, Stream]:
+    """input → parse → key by customer → engine; returns (``(customer, record)`` pairs as
+    the engine emitted them, its ``processing_error`` dead letters included; the input's
+    rejected events).
 
     Aligned sources (``flows.sources``) emit parsed events in event-time order with the
     catalogue fan-out done; raw items (tests' plain sources) are parsed here, unaligned.
@@ -103,28 +116,43 @@ def engine_streams(flow: Dataflow, source: Source,
 
     keyed = op.flat_map_batch("by_customer", delivered, by_customer)
     decided = op.stateful_batch("engine", keyed, runtime.builder)
-    records = op.map("unkey", decided, lambda kv: kv[1])
-    # an event the engine could not process comes back as a dead letter (processing_error)
-    failed = op.branch("processing_errors", records, lambda r: isinstance(r, Rejected))
-    return failed.falses, op.merge("rejected", valid.falses, failed.trues)
+    return decided, valid.falses
 
 
-def attach_outputs(records: Stream, rejected: Stream, outputs: Outputs) -> None:
-    """Fan records out: profile updates to the store; everything else, dead letters
-    included, to the one effects sink, which writes ClickHouse rows first and only then
-    produces send commands and dead letters to Kafka (see :mod:`sinks.effects`)."""
-    updates = op.branch("profile_updates", records, lambda r: isinstance(r, ProfileUpdate))
+def attach_outputs(records: Stream, outputs: Outputs) -> None:
+    """Fan records out (bare, or ``(customer, record)`` pairs as the engine emits them):
+    profile updates to the store; everything else, dead letters included, to the one
+    effects sink, which writes ClickHouse rows first and only then produces send commands
+    and dead letters to Kafka (see :mod:`sinks.effects`). Each batch moves to the sink as
+    one bundle per sink partition (:meth:`EffectsSink.bundle`), not one item per record:
+    fewer items through Bytewax, and one pickle per bundle when a partition lives in
+    another process."""
+    sink = None
+    if outputs.clickhouse is not None or outputs.kafka_brokers:
+        sink = EffectsSink(outputs.clickhouse, outputs.clickhouse_database,
+                           outputs.kafka_brokers, outputs.sends_topic,
+                           outputs.dead_letter_topic, outputs.kafka_config,
+                           max_rows=outputs.clickhouse_batch_rows,
+                           max_seconds=outputs.clickhouse_batch_seconds,
+                           parts=outputs.clickhouse_shards, policy=outputs.retry,
+                           trickle=outputs.clickhouse_trickle,
+                           keep_snapshots=outputs.keep_snapshots)
+
+    def route(items: list[Any]) -> list[Any]:
+        """Profile updates as they are; the other records bundled per sink partition."""
+        routed: list[Any] = []
+        effects: list[Any] = []
+        for item in items:
+            record = item[1] if type(item) is tuple else item
+            (routed if type(record) is ProfileUpdate else effects).append(record)
+        if sink is not None and effects:
+            routed += sink.bundle(effects)
+        return routed
+
+    routed = op.flat_map_batch("route", records, route)
+    updates = op.branch("profile_updates", routed, lambda r: type(r) is ProfileUpdate)
     if outputs.profile_store is not None:
         op.output("profile_store", updates.trues,
                   ProfileUpdateSink(outputs.profile_store, outputs.retry))
-    if outputs.clickhouse is None and not outputs.kafka_brokers:
-        return
-    sink = EffectsSink(outputs.clickhouse, outputs.clickhouse_database,
-                       outputs.kafka_brokers, outputs.sends_topic, outputs.dead_letter_topic,
-                       outputs.kafka_config, max_rows=outputs.clickhouse_batch_rows,
-                       max_seconds=outputs.clickhouse_batch_seconds,
-                       parts=outputs.clickhouse_shards, policy=outputs.retry,
-                       trickle=outputs.clickhouse_trickle,
-                       keep_snapshots=outputs.keep_snapshots)
-    effects = op.merge("all_records", updates.falses, rejected)
-    op.output("effects", op.map("route", effects, sink.route), sink)
+    if sink is not None:
+        op.output("effects", updates.falses, sink)

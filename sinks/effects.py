@@ -138,7 +138,10 @@ class EffectsPartition(StatefulSinkPartition[Record, bytes | None]):
     def _healthy(self) -> bool:
         return not any(d is not None and d.is_down for d in (self.clickhouse, self.kafka))
 
-    def write_batch(self, values: list[Record]) -> None:
+    def write_batch(self, values: list[Record] | list[list[Record]]) -> None:
+        """Records, or bundles of them (:meth:`EffectsSink.bundle`), in order."""
+        if values and type(values[0]) is list:
+            values = [r for bundle in values for r in bundle]  # type: ignore[union-attr]
         live_after = (self.wall_ms() - self.live_ms if self.live_ms is not None
                       and self.kafka is not None else None)
         urgent = False
@@ -339,6 +342,18 @@ class EffectsSink(FixedPartitionedSink[Record, bytes | None]):
 
     def route(self, record: Record) -> tuple[str, Record]:
         return route(record, self.parts)
+
+    def bundle(self, records: list[Record]) -> list[tuple[str, list[Record]]]:
+        """``records`` as one ``(partition key, [records…])`` item per partition, in their
+        order: what :meth:`route` does one record at a time (a partition writes a bundle's
+        records as if they had come one by one)."""
+        if self.parts <= 1:
+            return [(part_name(0), records)]
+        bundles: dict[str, list[Record]] = {}
+        for record in records:
+            part, _ = route(record, self.parts)
+            bundles.setdefault(part, []).append(record)
+        return list(bundles.items())
 
     def list_parts(self) -> list[str]:
         return sorted(self._index)

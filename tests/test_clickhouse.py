@@ -7,6 +7,7 @@ directory (the ``chdb_url`` fixture) and every test gets its own database in it.
 from __future__ import annotations
 
 import itertools
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,38 @@ def test_route_is_stable_and_by_customer() -> None:
     assert len({route(r, 4)[0] for r in many_records(10) if r.customer_id == "cust1"}) == 1
     assert route(decision(1))[0] == "effects-0"
     assert sink.part_fn("unknown-7") >= 0
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+def test_a_bundle_is_each_partitions_records_in_order(parts: int) -> None:
+    """What the flow hands the sink per batch: one item per partition, holding exactly the
+    records ``route`` would have sent there one by one, in the same order."""
+    sink = EffectsSink(lambda: None, "db", parts=parts)  # type: ignore[arg-type, return-value]
+    records = many_records(20)
+    bundles = sink.bundle(records)
+    assert len({k for k, _ in bundles}) == len(bundles) <= parts
+    for key, bundle in bundles:
+        assert bundle == [r for r in records if sink.route(r)[0] == key]
+
+
+def test_bundled_records_give_the_same_rows_as_one_by_one(chdb_dir: str,
+                                                          backend: ChdbBackend) -> None:
+    db_one, db_bundled = (f"test_clickhouse_{uuid.uuid4().hex[:8]}" for _ in range(2))
+    for name in (db_one, db_bundled):
+        ensure_schema(backend, name)
+    records = many_records(40)
+    run_sink(chdb_dir, db_one, records, max_rows=7, parts=2)
+    sink = EffectsSink(lambda: ChdbBackend(chdb_dir), db_bundled, max_rows=7, parts=2)
+    flow = Dataflow("bundled")
+    chunks = [records[i:i + 9] for i in range(0, len(records), 9)]
+    items = op.input("in", flow, TestingSource([b for c in chunks for b in sink.bundle(c)]))
+    op.output("out", items, sink)
+    run_main(flow)
+    for view in ("decisions", "sends", "lifecycle", "conversions", "rejected_events"):
+        wall = "inserted_at, received_at" if view == "rejected_events" else "inserted_at"
+        sql = f"SELECT * EXCEPT ({wall}) FROM {{}}.{view} ORDER BY ALL"  # not the wall times
+        one = backend.query_rows(sql.format(db_one))
+        assert one and one == backend.query_rows(sql.format(db_bundled)), view
 
 
 class FakeBackend:

@@ -31,8 +31,8 @@ def _flow(items, gen, store, url, db, got):
                             horizon_ms=gen.end_ms)
     flow = Dataflow("recovery")
     records, rejected = engine_streams(flow, TestingSource(items, batch_size=50), runtime)
-    attach_outputs(records, rejected, Outputs(clickhouse=lambda: open_backend(url),
-                                              clickhouse_database=db))
+    attach_outputs(op.merge("all", records, rejected),
+                   Outputs(clickhouse=lambda: open_backend(url), clickhouse_database=db))
     op.output("sends", op.filter("only_sends", records, lambda r: isinstance(r, Send)),
               TestingSink(got))
     return flow
