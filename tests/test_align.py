@@ -182,3 +182,38 @@ def test_a_snapshot_holds_the_waiting_events_exactly_as_json_and_older_ones_rest
     before = Aligner.__new__(Aligner)  # a snapshot from before: the heap as a pickled list
     before.__setstate__(pickle.loads(pickle.dumps(al.__dict__.copy())))
     assert before.buffer == al.buffer
+
+
+def test_a_snapshot_pickles_again_only_the_products_changed_since_the_previous_one():
+    """The catalogue state (who showed interest in each product) is snapshotted at every
+    epoch's close: an unchanged product keeps its pickle, and every form restores."""
+    al = Aligner(["s"], lateness=0)
+
+    def view(i: int, product: str, ts: int) -> Event:
+        return Event(f"v{i}", "product_viewed", f"c{i}", ts, {"product_id": product,
+                                                              "price": 10.0 + i})
+
+    for i in range(9):
+        al.offer("s", view(i, f"p{i % 3}", 1_000 + i))
+    al.offer("s", view(99, "p9", 5_000))  # moves the watermark past the nine
+    al.release()
+    assert sorted(al.products) == ["p0", "p1", "p2"]
+    first = pickle.loads(pickle.dumps(al, pickle.HIGHEST_PROTOCOL))
+    assert first.products == al.products
+    packed = dict(al._packed)
+    al.offer("s", view(100, "p9", 6_000))
+    al.release()  # releases p9's first view: p9 is new, p0-p2 untouched
+    second = pickle.loads(pickle.dumps(al, pickle.HIGHEST_PROTOCOL))
+    assert second.products == al.products and sorted(al.products) == ["p0", "p1", "p2", "p9"]
+    assert all(al._packed[pid] is packed[pid] for pid in packed)  # not pickled again
+    al.offer("s", view(101, "p1", 7_000))
+    al.offer("s", view(102, "p0", 8_000))
+    al.release()  # p9's second view and p1's: p0 and p2 untouched
+    third = pickle.loads(pickle.dumps(second, pickle.HIGHEST_PROTOCOL))  # a restored one
+    assert third.products == second.products
+    before = dict(al._packed)
+    pickle.dumps(al)
+    assert sorted(pid for pid in before if al._packed[pid] is not before[pid]) == ["p1", "p9"]
+    old = Aligner.__new__(Aligner)  # a snapshot from before: products as objects
+    old.__setstate__({**al.__dict__, "products": dict(al.products)})
+    assert old.products == al.products and old._dirty == set(al.products)
