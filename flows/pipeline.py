@@ -84,6 +84,7 @@ def engine_outputs(flow: Dataflow, source: Source,
     """
     raw = op.input("input", flow, source)
     live = runtime.mode == "live"
+    topology = runtime.topology
 
     def parse(r: Event | Rejected | RawEvent | KafkaSourceMessage) -> Event | Rejected:
         if isinstance(r, Event | Rejected):
@@ -92,16 +93,23 @@ def engine_outputs(flow: Dataflow, source: Source,
             r = from_kafka(r)
         return parse_event(r.data, r.where, runtime.wall.now_ms() if live else None)
 
-    parsed = op.map("parse", raw, parse)
-    valid = op.branch("valid", parsed, lambda x: isinstance(x, Event))
-    topology = runtime.topology
+    def bundle(batch: list[Any]) -> list[Rejected | tuple[str, list[tuple[str, Event]]]]:
+        """A batch as its rejected items and its customer events (catalogue updates were
+        fanned out already), one bundle per worker that owns some of them
+        (:mod:`operators.routing`): one step per batch, not several per event."""
+        out: list[Any] = []
+        pairs: list[tuple[str, Event]] = []
+        for item in batch:
+            e = parse(item)
+            if type(e) is not Event:
+                out.append(e)
+            elif e.type != "product_updated":
+                pairs.append((e.customer_id, e))
+        return (out + topology.bundle(pairs)) if pairs else out
 
-    def bundle(batch: list[Event]) -> list[tuple[str, list[tuple[str, Event]]]]:
-        """Customer events (catalogue updates were fanned out already), one bundle per
-        worker that owns some of them (:mod:`operators.routing`)."""
-        return topology.bundle((e.customer_id, e) for e in batch if e.type != "product_updated")
-
-    bundles = op.flat_map_batch("bundle", valid.trues, bundle)
+    parsed = op.flat_map_batch("parse_and_bundle", raw, bundle)
+    valid = op.branch("valid", parsed, lambda x: type(x) is tuple)
+    bundles = valid.trues
     op.output("topology", op.flat_map_batch("never", bundles, lambda _: []),
               routing.probe(topology))
     delivered = op.stateful_batch("deliver", bundles, routing.deliver_logic)
@@ -116,7 +124,7 @@ def engine_outputs(flow: Dataflow, source: Source,
 
     keyed = op.flat_map_batch("by_customer", delivered, by_customer)
     decided = op.stateful_batch("engine", keyed, runtime.builder)
-    return decided, valid.falses
+    return decided, valid.falses  # the input's rejected items
 
 
 def attach_outputs(records: Stream, outputs: Outputs) -> None:
