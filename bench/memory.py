@@ -134,7 +134,7 @@ def _hibernate(eng: Any, st: Any) -> tuple[int | None, bytes] | None:
     from operators.keyed import CustomerLogic, EngineRuntime
 
     logic = CustomerLogic(EngineRuntime(eng, lambda: lambda _cid: None, idle_ttl_ms=0), st)
-    logic._hibernate()
+    logic._hibernate([])
     return logic.dormant
 
 

@@ -193,6 +193,8 @@ class Engine:
         caused, delay-0 steps it made due included), for callers that record the event's
         effect (the keyed step's stored inputs)."""
         due: list[Output] = []
+        if state.misses:
+            self._close_misses(state, now, due)
         lazy = _Lazy(profiles, state.customer_id)
         # the plan the last call left holds unless the config changed since (a restore):
         # zone, dates and segments change only with an event or a timer, which replan
@@ -224,10 +226,12 @@ class Engine:
         step = self._fires_at(self._head(state)[1])
         return step if seg is None else min(step, seg)
 
-    def prune(self, state: CustomerState, now: int, sweep: bool = False) -> None:
+    def prune(self, state: CustomerState, now: int, sweep: bool = False) -> list[Output]:
         """Forget what can no longer matter at ``now`` (bounded state per customer);
         ``sweep`` also clears every idle count slot and the exits no later start can use
-        (a customer going dormant)."""
+        (a customer going dormant). Returns the records forgetting writes: the final count
+        of a day's start misses it closes (else when pruning ran would change the count)."""
+        out: list[Output] = []
         policy = self.config.policy
         horizon = now - policy.dedup_window
         if state.seen and (len(state.seen) > policy.dedup_max_ids
@@ -246,12 +250,12 @@ class Engine:
             state.counts = {k: v for k, v in state.counts.items()
                             if v and (v if type(v) is int else v[-1])
                             + self._max_count_window >= now}
-        if state.misses:  # a day over: its count stays as last written
-            today = now // DAY
-            state.misses = {k: m for k, m in state.misses.items() if m[0] >= today}
+        if state.misses:
+            self._close_misses(state, now, out)
         if state.refused:  # a key refused a day ago may be recorded again
             state.refused = {k: v for k, v in state.refused.items() if v + EXIT_MEMORY >= now}
         metrics.prune(self._metrics, state, now - self._max_grace)
+        return out
 
     # ---- timers -----------------------------------------------------------------------
 
@@ -651,7 +655,7 @@ class Engine:
         self._route(state, ev, now, out)
         if state.high_water - state.pruned_at >= PRUNE_EVERY:
             state.pruned_at = state.high_water
-            self.prune(state, max(now, state.high_water))
+            out += self.prune(state, max(now, state.high_water))
 
     def _route(self, state: CustomerState, ev: Event, now: int, out: list[Output]) -> None:
         """What an event does to the triggers: cancels, resets, starts, remembered exits."""
@@ -776,6 +780,18 @@ class Engine:
         m[3] = max(m[3], ts)
         if not m[1] & (m[1] - 1):  # a power of two
             out.append(self._miss_record(state, trigger_id, reason, m))
+
+    def _close_misses(self, state: CustomerState, now: int, out: list[Output]) -> None:
+        """Write the final count of every day of start misses over by ``now`` (unless its
+        last row was it) and forget the day: the count then does not depend on when the
+        customer is next woken, by its own event, a timer, the end of input or a sweep."""
+        today = now // DAY
+        if all(m[0] >= today for m in state.misses.values()):
+            return
+        for k, m in state.misses.items():
+            if m[0] < today and m[1] & (m[1] - 1):
+                out.append(self._miss_record(state, *k.split("\x1f"), m))
+        state.misses = {k: m for k, m in state.misses.items() if m[0] >= today}
 
     def _miss_record(self, state: CustomerState, trigger_id: str, reason: str,
                      m: list[int]) -> StartMiss:

@@ -181,7 +181,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
             self.active_at -= self.rt.idle_ttl_ms or 0  # woken by a timer: still idle
         out = self._timers(now)
         if self._idle():
-            return out, self._hibernate()
+            return out, self._hibernate(out)
         return out, self._keep_or_discard()
 
     def on_eof(self) -> tuple[list[Output | Rejected], bool]:
@@ -265,8 +265,9 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         return (ttl is not None and st is not None and not st.pending
                 and self.rt.wall.now_ms() - self.active_at >= ttl)
 
-    def _hibernate(self) -> bool:
-        """Prune at a safe time; discard what is empty, compress the rest. Decision-neutral:
+    def _hibernate(self, out: list[Output | Rejected]) -> bool:
+        """Prune at a safe time (what pruning writes goes to ``out``); discard what is
+        empty, compress the rest. Decision-neutral:
         every later event of this customer is at or after ``high_water`` (its events reach
         it in order) and, when its input shard is read in this process, at or after the
         event time that shard has released everything before; every timer of it decides at
@@ -281,7 +282,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
                 safe = w
         if st.instances:
             safe = min(safe, min(i.due for i in st.instances.values()))
-        self.rt.engine.prune(st, safe, sweep=True)
+        out += self.rt.engine.prune(st, safe, sweep=True)
         if st.is_empty():
             self.state = None
             return self.DISCARD

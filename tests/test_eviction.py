@@ -46,9 +46,9 @@ def test_dormant_customers_decide_exactly_like_resident_ones(monkeypatch):
     slept = []
     hibernate = CustomerLogic._hibernate
 
-    def counted(self):
+    def counted(self, out):
         slept.append(self.state.customer_id)
-        return hibernate(self)
+        return hibernate(self, out)
 
     monkeypatch.setattr(CustomerLogic, "_hibernate", counted)
     dormant = live_run(gen, 1)

@@ -34,6 +34,35 @@ def test_a_thousand_misses_in_a_day_write_a_dozen_rows_and_the_exact_final_count
     assert len({r.miss_id for r in rows}) == 2
 
 
+def test_a_days_final_count_is_written_once_the_day_is_over_whatever_wakes_the_customer():
+    """The last count of a day (not a power of two) is written when the customer is next
+    woken after the day: by a later miss, any other event, a timer call (the end of input)
+    or a sweep. Before, only a later miss of the same kind wrote it, so the count depended
+    on which unrelated events happened to wake the customer, and a sweep lost it."""
+    def final_rows(wake) -> list[int]:
+        eng, st, rows = engine(), CustomerState("c1"), []
+        for e in views(5):
+            rows += eng.handle(st, e, max(st.high_water, e.ts), lambda c: None)
+        rows += wake(eng, st)
+        return [r.count for r in rows if isinstance(r, StartMiss)
+                and r.trigger_id == "browse_abandonment"]
+
+    def timer_call(eng, st):
+        return eng.handle(st, None, T0 + DAY + MINUTE, lambda c: None)
+
+    def other_event(eng, st):
+        e = ev("signed_up", 24 * 60 + 1, "c1")
+        return eng.handle(st, e, e.ts, lambda c: None)
+
+    def sweep(eng, st):
+        return eng.prune(st, T0 + DAY + MINUTE, sweep=True)
+
+    for wake in (timer_call, other_event, sweep):
+        assert final_rows(wake) == [1, 2, 4, 5], wake.__name__
+    same_day = final_rows(lambda eng, st: eng.handle(st, None, T0 + 60 * MINUTE, lambda c: None))
+    assert same_day == [1, 2, 4]  # the day is not over: 5 is not final yet
+
+
 def test_explain_reads_the_misses_from_clickhouse(tmp_path, chdb_url):
     path = tmp_path / "e.jsonl"
     path.write_bytes(b"".join(e.to_json() + b"\n" for e in [*views(40), *views(1, day=1)]))
