@@ -63,6 +63,22 @@ class ConfigSet:
     def trigger(self, trigger_id: str) -> Trigger | None:
         return next((t for t in self.triggers if t.id == trigger_id), None)
 
+    def names_event(self, event_type: str) -> bool:
+        """Whether a trigger (enabled or not), segment or RFM setting names this event type
+        anywhere: as a start, exit or reset, in a condition (a value, a
+        ``customer.events.<type>`` count) or as any other word. When none does, events of
+        that type change no decision, so a step that only *makes* them (the product
+        step's ``price_dropped``/``back_in_stock``) may skip the work. Conservative: a
+        template or variant id spelt the same counts as naming it."""
+        words = self.__dict__.get("_words")
+        if words is None:
+            parts = [t.model_dump_json() for t in self.triggers]
+            parts += [s.model_dump_json() for s in self.segments]
+            parts.append(self.rfm.model_dump_json())
+            words = frozenset(re.findall(r"[A-Za-z0-9_]+", " ".join(parts)))
+            object.__setattr__(self, "_words", words)  # frozen: computed once, kept
+        return event_type in words
+
 
 def _locate(loc: tuple[Any, ...], kind: str, doc: Document) -> tuple[int, int]:
     """Best position for a pydantic error: an unknown key at the key, a missing field at its

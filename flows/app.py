@@ -35,6 +35,7 @@ from config.loader import ConfigSet, load_config
 from flows.pipeline import Outputs, build_flow, engine_streams
 from flows.sources import AlignedKafkaSource, AlignOptions, IteratorSource, JsonlSource
 from operators.engine import Engine, ProfileLookup
+from operators.interest import derives_events
 from operators.keyed import EngineRuntime
 from sinks.clickhouse import ensure_schema, has_dispatched, open_backend
 from state.profiles import DictProfileStore, RedisProfileStore
@@ -141,7 +142,7 @@ def build_run(s: Settings, source: Literal["kafka", "files", "generator"] = "kaf
                             copy_snapshots=recovery, idle_ttl_ms=s.idle_ttl_ms,
                             prefetch=getattr(store, "warm", None))
     opts = AlignOptions(s.max_out_of_orderness_ms, s.align_max_buffer, live=live,
-                        copy_snapshots=recovery, clock=clock)
+                        copy_snapshots=recovery, clock=clock, interest=derives_events(config))
     if source == "kafka":
         kafka = AlignedKafkaSource(s.brokers, s.input_topics, s.kafka_tail,
                                    s.kafka_batch_size, opts, catalogue=s.catalogue_topics)

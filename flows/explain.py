@@ -27,6 +27,7 @@ from config.loader import ConfigSet
 from operators.align import Aligner
 from operators.conditions import key_of, matches
 from operators.engine import Engine
+from operators.interest import derives_events
 from state.customer import CustomerState
 
 
@@ -44,9 +45,10 @@ class Line:
         return iso(self.ts)[:19]
 
 
-def _customer_events(paths: list[str | Path], customer_id: str) -> list[Event]:
+def _customer_events(paths: list[str | Path], customer_id: str,
+                     interest: bool = True) -> list[Event]:
     """The customer's valid events and the catalogue's, in the aligned order."""
-    al = Aligner(["files"])
+    al = Aligner(["files"], interest=interest)
     for path in paths:
         with open(path, "rb") as f:
             for n, raw in enumerate(f, 1):
@@ -67,7 +69,7 @@ def explain_events(config: ConfigSet, paths: list[str | Path], customer_id: str,
     state = CustomerState(customer_id)
     lines: list[Line] = []
     starts = [t for t in config.triggers if t.enabled]
-    for ev in _customer_events(paths, customer_id):
+    for ev in _customer_events(paths, customer_id, derives_events(config)):
         mark = len(lines)
         candidates = [t for t in starts if ev.type in t.start.types]
         before = {t.id: matches(t.start, ev, state, ev.ts) for t in candidates}

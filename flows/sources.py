@@ -64,6 +64,7 @@ class AlignOptions(NamedTuple):
     live: bool = False
     copy_snapshots: bool = True
     clock: WatermarkClock | None = None  # live: where the shard publishes its watermark
+    interest: bool = True  # track product interest for the fan-out (``Aligner.interest``)
 
 
 # ---- shards over local readers (files, generator, lists) -----------------------------------
@@ -178,9 +179,10 @@ def _resume(resume_state: Any) -> tuple[dict[str, int], Aligner | None]:
 
 def _aligner(resumed: Aligner | None, streams: list[str], opts: AlignOptions) -> Aligner:
     if resumed is None:
-        return Aligner(streams, opts.lateness_ms)
+        return Aligner(streams, opts.lateness_ms, interest=opts.interest)
     resumed.reopen(streams)
     resumed.lateness = opts.lateness_ms
+    resumed.track_interest(opts.interest)
     return resumed
 
 

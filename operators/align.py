@@ -38,6 +38,7 @@ from operators.interest import (
     seen_update,
 )
 
+_CATALOGUE_ONLY = frozenset({"product_updated"})
 _PICKLES = "pickles"  # a snapshot's products as {product_id: pickle} (see __getstate__)
 NEVER = -(2**62)  # "no event time yet": holds the watermark back
 DONE = 2**62  # a stream at its end no longer holds it back
@@ -76,12 +77,23 @@ class Aligner:
     released_to: int = NEVER  # every event before this has been released
     stats: AlignStats = field(default_factory=AlignStats)
     seq: int = 0  # read order: the last tie-break, never reached for distinct events
+    # remember who showed interest in each product (views, cart adds, wishes) for the
+    # price-drop / back-in-stock fan-out; off when the config names neither derived type
+    # (``derives_events``): the hot path then skips the product state for every view
+    interest: bool = True
 
     def __post_init__(self) -> None:
         for s in self.streams:
             self.marks.setdefault(s, StreamMark())
         self._dirty: set[str] = set(self.products)  # changed since the last snapshot
         self._packed: dict[str, bytes] = {}  # every product's pickle as of that snapshot
+        self.track_interest(self.interest)
+
+    def track_interest(self, on: bool) -> None:
+        """Whether interest events update the product states (see ``interest``); a run
+        resumed under a config that turns it on fans out only to interest shown since."""
+        self.interest = on
+        self._products_of = PRODUCT_TYPES if on else _CATALOGUE_ONLY
 
     def __getstate__(self) -> dict[str, Any]:
         """The held-back events go as one JSON document (their props came from JSON), not
@@ -90,7 +102,7 @@ class Aligner:
         catalogue state (14 days of interest per product) goes as one pickle per product,
         each redone only when its product changed since the previous snapshot."""
         state = self.__dict__.copy()
-        del state["_dirty"], state["_packed"]
+        del state["_dirty"], state["_packed"], state["_products_of"]
         state["buffer"] = _pack_buffer(self.buffer)
         packed = self._packed
         for pid in self._dirty:
@@ -110,6 +122,7 @@ class Aligner:
         self.__dict__.update(state)
         self._packed = dict(packed)
         self._dirty = set(self.products) - self._packed.keys()
+        self.track_interest(state.get("interest", True))
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -193,7 +206,7 @@ class Aligner:
                 self.stats.rejected += 1
                 continue
             events.append(ev)
-            if ev.type in PRODUCT_TYPES and "product_id" in ev.props:
+            if ev.type in self._products_of and "product_id" in ev.props:
                 more = self._catalogue(ev)
                 if more:
                     events += more

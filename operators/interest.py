@@ -13,11 +13,15 @@ Derived event ids are deterministic, so replays and recovery dedupe them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cdp_triggers.clock import DAY
 from cdp_triggers.events import Event
 from cdp_triggers.ids import stable_id
 from state.compact import Upgradable
+
+if TYPE_CHECKING:
+    from config.loader import ConfigSet
 
 WISHLIST_ADDED = "wishlist_added"
 INTEREST_TYPES = frozenset({"product_viewed", "added_to_cart", WISHLIST_ADDED})
@@ -43,6 +47,13 @@ class ProductState(Upgradable):
     pruned_at: int = 0  # event time of the last sweep of `interested`
     wished: dict[str, int] = field(default_factory=dict)  # customer → last wishlist ts
     updates: dict[str, int] = field(default_factory=dict)  # catalogue record id → its ts
+
+
+def derives_events(config: ConfigSet) -> bool:
+    """Whether the config reads the events this step makes: when it names neither
+    ``price_dropped`` nor ``back_in_stock``, they could change no decision, and the source
+    skips remembering who viewed what (the product state of every view)."""
+    return config.names_event(PRICE_DROPPED) or config.names_event(BACK_IN_STOCK)
 
 
 def product_of(event: Event) -> str:

@@ -138,3 +138,88 @@ def test_a_stale_catalogue_record_read_late_makes_no_false_drop():
     on_product_event(st, update(30, price=25.0))
     assert on_product_event(st, update(20, price=21.0)) == []  # older than the 25.0 record
     assert st.price == 25.0 and st.stale == 1
+
+
+def _without_derived_triggers(tmp_path):
+    """The shipped config less the four triggers started by derived events."""
+    import shutil
+
+    from config.loader import DEFAULT_CONFIG_DIR, load_config
+
+    root = tmp_path / "config"
+    shutil.copytree(DEFAULT_CONFIG_DIR, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    for name in ("price_drop", "wishlist_price_drop", "back_in_stock", "wishlist_back_in_stock"):
+        (root / "triggers" / f"{name}.yaml").unlink()
+    return load_config(root)
+
+
+def _timeless(reprs: list[str]) -> list[str]:
+    """Records without decided_at, start misses as their last row per miss_id (a day's
+    count is re-emitted as it grows: ClickHouse keeps the row with the highest count)."""
+    import re
+
+    out, misses = [], {}
+    for r in reprs:
+        r = re.sub(r"decided_at=\d+", "", r)
+        if r.startswith("StartMiss("):
+            m = re.match(r"StartMiss\(miss_id='(\w+)'.*count=(\d+)", r)
+            misses[m[1]] = max(misses.get(m[1], (0, "")), (int(m[2]), r))
+        else:
+            out.append(r)
+    return sorted(out + [r for _, r in misses.values()])
+
+
+def test_the_config_says_whether_it_reads_the_derived_events(tmp_path):
+    from config.loader import load_config
+    from operators.interest import derives_events
+
+    assert derives_events(load_config())
+    cfg = _without_derived_triggers(tmp_path)
+    assert not derives_events(cfg)
+    assert cfg.names_event("added_to_cart") and not cfg.names_event("price_dropped")
+
+
+def test_interest_is_not_tracked_when_nothing_reads_the_derived_events(tmp_path):
+    """Without a trigger, segment or condition naming price_dropped/back_in_stock, the source
+    skips the product interest state: every record is the same as when it tracks it (the
+    derived events then reach customers and change nothing), the catalogue state holds no
+    customer, and a run that tracks it does make derived events from the same input."""
+    from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
+    from flows.sources import AlignOptions, IteratorSource
+    from operators.engine import Engine
+
+    cfg = _without_derived_triggers(tmp_path)
+    gen = SyntheticRetail(SyntheticConfig(customers=300, days=4, seed=11,
+                                          price_change_rate=0.5, stockout_rate=0.3))
+    store = DictProfileStore(gen.profiles())
+    aligners = []
+
+    def run(interest: bool) -> list[str]:
+        src = IteratorSource(gen.events, opts=AlignOptions(interest=interest))
+        build = src.build_part
+
+        def spy(*a):
+            part = build(*a)
+            aligners.append(part.aligner)
+            return part
+
+        src.build_part = spy
+        runtime = EngineRuntime(Engine(cfg), lambda: store.get, mode="replay",
+                                horizon_ms=gen.end_ms)
+        flow = Dataflow("interest")
+        records, rejected = engine_streams(flow, src, runtime)
+        got: list = []
+        op.output("out", op.merge("all", records, rejected), TestingSink(got))
+        cluster_main(flow, addresses=[], proc_id=0, worker_count_per_proc=1)
+        return sorted(repr(r) for r in got)
+
+    tracked, skipped = run(True), run(False)
+    assert len(tracked) > 1000 and any("Send(" in r for r in tracked)
+    # the same records but for decided_at: in replay "now" is the time of the event that
+    # woke the customer, and a derived event wakes it earlier (to decide the same)
+    assert _timeless(skipped) == _timeless(tracked)
+    assert sum(r.startswith("Send(") for r in skipped) > 20
+    on, off = aligners
+    assert on.stats.derived > 0 and off.stats.derived == 0
+    assert any(p.interested for p in on.products.values())
+    assert off.products and not any(p.interested for p in off.products.values())
