@@ -119,7 +119,7 @@ def engine_outputs(flow: Dataflow, source: Source,
         in one round trip here, where the engine's lookups that follow will ask for them."""
         keyed = [pair for _, pairs in items for pair in pairs]
         if runtime.prefetch is not None and keyed:
-            runtime.prefetch([k for k, _ in keyed])
+            runtime.prefetch([k for k, _ in keyed], runtime.sure_reads(keyed))
         return keyed
 
     keyed = op.flat_map_batch("by_customer", delivered, by_customer)

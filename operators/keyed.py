@@ -11,6 +11,7 @@ Two clock modes, same engine code:
 
 from __future__ import annotations
 
+import bisect
 import logging
 import pickle
 import zlib
@@ -61,8 +62,9 @@ class EngineRuntime:
     horizon_ms: int | None = None
     loopback: Callable[[Send], list[Event]] | None = None  # simulated gateway (demo, tests)
     # read these customers' profiles in one round trip ahead of the keyed step (the store's
-    # ``warm``); None: each activation that needs a profile reads it alone
-    prefetch: Callable[[list[str]], None] | None = None
+    # ``warm``: the batch's customers, and those of them sure to be asked, whose timers
+    # the batch fires); None: each activation that needs a profile reads it alone
+    prefetch: Callable[[list[str], list[str]], None] | None = None
     # Bytewax asks for snapshots at every epoch even without recovery; only a run WITH
     # recovery needs them to be independent copies (they are serialised later).
     copy_snapshots: bool = True
@@ -71,6 +73,10 @@ class EngineRuntime:
     idle_ttl_ms: int | None = 60_000
     # the run's worker count, for moving events to their customers' workers in bundles
     topology: Topology = field(default_factory=Topology)
+    # with ``prefetch``: the next timer of each of this process's customers that has one
+    # (dormant ones included), so that reads can be made ahead for the timers that fire
+    timers: dict[str, int] = field(default_factory=dict)
+    _ahead: tuple[int, list[str], int] | None = None  # end of input: (until, due ids, next)
     _profiles: ProfileLookup | None = None
 
     @property
@@ -90,6 +96,38 @@ class EngineRuntime:
             self._profiles = self.profiles_factory()
         return self._profiles
 
+    def sure_reads(self, keyed: list[tuple[str, Event]]) -> list[str]:
+        """The customers of a batch whose timers their events will fire (they decide, and
+        read their profiles, unless nothing is due to send)."""
+        timers = self.timers
+        return [cid for cid, e in keyed if timers.get(cid, _NO_TIMER) <= e.ts]
+
+    def read_ahead(self, customer_id: str, until: int) -> None:
+        """End of input: Bytewax wakes every customer in key order, and those with a timer
+        due by ``until`` decide; read their profiles ahead in that order, a chunk at a
+        time (each chunk within the store's age bound), instead of one round trip each."""
+        if self.prefetch is None:
+            return
+        ahead = self._ahead
+        if ahead is None or ahead[0] != until:
+            due = sorted(c for c, at in self.timers.items() if at <= until)
+            ahead = self._ahead = (until, due, 0)
+        _, due, warmed = ahead
+        i = bisect.bisect_left(due, customer_id)
+        if i < warmed or i >= len(due) or due[i] != customer_id:
+            return  # read ahead already, or no timer due
+        chunk = due[i:i + READ_AHEAD]
+        self._ahead = (until, due, i + len(chunk))
+        self.prefetch(chunk, chunk)
+
+    def note_timer(self, customer_id: str, at: int | None) -> None:
+        if self.prefetch is None:
+            return
+        if at is None:
+            self.timers.pop(customer_id, None)
+        else:
+            self.timers[customer_id] = at
+
     def builder(self, resume: CustomerState | Dormant | bytes | None) -> CustomerLogic:
         if isinstance(resume, bytes):  # a snapshot: the stored state (see snapshot)
             resume = CustomerState.from_bytes(resume)
@@ -99,6 +137,8 @@ class EngineRuntime:
 
 
 Dormant = tuple[int | None, bytes]  # (when its next timer is due, compressed pickled state)
+_NO_TIMER = 2**63
+READ_AHEAD = 256  # end of input: profiles read ahead per round trip
 
 
 class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState | Dormant | bytes]):
@@ -167,7 +207,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
                 out.append(self._failed(e, exc))
         if live:
             out += self._timers(rt.clock.now_ms())
-        return out, self._keep_or_discard()
+        return out, self._settle()
 
     def on_notify(self) -> tuple[list[Output | Rejected], bool]:
         if self.rt.mode != "live" or (self.state is None and self.dormant is None):
@@ -182,7 +222,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         out = self._timers(now)
         if self._idle():
             return out, self._hibernate(out)
-        return out, self._keep_or_discard()
+        return out, self._settle()
 
     def on_eof(self) -> tuple[list[Output | Rejected], bool]:
         """Input ended (a finite run): replay fires what is due up to the horizon; live
@@ -204,7 +244,8 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
             if self.dormant[0] is None or self.dormant[0] > until:
                 return [], self.RETAIN  # nothing of it is due
             self._wake("")
-        return self._timers(until), self._keep_or_discard()
+        self.rt.read_ahead(self.state.customer_id, until)
+        return self._timers(until), self._settle()
 
     def notify_at(self) -> datetime | None:
         """The next deadline (or loopback receipt); live: for a customer with state, when
@@ -284,10 +325,12 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
             safe = min(safe, min(i.due for i in st.instances.values()))
         out += self.rt.engine.prune(st, safe, sweep=True)
         if st.is_empty():
+            self.rt.note_timer(st.customer_id, None)
             self.state = None
             return self.DISCARD
         blob = zlib.compress(pickle.dumps(st, pickle.HIGHEST_PROTOCOL), 1)
         self.dormant, self.state = (self.rt.engine.next_wakeup(st), blob), None
+        self.rt.note_timer(st.customer_id, self.dormant[0])
         return self.RETAIN
 
     def _handle(self, event: Event | None, now: int) -> list[Output]:
@@ -333,6 +376,15 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         if self.rt.copy_snapshots:
             return self.state.to_bytes()
         return self.state
+
+    def _settle(self) -> bool:
+        """After an activation: note the customer's next timer (for reads ahead); keep it
+        or discard it."""
+        st = self.state
+        if st is not None and self.rt.prefetch is not None:
+            self.rt.note_timer(st.customer_id,
+                               None if st.is_empty() else self.rt.engine.next_wakeup(st))
+        return self._keep_or_discard()
 
     def _keep_or_discard(self) -> bool:
         if self.state is None:

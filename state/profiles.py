@@ -176,9 +176,10 @@ class RedisProfileStore:
         self._fail_until = 0.0  # monotonic: lookups fail fast until then (an outage)
         self._upsert = self._r.register_script(_UPSERT)
         self._delete = self._r.register_script(_DELETE)
-        # warmed batches, newest last: (monotonic time, customer → profile or None). Rebound,
+        # warmed batches, newest last: (monotonic time, customer → profile or None, whether
+        # its use counts toward the share below: not for reads sure to be asked). Rebound,
         # never mutated, so the worker threads of the process read it without a lock.
-        self._warm: tuple[tuple[float, dict[str, Profile | None]], ...] = ()
+        self._warm: tuple[tuple[float, dict[str, Profile | None], bool], ...] = ()
         self.warmed = 0  # lookups answered from a warmed batch
         self._writes = 0  # this process's writes: a warm read before one is not kept
         self._use = [0, 0]  # recent (profiles warmed, lookups answered by them), decayed
@@ -213,12 +214,12 @@ class RedisProfileStore:
         customer (every customer's decision would wait it out and the flow would crawl).
         """
         now = time.monotonic()
-        for at, batch in reversed(self._warm):
+        for at, batch, counted in reversed(self._warm):
             if now - at > PREFETCH_MAX_AGE_S:
                 break
             if customer_id in batch:
                 self.warmed += 1
-                self._use[1] += 1
+                self._use[1] += counted
                 return batch[customer_id]
         if self._fail_until and now < self._fail_until:
             raise ProfileUnavailable(f"{self.name} is down (next try within {FAIL_FAST_S} s)")
@@ -237,26 +238,33 @@ class RedisProfileStore:
             self.lookups.up()
         return profile
 
-    def warm(self, customer_ids: Iterable[str]) -> None:
+    def warm(self, customer_ids: Iterable[str], sure: Iterable[str] = ()) -> None:
         """Read these customers' profiles in one round trip for the :meth:`get` calls that
         follow within ``PREFETCH_MAX_AGE_S`` (customers without a profile are remembered as
-        such); skipped while lookups use under ``PREFETCH_MIN_USE`` of it. Never raises:
-        while the store is failing, or when this read fails, nothing is warmed and
-        :meth:`get` asks (and reports the outage) as before."""
+        such). While lookups use under ``PREFETCH_MIN_USE`` of what is warmed, only the
+        ``sure`` ones are read (those the caller knows will be asked: customers whose
+        timers fire) and, every ``PREFETCH_PROBE``-th batch, all (to see the share grow);
+        the share counts the others only. Never raises: while the store is failing, or
+        when this read fails, nothing is warmed and :meth:`get` asks (and reports the
+        outage) as before."""
         ids = list(dict.fromkeys(customer_ids))
         if not ids or (self._fail_until and time.monotonic() < self._fail_until):
             return
         use = self._use
+        counted = True
         if use[0] >= 2_000 and use[1] < PREFETCH_MIN_USE * use[0] \
                 and self._skipped < PREFETCH_PROBE - 1:
             self._skipped += 1  # lookups hardly use it: read one by one, when asked
-            return
-        self._skipped = 0
+            ids, counted = list(dict.fromkeys(sure)), False
+            if not ids:
+                return
+        else:
+            self._skipped = 0
+            use[0] += len(ids)
+            if use[0] > 20_000:
+                use[0] //= 2
+                use[1] //= 2
         writes = self._writes
-        use[0] += len(ids)
-        if use[0] > 20_000:
-            use[0] //= 2
-            use[1] //= 2
         try:
             got = self.get_many(ids)
         except Exception as e:
@@ -267,12 +275,12 @@ class RedisProfileStore:
         now = time.monotonic()
         batch = {cid: got.get(cid) for cid in ids}
         gens = [g for g in self._warm if now - g[0] <= PREFETCH_MAX_AGE_S]
-        if (gens and len(gens[-1][1]) + len(batch) <= PREFETCH_MERGE
+        if (gens and gens[-1][2] == counted and len(gens[-1][1]) + len(batch) <= PREFETCH_MERGE
                 and now - gens[-1][0] <= PREFETCH_MERGE_S):
-            gens[-1] = (gens[-1][0], {**gens[-1][1], **batch})
+            gens[-1] = (gens[-1][0], {**gens[-1][1], **batch}, counted)
         else:
-            gens.append((now, batch))
-        total = sum(len(b) for _, b in gens)
+            gens.append((now, batch, counted))
+        total = sum(len(b) for _, b, _ in gens)
         while len(gens) > 1 and total > PREFETCH_MAX_IDS:
             total -= len(gens.pop(0)[1])
         self._warm = tuple(gens)

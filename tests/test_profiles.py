@@ -134,6 +134,51 @@ def test_prefetching_profiles_changes_no_decision(redis_server):
     assert warmed > 100
 
 
+def test_a_config_with_rare_decisions_reads_its_deciding_customers_ahead(redis_server, tmp_path):
+    """abandoned_cart alone over generated traffic with Redis profiles: warming whole
+    batches steps aside (few customers decide), yet the customers whose timers fire are
+    read ahead, with the batch that fires them or, at the end of input, a chunk at a time
+    in Bytewax's key order: few lookups go to Redis alone, and every decision is that of
+    a run that reads each profile when asked."""
+    import shutil
+
+    from bytewax.testing import run_main
+
+    from cdp_triggers.records import Decision, Send
+    from config.loader import DEFAULT_CONFIG_DIR
+    from flows.app import build_run
+
+    root = tmp_path / "config"
+    shutil.copytree(DEFAULT_CONFIG_DIR, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    for f in (root / "triggers").glob("*.yaml"):
+        if f.stem != "abandoned_cart":
+            f.unlink()
+    gen = SyntheticRetail(SyntheticConfig(customers=1500, days=3, seed=29))
+    s = Settings(redis_url=redis_server.url, redis_key_prefix="warm8:", clock="replay",
+                 horizon_ms=gen.end_ms, config_dir=root)
+    RedisProfileStore(redis_server.url, prefix="warm8:").put_many(gen.profiles())
+
+    def decided(prefetch: bool) -> tuple[set, set, int, int]:
+        run = build_run(s, "generator", generator=gen.events, profiles="redis",
+                        outputs="memory")
+        store = run.runtime.prefetch.__self__
+        alone = []
+        real = store.get_many
+        store.get_many = lambda ids: (alone.append(1) if len(ids) == 1 else None) or real(ids)
+        if not prefetch:
+            run.runtime.prefetch = None
+        run_main(run.flow)
+        got = run.captured or []
+        return ({r.send_id for r in got if isinstance(r, Send)},
+                {(r.decision_id, r.status, r.reason) for r in got if isinstance(r, Decision)},
+                store.warmed, len(alone))
+
+    *one_by_one, _, asked = decided(False)
+    *ahead, warmed, alone = decided(True)
+    assert one_by_one[0] and ahead == one_by_one
+    assert asked > 150 and warmed > 0.8 * asked and alone < 0.2 * asked, (asked, warmed, alone)
+
+
 def test_warming_that_lookups_do_not_use_is_mostly_skipped(redis_server, monkeypatch):
     """A config whose decisions are rare asks for few warmed profiles: below the minimum
     share of use, only one batch in PREFETCH_PROBE is read (to notice when use grows)."""
@@ -158,6 +203,30 @@ def test_warming_that_lookups_do_not_use_is_mostly_skipped(redis_server, monkeyp
         if b >= 190:  # every batch warmed again: one read, no lookup goes alone
             assert reads[-1] == 100 and len(reads) == warmed + 1
         warmed = len(reads)
+
+
+def test_reads_sure_to_be_asked_are_made_while_warming_steps_aside(redis_server, monkeypatch):
+    """Below the minimum share of use, a batch still reads the customers its caller is
+    sure will be asked (their timers fire), and those reads do not count toward the share
+    (else they would turn warming every whole batch back on)."""
+    store = RedisProfileStore(redis_server.url, prefix="warm7:")
+    reads = []
+    real = store.get_many
+    monkeypatch.setattr(store, "get_many", lambda ids: reads.append(list(ids)) or real(ids))
+    for b in range(4):  # 2,000 warmed, none asked for: use is under the minimum
+        store.warm([f"c{b}-{i}" for i in range(500)])
+    reads.clear()
+    for b in range(1, 15):
+        ids = [f"d{b}-{i}" for i in range(100)]
+        store.warm(ids, sure=ids[:b])
+        for cid in ids[:b]:
+            store.get(cid)
+    assert [len(r) for r in reads] == list(range(1, 15))  # the sure ones only, each in one read
+    assert store.warmed == sum(range(1, 15)) and store._use[1] == 0
+    store.warm([f"e-{i}" for i in range(100)], sure=[])  # none sure: nothing read
+    assert len(reads) == 14
+    store.warm([f"f-{i}" for i in range(100)], sure=[])  # the 16th batch: a probe, read whole
+    assert len(reads) == 15 and len(reads[-1]) == 100
 
 
 def test_a_warm_read_that_overlaps_a_write_of_this_process_is_not_kept(redis_server):
@@ -205,5 +274,5 @@ def test_warmed_profiles_are_bounded_in_number(redis_server, monkeypatch):
     monkeypatch.setattr(profiles, "PREFETCH_MIN_USE", 0.0)
     for b in range(10):
         store.warm([f"c{b}-{i}" for i in range(300)])
-    assert sum(len(g) for _, g in store._warm) <= 1000
+    assert sum(len(g) for _, g, _ in store._warm) <= 1000
     assert "c9-299" in store._warm[-1][1]  # the newest kept, the oldest gone
