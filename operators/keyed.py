@@ -76,7 +76,8 @@ class EngineRuntime:
     # with ``prefetch``: the next timer of each of this process's customers that has one
     # (dormant ones included), so that reads can be made ahead for the timers that fire
     timers: dict[str, int] = field(default_factory=dict)
-    _ahead: tuple[int, list[str], int] | None = None  # end of input: (until, due ids, next)
+    _ahead: tuple[int, list[str], int] | None = None  # (until, due ids sorted, next unread)
+    _unplanned: int = 0  # customers about to decide that no read ahead covered, since a scan
     _profiles: ProfileLookup | None = None
 
     @property
@@ -103,15 +104,26 @@ class EngineRuntime:
         return [cid for cid, e in keyed if timers.get(cid, _NO_TIMER) <= e.ts]
 
     def read_ahead(self, customer_id: str, until: int) -> None:
-        """End of input: Bytewax wakes every customer in key order, and those with a timer
-        due by ``until`` decide; read their profiles ahead in that order, a chunk at a
-        time (each chunk within the store's age bound), instead of one round trip each."""
+        """A customer whose timer is due by ``until`` is about to decide (a notification, or
+        the end of input). Bytewax wakes the customers due at once in key order, so their
+        profiles are read ahead in that order, ``READ_AHEAD`` per round trip, instead of
+        one each: a date campaign due for many customers at 10:00, or a replay's end.
+        Which customers are due is found by a scan of ``timers``, made only once the round
+        trips it would have saved since the last scan outweigh its cost (a lone timer
+        never pays for a scan of a large registry; a burst soon does)."""
         if self.prefetch is None:
             return
         ahead = self._ahead
-        if ahead is None or ahead[0] != until:
-            due = sorted(c for c, at in self.timers.items() if at <= until)
-            ahead = self._ahead = (until, due, 0)
+        # a list made earlier covers the customer for the timer it was due with then, not
+        # for a later one (a campaign that comes round again)
+        if ahead is None or self.timers.get(customer_id, _NO_TIMER) > ahead[0] \
+                or not _holds(ahead[1], customer_id):
+            self._unplanned += 1
+            if self._unplanned * READ_COST < len(self.timers) * SCAN_COST:
+                return
+            self._unplanned = 0
+            ahead = self._ahead = (until, sorted(c for c, at in self.timers.items()
+                                                 if at <= until), 0)
         _, due, warmed = ahead
         i = bisect.bisect_left(due, customer_id)
         if i < warmed or i >= len(due) or due[i] != customer_id:
@@ -138,7 +150,14 @@ class EngineRuntime:
 
 Dormant = tuple[int | None, bytes]  # (when its next timer is due, compressed pickled state)
 _NO_TIMER = 2**63
-READ_AHEAD = 256  # end of input: profiles read ahead per round trip
+READ_AHEAD = 256  # profiles read ahead per round trip (customers due at once)
+READ_COST = 150_000  # ns: a profile read alone (a round trip), as ``read_ahead`` weighs it
+SCAN_COST = 50  # ns per customer of ``timers`` scanned for those due
+
+
+def _holds(ids: list[str], customer_id: str) -> bool:
+    i = bisect.bisect_left(ids, customer_id)
+    return i < len(ids) and ids[i] == customer_id
 
 
 class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState | Dormant | bytes]):
@@ -219,6 +238,9 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
                 return [], self.RETAIN
             self._wake("")
             self.active_at -= self.rt.idle_ttl_ms or 0  # woken by a timer: still idle
+        wake = self.rt.engine.next_wakeup(self.state)
+        if wake is not None and wake <= now:  # (not only gone idle: it decides)
+            self.rt.read_ahead(self.state.customer_id, now)
         out = self._timers(now)
         if self._idle():
             return out, self._hibernate(out)

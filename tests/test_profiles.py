@@ -276,3 +276,83 @@ def test_warmed_profiles_are_bounded_in_number(redis_server, monkeypatch):
         store.warm([f"c{b}-{i}" for i in range(300)])
     assert sum(len(g) for _, g, _ in store._warm) <= 1000
     assert "c9-299" in store._warm[-1][1]  # the newest kept, the oldest gone
+
+
+def test_customers_due_at_once_in_a_live_run_read_their_profiles_ahead(redis_server, tmp_path):
+    """A live run in which 300 customers' reminders fall due at the same instant (one wave
+    of notifications, like a date campaign at 10:00): Bytewax wakes them in key order and
+    their profiles are read ahead in that order, a few round trips for all of them, with
+    the decisions of a run that reads each profile alone. (Wall clock: the policy is
+    neutral, so the hour does not matter.)"""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, run_main
+
+    from cdp_triggers.clock import WallClock, WatermarkClock
+    from cdp_triggers.events import Event
+    from cdp_triggers.records import Decision
+    from config.loader import load_config
+    from flows.pipeline import engine_streams
+    from flows.sources import RawEvent
+    from operators.engine import Engine
+    from operators.keyed import EngineRuntime
+    from tests.engine_helpers import cart, reachable
+    from tests.flow_helpers import IdleSource, short_wait_config
+
+    root = short_wait_config(tmp_path, inactivity="4s")
+    (root / "policy.yaml").write_text("late_event_grace: 0s\n")
+    cfg = load_config(root)
+    ids = [f"w{i:04d}" for i in range(300)]
+    RedisProfileStore(redis_server.url, prefix="wave:").put_many([reachable(c) for c in ids])
+
+    def run(prefetch: bool) -> tuple[list, int]:
+        now = WallClock().now_ms()  # each run's carts now: due together 4 s later
+        raws = [RawEvent(Event(f"e-{c}", "added_to_cart", c, now, cart(0, customer=c).props)
+                         .to_json(), "t") for c in ids]
+        store = RedisProfileStore(redis_server.url, prefix="wave:")
+        alone = []
+        real = store.get_many
+        store.get_many = lambda ids: (alone.append(1) if len(ids) == 1 else None) or real(ids)
+        runtime = EngineRuntime(Engine(cfg), lambda: store.get, mode="live",
+                                clock=WatermarkClock(idle_ms=300),
+                                prefetch=store.warm if prefetch else None)
+        flow = Dataflow("wave")
+        records, _ = engine_streams(flow, IdleSource(raws, idle_s=5.5), runtime)
+        got: list = []
+        op.output("out", records, TestingSink(got))
+        run_main(flow)
+        return sorted((d.customer_id, d.step, d.channel, d.status, d.reason) for d in got
+                      if isinstance(d, Decision)), len(alone)
+
+    plain, asked = run(False)
+    ahead, alone = run(True)
+    assert {d[0] for d in plain} == set(ids) and ahead == plain
+    assert asked >= 300 and alone <= 10, (asked, alone)
+
+
+def test_a_lone_timer_does_not_pay_for_a_scan_of_every_customer():
+    """Which customers are due is found by scanning the timers; the scan is made only once
+    the lone reads since the last one would have cost more than it (a burst), then each
+    due customer in key order reads the next chunk ahead, and a later timer of a customer
+    on that list is not taken as covered by it."""
+    from config.loader import load_config
+    from operators.engine import Engine
+    from operators.keyed import READ_AHEAD, READ_COST, SCAN_COST, EngineRuntime
+
+    reads: list[list[str]] = []
+    rt = EngineRuntime(Engine(load_config()), lambda: lambda cid: None,
+                       prefetch=lambda ids, sure: reads.append(list(sure)))
+    rt.timers = {f"c{i:06d}": 1_000 + i for i in range(100_000)}
+    scan_after = -(-len(rt.timers) * SCAN_COST // READ_COST)  # lone reads a scan is worth
+    for i in range(scan_after - 1):
+        rt.read_ahead(f"c{i:06d}", 2_000)
+    assert reads == []  # a few timers: one read each, no scan
+    rt.read_ahead(f"c{scan_after - 1:06d}", 2_000)  # a burst: the scan pays
+    assert reads[0] == [f"c{i:06d}" for i in range(scan_after - 1, scan_after - 1 + READ_AHEAD)]
+    for i in range(scan_after, 1_001):  # the rest of the wave, in key order
+        rt.read_ahead(f"c{i:06d}", 2_000)
+    assert sum(map(len, reads)) == 1_001 - (scan_after - 1) and len(reads) <= 5
+    rt.timers["c000500"] = 90_000  # fired, then due again later: not covered any more
+    before = len(reads)
+    rt.read_ahead("c000500", 90_000)
+    assert len(reads) == before and rt._unplanned == 1  # counts toward the next scan
