@@ -78,11 +78,18 @@ def engine_states(path: str, trace: bool, dormant: str | None) -> dict:
     from config.loader import load_config
     from operators.engine import Engine
     from state.customer import CustomerState
-    from state.profiles import DictProfileStore
+    from state.profiles import DictProfileStore, Profile
 
     profiles, end_ms = pickle.loads(Path(path + ".profiles").read_bytes())
     store = DictProfileStore(profiles)
     del profiles
+
+    def lookup(customer_id: str) -> Any:
+        """A profile as the flow reads it from Redis: a new object at every read (the
+        state keeps the last one), not the store's own."""
+        p = store.get(customer_id)
+        return None if p is None else Profile.from_redis(customer_id, p.to_redis())
+
     eng = Engine(load_config())
     gc.collect()
     if trace:
@@ -98,9 +105,9 @@ def engine_states(path: str, trace: bool, dormant: str | None) -> dict:
         st = states.get(e.customer_id)
         if st is None:
             st = states[e.customer_id] = CustomerState(e.customer_id)
-        eng.handle(st, e, max(st.high_water, e.ts), store.get)
+        eng.handle(st, e, max(st.high_water, e.ts), lookup)
     for cid, st in list(states.items()):
-        eng.handle(st, None, end_ms, store.get)
+        eng.handle(st, None, end_ms, lookup)
         if st.is_empty():  # Bytewax discards these keys
             del states[cid]
     gc.collect()

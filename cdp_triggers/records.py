@@ -9,6 +9,7 @@ logical (event-time) moment the record is about, ``decided_at`` the engine's ``n
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 
 from cdp_triggers import calendar
-from state.compact import Upgradable, positional
+from state.compact import Codec, Upgradable, positional
 
 CHANNELS = ("push", "email", "sms")
 CATEGORIES = ("marketing", "transactional")
@@ -60,7 +61,14 @@ class Profile(Upgradable):
     field existed restores with its default (:mod:`state.compact`)."""
 
     __getstate__ = Upgradable.__getstate__
-    __setstate__ = Upgradable.__setstate__
+    # a shared consent map pickles as the plain dict it stands for, and is shared again
+    __packed__ = {"consents": Codec(dict, lambda d: shared_map(d), dict)}
+
+    def __setstate__(self, state: Any) -> None:
+        """Restored (a snapshot, a dormant customer) with its parts shared, as read."""
+        Upgradable.__setstate__(self, state)
+        for name in ("timezone", "locale", "contacts", "birthday"):
+            object.__setattr__(self, name, shared(getattr(self, name)))
 
     customer_id: str
     timezone: str = ""  # IANA zone; "" = unknown (the policy's default_timezone applies)
@@ -98,13 +106,58 @@ class Profile(Upgradable):
         contacts = frozenset(c for c in d.get("contacts", "").split(",") if c and c not in invalid)
         consents = {k[8:]: v == "1" for k, v in d.items() if k.startswith("consent:")}
         registered = d.get("registered_at", "")  # a profile from before these reads as unknown
-        return cls(customer_id, d.get("tz") or "", d.get("locale") or "en", contacts, consents,
-                   calendar.birthday(d.get("birthday")) or "",
+        return cls(customer_id, shared(d.get("tz") or ""), shared(d.get("locale") or "en"),
+                   shared(contacts), shared_map(consents),
+                   shared(calendar.birthday(d.get("birthday")) or ""),
                    int(registered) if registered.isdigit() else 0)
 
 
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
+
+
+class ReadOnlyMap(dict):
+    """A map shared by many profiles (:func:`shared_map`): refuses writes, pickles as a
+    plain dict."""
+
+    __slots__ = ()
+    __hash__ = object.__hash__
+
+    def _refuse(self, *_: Any, **__: Any) -> Any:
+        raise TypeError("a shared profile map is read-only")
+
+    __setitem__ = __delitem__ = pop = popitem = clear = update = setdefault = _refuse
+    __ior__ = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return dict, (dict(self),)
+
+
+_SHARED: dict[Any, Any] = {}  # a value → the one object kept for it
+_SHARED_MAX = 50_000  # distinct values kept (zones, locales, contact sets, consent maps…)
+
+
+def shared(value: Any) -> Any:
+    """One object for equal profile values across customers: zones, locales, birthdays,
+    contact sets repeat (a profile is kept in each customer's state, ~900 B when every
+    part is its own copy). Past ``_SHARED_MAX`` distinct values, the value itself."""
+    got = _SHARED.get(value)
+    if got is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            return value
+        got = _SHARED[value] = value
+    return got
+
+
+def shared_map(consents: Mapping[str, bool]) -> Mapping[str, bool]:
+    """One read-only map for equal consent maps (there are few distinct ones)."""
+    key = ("consents", frozenset(consents.items()))
+    got = _SHARED.get(key)
+    if got is None:
+        got = ReadOnlyMap({sys.intern(k): v for k, v in consents.items()})
+        if len(_SHARED) < _SHARED_MAX:
+            _SHARED[key] = got
+    return got
 
 
 @positional
