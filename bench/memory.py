@@ -289,7 +289,8 @@ def write_section(path: Path, r: dict, body: str) -> None:
                f"--customers {n1} {n2} --days {r['days']:g}` on {platform.machine()} / "
                f"CPython {platform.python_version()}, "
                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: the pure engine "
-               f"(replay clock, profiles from memory but a new object per read, as the flow reads them from Redis), each figure from a fresh process.\n\n"
+               f"(replay clock, profiles from memory but a new object per read, as the flow "
+               f"reads them from Redis), each figure from a fresh process.\n\n"
                f"{body}{END}\n")
     replace_section(path, START, END, section)
 
