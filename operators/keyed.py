@@ -122,8 +122,10 @@ class EngineRuntime:
             if self._unplanned * READ_COST < len(self.timers) * SCAN_COST:
                 return
             self._unplanned = 0
-            ahead = self._ahead = (until, sorted(c for c, at in self.timers.items()
-                                                 if at <= until), 0)
+            # the worker threads of a process share ``timers``: list() copies it in one
+            # step (no Python code runs in between), a generator over it could see it change
+            timers = list(self.timers.items())
+            ahead = self._ahead = (until, sorted(c for c, at in timers if at <= until), 0)
         _, due, warmed = ahead
         i = bisect.bisect_left(due, customer_id)
         if i < warmed or i >= len(due) or due[i] != customer_id:
