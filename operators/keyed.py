@@ -362,7 +362,8 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
 
     def _handle(self, event: Event | None, now: int) -> list[Output]:
         st = self.state
-        before = {s: i.activity_at for s, i in st.instances.items()} if event else {}
+        before = ({s: i.activity_at for s, i in st.instances.items()}
+                  if event is not None and st.instances else {})
         out, caused = self.rt.engine.handle_split(st, event, now, self._profile)
         if event is not None:
             out += caused
@@ -441,16 +442,19 @@ def input_seen(event: Event, caused: list[Output], activity: dict[str, int],
     cancelled or completed an instance, a decision, a conversion, a receipt) or reset an
     instance's inactivity wait (``activity``: each live instance's activity time before
     it), or is a fact later decisions read (an order, a consent); else None."""
-    effects = {r.action if isinstance(r, Lifecycle) else _EFFECT.get(type(r), "")
-               for r in caused}
-    effects.discard("")
-    if any(isinstance(r, Duplicate) for r in caused):
-        return None
+    effects: set[str] = set()
+    for r in caused:
+        t = type(r)
+        if t is Duplicate:
+            return None
+        effect = r.action if t is Lifecycle else _EFFECT.get(t, "")
+        if effect:
+            effects.add(effect)
     fact = _FACT_TYPES.get(event.type)
     if fact:
         effects.add(fact)
-    if any(activity.get(s, i.activity_at) != i.activity_at
-           for s, i in state.instances.items()):
+    if activity and any(activity.get(s, i.activity_at) != i.activity_at
+                        for s, i in state.instances.items()):
         effects.add("reset")
     return InputSeen.of(event, effects) if effects else None
 
