@@ -215,9 +215,11 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         st = self._wake(values[0].customer_id)
         out: list[Output | Rejected] = []
         live = rt.mode == "live"
-        wall = rt.wall.now_ms() if live else 0
-        self.partition = partition_of(values[-1])
-        for e in sorted(values, key=_order):
+        wall = 0
+        if live:  # (where it was read: only a live customer going dormant asks)
+            wall = rt.wall.now_ms()
+            self.partition = partition_of(values[-1])
+        for e in (values if len(values) == 1 else sorted(values, key=_order)):
             now = max(st.high_water, e.ts)
             if live:
                 now = min(now, wall)
