@@ -113,11 +113,13 @@ class EngineRuntime:
         never pays for a scan of a large registry; a burst soon does)."""
         if self.prefetch is None:
             return
+        at = self.timers.get(customer_id)
+        if at is None or at > until:
+            return  # nothing due (the end of input wakes every customer): it reads nothing
         ahead = self._ahead
         # a list made earlier covers the customer for the timer it was due with then, not
         # for a later one (a campaign that comes round again)
-        if ahead is None or self.timers.get(customer_id, _NO_TIMER) > ahead[0] \
-                or not _holds(ahead[1], customer_id):
+        if ahead is None or at > ahead[0] or not _holds(ahead[1], customer_id):
             self._unplanned += 1
             if self._unplanned * READ_COST < len(self.timers) * SCAN_COST:
                 return

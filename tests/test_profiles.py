@@ -382,3 +382,24 @@ def test_profiles_read_share_their_parts_across_customers():
     assert back.profile == a and back.profile.consents is a.consents
     assert type(pickle.loads(pickle.dumps(a.consents))) is dict
     assert isinstance(a.consents, ReadOnlyMap)
+
+
+def test_customers_with_nothing_due_never_make_the_read_ahead_scan():
+    """The end of input wakes every customer, most with nothing due: those read nothing
+    and count toward no scan (they once did, and a replay's end rescanned the registry
+    every few customers: the cart-only flow ran at less than half its speed)."""
+    from config.loader import load_config
+    from operators.engine import Engine
+    from operators.keyed import EngineRuntime
+
+    reads: list[list[str]] = []
+    rt = EngineRuntime(Engine(load_config()), lambda: lambda cid: None,
+                       prefetch=lambda ids, sure: reads.append(list(sure)))
+    rt.timers = {f"c{i:06d}": (1_000 if i % 1000 == 0 else 10**12) for i in range(20_000)}
+    for i in range(20_000):
+        if i % 1000:
+            rt.read_ahead(f"c{i:06d}", 2_000)
+    assert reads == [] and rt._unplanned == 0 and rt._ahead is None
+    for i in range(0, 20_000, 1000):  # the 20 due ones: lone reads, then one scan pays
+        rt.read_ahead(f"c{i:06d}", 2_000)
+    assert rt._ahead is not None and rt._ahead[1] == [f"c{i:06d}" for i in range(0, 20_000, 1000)]
