@@ -102,34 +102,39 @@ def test_warming_an_unreachable_store_never_raises_and_lookups_still_say_so():
         store.get("b")
 
 
-def test_prefetching_profiles_changes_no_decision(redis_server):
-    """The shipped config over generated traffic with Redis profiles: the same sends and
-    decisions with the batch prefetch as with one read per customer, and the prefetch
-    really answered the lookups."""
+def _decided(s: Settings, events, prefetch: bool, loopback: bool = False) -> tuple:
+    """One replay of the flow with Redis profiles, reading ahead or each profile when
+    asked: (send ids, decisions, lookups answered ahead, profiles read alone)."""
     from bytewax.testing import run_main
 
     from cdp_triggers.records import Decision, Send
     from flows.app import build_run
 
+    run = build_run(s, "generator", generator=events, profiles="redis", outputs="memory",
+                    loopback=loopback)
+    store = run.runtime.prefetch.__self__
+    alone = []
+    real = store.get_many
+    store.get_many = lambda ids: (alone.append(1) if len(ids) == 1 else None) or real(ids)
+    if not prefetch:
+        run.runtime.prefetch = None
+    run_main(run.flow)
+    got = run.captured or []
+    return ({r.send_id for r in got if isinstance(r, Send)},
+            {(r.decision_id, r.status, r.reason) for r in got if isinstance(r, Decision)},
+            store.warmed, len(alone))
+
+
+def test_prefetching_profiles_changes_no_decision(redis_server):
+    """The shipped config over generated traffic with Redis profiles: the same sends and
+    decisions with the batch prefetch as with one read per customer, and the prefetch
+    really answered the lookups."""
     gen = SyntheticRetail(SyntheticConfig(customers=400, days=3, seed=23))
     s = Settings(redis_url=redis_server.url, redis_key_prefix="warm3:", clock="replay",
                  horizon_ms=gen.end_ms)
     RedisProfileStore(redis_server.url, prefix="warm3:").put_many(gen.profiles())
-
-    def decided(prefetch: bool) -> tuple[set, set, int]:
-        run = build_run(s, "generator", generator=gen.events, profiles="redis",
-                        outputs="memory", loopback=True)
-        store = run.runtime.prefetch.__self__ if run.runtime.prefetch else None
-        if not prefetch:
-            run.runtime.prefetch = None
-        run_main(run.flow)
-        got = run.captured or []
-        return ({r.send_id for r in got if isinstance(r, Send)},
-                {(r.decision_id, r.status, r.reason) for r in got if isinstance(r, Decision)},
-                store.warmed if prefetch and store else 0)
-
-    *one_by_one, _ = decided(False)
-    *batched, warmed = decided(True)
+    *one_by_one, _, _ = _decided(s, gen.events, prefetch=False, loopback=True)
+    *batched, warmed, _ = _decided(s, gen.events, prefetch=True, loopback=True)
     assert one_by_one[0] and batched == one_by_one
     assert warmed > 100
 
@@ -142,11 +147,7 @@ def test_a_config_with_rare_decisions_reads_its_deciding_customers_ahead(redis_s
     a run that reads each profile when asked."""
     import shutil
 
-    from bytewax.testing import run_main
-
-    from cdp_triggers.records import Decision, Send
     from config.loader import DEFAULT_CONFIG_DIR
-    from flows.app import build_run
 
     root = tmp_path / "config"
     shutil.copytree(DEFAULT_CONFIG_DIR, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
@@ -157,24 +158,8 @@ def test_a_config_with_rare_decisions_reads_its_deciding_customers_ahead(redis_s
     s = Settings(redis_url=redis_server.url, redis_key_prefix="warm8:", clock="replay",
                  horizon_ms=gen.end_ms, config_dir=root)
     RedisProfileStore(redis_server.url, prefix="warm8:").put_many(gen.profiles())
-
-    def decided(prefetch: bool) -> tuple[set, set, int, int]:
-        run = build_run(s, "generator", generator=gen.events, profiles="redis",
-                        outputs="memory")
-        store = run.runtime.prefetch.__self__
-        alone = []
-        real = store.get_many
-        store.get_many = lambda ids: (alone.append(1) if len(ids) == 1 else None) or real(ids)
-        if not prefetch:
-            run.runtime.prefetch = None
-        run_main(run.flow)
-        got = run.captured or []
-        return ({r.send_id for r in got if isinstance(r, Send)},
-                {(r.decision_id, r.status, r.reason) for r in got if isinstance(r, Decision)},
-                store.warmed, len(alone))
-
-    *one_by_one, _, asked = decided(False)
-    *ahead, warmed, alone = decided(True)
+    *one_by_one, _, asked = _decided(s, gen.events, prefetch=False)
+    *ahead, warmed, alone = _decided(s, gen.events, prefetch=True)
     assert one_by_one[0] and ahead == one_by_one
     assert asked > 150 and warmed > 0.8 * asked and alone < 0.2 * asked, (asked, warmed, alone)
 
