@@ -127,7 +127,7 @@ class EngineRuntime:
             # the worker threads of a process share ``timers``: list() copies it in one
             # step (no Python code runs in between), a generator over it could see it change
             timers = list(self.timers.items())
-            ahead = self._ahead = (until, sorted(c for c, at in timers if at <= until), 0)
+            ahead = self._ahead = (until, sorted(c for c, t in timers if t <= until), 0)
         _, due, warmed = ahead
         i = bisect.bisect_left(due, customer_id)
         if i < warmed or i >= len(due) or due[i] != customer_id:
@@ -246,9 +246,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
                 return [], self.RETAIN
             self._wake("")
             self.active_at -= self.rt.idle_ttl_ms or 0  # woken by a timer: still idle
-        wake = self.rt.engine.next_wakeup(self.state)
-        if wake is not None and wake <= now:  # (not only gone idle: it decides)
-            self.rt.read_ahead(self.state.customer_id, now)
+        self.rt.read_ahead(self.state.customer_id, now)  # (nothing due, gone idle: no read)
         out = self._timers(now)
         if self._idle():
             return out, self._hibernate(out)
