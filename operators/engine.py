@@ -246,10 +246,12 @@ class Engine:
             state.sent_log = [x for x in state.sent_log if x.ts + self._max_sent_window >= now]
         if sweep and state.exits:  # a start at or after `now` only looks at exits after it
             state.exits = [x for x in state.exits if x.ts >= now] or ()
-        if len(state.counts) > 32 or sweep:  # each slot is windowed when used; sweep idle
-            state.counts = {k: v for k, v in state.counts.items()
-                            if v and (v if type(v) is int else v[-1])
-                            + self._max_count_window >= now}
+        if state.counts:  # a slot whose latest start is out of every count's window
+            horizon = now - self._max_count_window  # counts nothing again (and is most of
+            counts = {k: v for k, v in state.counts.items()  # a customer's slots)
+                      if v and (v if type(v) is int else v[-1]) >= horizon}
+            if len(counts) < len(state.counts):
+                state.counts = counts
         if state.misses:
             self._close_misses(state, now, out)
         if state.refused:  # a key refused a day ago may be recorded again

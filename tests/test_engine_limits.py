@@ -204,3 +204,24 @@ def test_a_lone_start_is_kept_as_an_int_and_an_older_one_tuple_counts_the_same(t
             st.counts[slot] = (start,)
         runs.append([repr(r) for r in eng.handle(st, second, second.ts, store.get)])
     assert runs[0] == runs[1] and any("started" in r for r in runs[0])
+
+
+def test_count_slots_out_of_every_window_go_at_the_hourly_sweep_and_decide_the_same(tmp_path):
+    """A slot whose latest start is older than every count's window can count nothing
+    again: the hourly sweep forgets it (about half of a customer's slots in a replay), and
+    the same views decide the same as with the slot kept."""
+    eng = Engine(load_config(_config(tmp_path, "")))
+    store = DictProfileStore([reachable()])
+    views = [ev("product_viewed", at, product_id=p)
+             for at, p in [(0, "a"), (10, "b"), (130, "c"), (131, "a"), (132, "a")]]
+    runs = []
+    for keep in (False, True):
+        st, out = CustomerState("c1"), []
+        for e in views:
+            if keep:  # the same state, the sweep kept from running: "pruned" at this event
+                st.pruned_at = e.ts
+            out += [repr(r) for r in eng.handle(st, e, e.ts, store.get)]
+        runs.append(out)
+        slots = sorted(k.split("\x1f")[1] for k in st.counts)
+        assert slots == (["b", "c"] if keep else ["c"])  # "a" started: not a slot now
+    assert runs[0] == runs[1] and any("started" in r for r in runs[0])
