@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from cdp_triggers import calendar
-from state.compact import positional
+from state.compact import record
 
 MAX_EVENT_BYTES = 64 * 1024
 MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
@@ -73,8 +73,7 @@ OUTCOME_TYPES = frozenset(
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
 
 
-@positional  # Bytewax pickles every one it moves between processes; state keeps some
-@dataclass(frozen=True, slots=True)
+@record  # Bytewax pickles every one it moves between processes; state keeps some
 class Event:
     """A validated event. ``ts`` is event time in epoch ms UTC."""
 

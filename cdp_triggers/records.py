@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from cdp_triggers import calendar
-from state.compact import Codec, Upgradable, positional
+from state.compact import Codec, Upgradable, record
 
 CHANNELS = ("push", "email", "sms")
 CATEGORIES = ("marketing", "transactional")
@@ -160,8 +160,7 @@ def shared_map(consents: Mapping[str, bool]) -> Mapping[str, bool]:
     return got
 
 
-@positional
-@dataclass(frozen=True, slots=True)
+@record
 class Decision:
     """One considered message (trigger × step × channel): sent, or not sent with a reason."""
 
@@ -184,8 +183,7 @@ class Decision:
     tz: str = ""  # the customer's zone (not personal data): local-time reports
 
 
-@positional
-@dataclass(frozen=True, slots=True)
+@record
 class Send:
     """A command for a channel gateway. ``send_id`` is the Kafka key: gateways dedupe on it."""
 
@@ -205,8 +203,7 @@ class Send:
     tz: str = ""  # the customer's zone: local-time reports, smart send time
 
 
-@positional
-@dataclass(frozen=True, slots=True)
+@record
 class Lifecycle:
     """A trigger instance changed: ``started``, ``cancelled``, ``completed`` or ``expired``;
     ``branched`` (reason ``<from step id>→<to step id>``: which way a step's branch went);
@@ -224,8 +221,7 @@ class Lifecycle:
     decided_at: int
 
 
-@positional
-@dataclass(frozen=True, slots=True)
+@record
 class Conversion:
     """An ``order_placed`` attributed (last touch) to a marketing message within its
     attribution window: sent (arm ``treated``, the only arm credited with revenue) or
@@ -246,8 +242,7 @@ class Conversion:
     arm: str = "treated"  # treated | control | holdout
 
 
-@positional
-@dataclass(frozen=True, slots=True)
+@record
 class Outcome:
     """A delivery receipt from a channel gateway, joined to the send it is about."""
 
@@ -267,8 +262,7 @@ START_CONDITION_NOT_MET = "start_condition_not_met"  # a start event whose `wher
 COUNT_NOT_REACHED = "count_not_reached"  # a start event short of `start.count`
 
 
-@positional
-@dataclass(frozen=True, slots=True)
+@record
 class StartMiss:
     """A trigger that did not start on this customer's events, counted, not one row per
     event: one id per customer × trigger × reason × UTC day, re-emitted with the count at
@@ -285,8 +279,7 @@ class StartMiss:
     last_ts: int
 
 
-@positional
-@dataclass(frozen=True, slots=True)
+@record
 class ProfileUpdate:
     """A change the profile store must learn (an unsubscribe, a hard bounce)."""
 
@@ -296,8 +289,7 @@ class ProfileUpdate:
     ts: int
 
 
-@positional
-@dataclass(frozen=True, slots=True)
+@record
 class Duplicate:
     """An event whose event_id this customer already had: dropped, but counted."""
 
@@ -314,8 +306,7 @@ CONTACT_PROPS = frozenset({"email", "phone", "phone_number", "msisdn", "address"
 MAX_INPUT_PROPS = 4096  # bytes of props JSON kept with an input (longer: cut, marked)
 
 
-@positional
-@dataclass(frozen=True, slots=True)
+@record
 class InputSeen:
     """An input event that mattered to this customer's decisions — it started, reset or
     cancelled an instance, or was a conversion, receipt or consent — kept for the customer's
@@ -341,8 +332,7 @@ class InputSeen:
                    text, ",".join(sorted(effects)))
 
 
-@positional
-@dataclass(frozen=True, slots=True)
+@record
 class SegmentChange:
     """A customer entered or left a dynamic segment (config/segments) at event time ``ts``;
     the engine also applies it as a ``segment_entered`` / ``segment_left`` event whose

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, dataclass, fields
 from functools import cache
 from math import copysign
 from operator import attrgetter
@@ -278,3 +278,21 @@ def positional(cls: type) -> type:
 
     cls.__reduce__ = __reduce__  # type: ignore[attr-defined]
     return cls
+
+
+def record(cls: type) -> type:
+    """Class decorator for a record (an event, a decision, …): a slotted dataclass compared
+    and hashed by value, pickled positionally (:func:`positional`). Records are made once
+    and never changed, but not declared frozen: a frozen dataclass's ``__init__`` sets each
+    field through ``object.__setattr__``, 0.99 µs for an ``Event`` against 0.29 µs, paid
+    for every input event and every record (4 % of the abandoned-cart flow went to it).
+    Pickles of the generic frozen form (field values in order) still load."""
+    cls = dataclass(slots=True, unsafe_hash=True)(cls)
+    names = [f.name for f in fields(cls)]
+
+    def __setstate__(self: Any, state: Any) -> None:
+        for name, value in zip(names, state, strict=False):
+            object.__setattr__(self, name, value)
+
+    cls.__setstate__ = __setstate__  # type: ignore[attr-defined]
+    return positional(cls)
