@@ -266,9 +266,11 @@ class Engine:
 
     def _head(self, state: CustomerState) -> tuple[str, Instance]:
         """The timer decided next: the earliest due in event time, ties by priority."""
+        items = state.instances.items()
+        if len(items) == 1:  # the common case
+            return next(iter(items))
         rank = self._rank
-        return min(state.instances.items(),
-                   key=lambda kv: (kv[1].due, rank.get(kv[1].trigger_id, 0), kv[0]))
+        return min(items, key=lambda kv: (kv[1].due, rank.get(kv[1].trigger_id, 0), kv[0]))
 
     def _fire_due(self, state: CustomerState, now: int, lazy: _Lazy, out: list[Output],
                   replan: bool = True) -> None:
@@ -310,10 +312,12 @@ class Engine:
 
     def _sched_head(self, state: CustomerState) -> tuple[int, str] | None:
         """(due, trigger id) of the earliest planned occurrence, ties by priority."""
-        rank = self._rank
-        due, _, tid = min(((d, rank.get(tid, 0), tid) for tid, (d, _) in state.sched.items()
-                           if d), default=(0, 0, ""))
-        return (due, tid) if due else None
+        best: tuple[int, str] | None = None  # (a loop: called several times per event)
+        for tid, (d, _) in state.sched.items():
+            if d and (best is None or d < best[0] or (d == best[0] and (
+                    self._rank.get(tid, 0), tid) < (self._rank.get(best[1], 0), best[1]))):
+                best = (d, tid)
+        return best
 
     def _plan(self, state: CustomerState, after: int, lazy: _Lazy) -> None:
         """Plan each timed trigger's next occurrence for this customer (from event time
