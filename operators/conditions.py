@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from cdp_triggers.clock import HOUR
@@ -147,13 +148,23 @@ def all_hold(conds: Iterable[Condition], scope: Scope) -> bool:
 
 def matches(match: EventMatch, event: Event, state: CustomerState | None = None,
             now: int = 0, tracking: Tracking | None = None) -> bool:
-    return event.type in match.types and all_hold(match.where,
-                                                  Scope(event, state, None, now, tracking))
+    if event.type not in match.types:
+        return False
+    return not match.where or all_hold(match.where, Scope(event, state, None, now, tracking))
 
 
 def key_of(path: str | None, event: Event) -> str | None:
     """The instance key an event names, '' for unkeyed triggers, None if the event lacks it."""
     if path is None:
         return ""
-    v = value_of(path, Scope(event))
+    name = _top_prop(path)
+    v = event.props.get(name, MISSING) if name else value_of(path, Scope(event))
     return None if v is MISSING or v is None else str(v)
+
+
+@cache
+def _top_prop(path: str) -> str:
+    """``name`` for a key path ``props.name`` (most keys: read straight from the props),
+    else ''."""
+    head, _, rest = path.partition(".")
+    return rest if head == "props" and rest and "." not in rest else ""

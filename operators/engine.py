@@ -792,7 +792,10 @@ class Engine:
         last row was it) and forget the day: the count then does not depend on when the
         customer is next woken, by its own event, a timer, the end of input or a sweep."""
         today = now // DAY
-        if all(m[0] >= today for m in state.misses.values()):
+        for m in state.misses.values():  # (a loop: before every call with misses)
+            if m[0] < today:
+                break
+        else:
             return
         for k, m in state.misses.items():
             if m[0] < today and m[1] & (m[1] - 1):
