@@ -358,21 +358,25 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
         self.idle = not msgs
         wall = self.wall.now_ms() if live else None
         read: dict[str, int] = {}  # messages per topic (end-of-partition events are not)
+        answered = False  # the brokers answered: a message or an end of partition
         for m in msgs:
             err = m.error()
             topic = m.topic()
             stream = f"{topic}:{m.partition()}"
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
+                    answered = True
                     if self.tail:
                         al.caught_up(stream)
                     else:
                         al.end(stream)
-                    self._data_seen()
                 else:
+                    if answered:  # what came before the error, in order
+                        self._data_seen()
+                        answered = False
                     self.klog.error_cb(err)
                 continue
-            self._data_seen()
+            answered = True
             off = m.offset()
             expected = self.offsets.get(stream)
             if expected is not None and off < expected:
@@ -383,6 +387,8 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
             self.offsets[stream] = off + 1
             read[topic] = read.get(topic, 0) + 1
             al.offer(stream, parse_event(m.value() or b"", f"{stream}:{off}", wall))
+        if answered:  # once a batch, not per message
+            self._data_seen()
         if self.tail and msgs:
             self._caught_up_by_high_watermark(msgs)
         for topic, n in read.items():
