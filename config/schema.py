@@ -12,6 +12,7 @@ import re
 import types
 import typing
 from collections.abc import Iterable, Iterator
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -124,7 +125,7 @@ class _Test(_Strict):
     all: ItemCondition | list[ItemCondition] | None = Field(default=None, description=(
         "the field is a list: true when every item meets these conditions"))
 
-    @property
+    @cached_property  # read per event: worked out once
     def quantifier(self) -> tuple[str, tuple[ItemCondition, ...]] | None:
         """("any" | "all", the item conditions, all of which one item must meet) or None."""
         for kind in ("any", "all"):
@@ -180,7 +181,7 @@ class Condition(_Test):
         "customer.events.<type> only: count the events whose props path equals the "
         "instance's key, e.g. props.order_id (in a step's when)"))
 
-    @property
+    @cached_property  # read per event: worked out once
     def counted(self) -> str | None:
         """The event type an event-count condition counts, else None."""
         return self.field[len(EVENTS_FIELD):] if self.field.startswith(EVENTS_FIELD) else None
@@ -233,7 +234,7 @@ class EventMatch(_Strict):
     event: str | list[str] = Field(min_length=1)
     where: list[Condition] = Field(default_factory=list)
 
-    @property
+    @cached_property  # read per event: worked out once
     def types(self) -> tuple[str, ...]:
         return (self.event,) if isinstance(self.event, str) else tuple(self.event)
 
@@ -309,7 +310,7 @@ class Start(EventMatch):
     spread: Duration | None = Field(default=None, description=(
         "timed starts: each customer at a stable offset within this window"))
 
-    @property
+    @cached_property  # read per event: worked out once
     def timed(self) -> bool:
         """Started by time (schedule or date), not by an event."""
         return self.schedule is not None or self.date is not None
@@ -382,7 +383,7 @@ class Wait(_Strict):
             raise ValueError("'reset_on' only applies to an 'inactivity' wait")
         return self
 
-    @property
+    @cached_property  # read per event: worked out once
     def ms(self) -> int:
         return self.inactivity if self.inactivity is not None else self.delay or 0
 
