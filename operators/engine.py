@@ -87,7 +87,7 @@ from operators.policy import (
 from operators.schedule import DATE_EVENTS, Timed
 from operators.segments import Segments
 from operators.sendtime import READ_HALF_LIFE, READ_KINDS, Reads, send_time
-from state.compact import EMPTY, own
+from state.compact import EMPTY, own, own_list
 from state.customer import CustomerState, Instance, Touch
 
 ProfileLookup = Callable[[str], Profile | None]
@@ -238,12 +238,13 @@ class Engine:
                            or state.seen.oldest_ts() < horizon):
             state.seen.keep(horizon, policy.dedup_max_ids)
         if state.touches and state.touches[0].ts + self._max_window < now:
-            state.touches = [t for t in state.touches if t.ts + t.window >= now]
+            state.touches = [t for t in state.touches if t.ts + t.window >= now] or ()
         if state.last_entry and min(state.last_entry.values()) + self._max_cooldown < now:
             state.last_entry = {k: v for k, v in state.last_entry.items()
-                                if k in self._once or v + self._max_cooldown >= now}
+                                if k in self._once or v + self._max_cooldown >= now} or EMPTY
         if state.sent_log and state.sent_log[0].ts + self._max_sent_window < now:
-            state.sent_log = [x for x in state.sent_log if x.ts + self._max_sent_window >= now]
+            state.sent_log = [x for x in state.sent_log
+                              if x.ts + self._max_sent_window >= now] or ()
         if sweep and state.exits:  # a start at or after `now` only looks at exits after it
             state.exits = [x for x in state.exits if x.ts >= now] or ()
         if state.counts:  # a slot whose latest start is out of every count's window
@@ -251,7 +252,7 @@ class Engine:
             counts = {k: v for k, v in state.counts.items()  # a customer's slots)
                       if v and (v if type(v) is int else v[-1]) >= horizon}
             if len(counts) < len(state.counts):
-                state.counts = counts
+                state.counts = counts or EMPTY
         if state.misses:
             self._close_misses(state, now, out)
         if state.refused:  # a key refused a day ago may be recorded again
@@ -335,13 +336,13 @@ class Engine:
         zone = self._zone_name(state)
         basis = timed.basis(state, zone)
         if basis != state.sched_basis:
-            state.sched_basis, state.sched = basis, {}
+            state.sched_basis, state.sched = basis, EMPTY
             if len(state.sched_done) > len(timed.triggers):  # of triggers no longer there
                 state.sched_done = {t.id: state.sched_done[t.id] for t in timed.triggers
                                     if t.id in state.sched_done}
         for trig in timed.triggers:
             if trig.id not in state.sched:
-                state.sched[trig.id] = timed.occurrence(trig, state, after, zone)
+                own(state, "sched")[trig.id] = timed.occurrence(trig, state, after, zone)
 
     def _sched_fire(self, state: CustomerState, trigger_id: str, now: int,
                     out: list[Output]) -> None:
@@ -540,16 +541,16 @@ class Engine:
                             self.config.version, inst.instance_id, inst.step, channel,
                             d.template, d.variant, self._variables(state, inst, step, t), t,
                             now, d.tz))
-        state.sent_log.append(Sent(t, trig.id, channel, trig.kind))
+        own_list(state, "sent_log").append(Sent(t, trig.id, channel, trig.kind))
         if inst.sent_step != inst.step:  # instance.previous_*: this step's messages now
             inst.sent_step, inst.sent_outcome = inst.step, ""
         inst.sent_channel = channel
-        state.touches.append(Touch(d.send_id, trig.id, d.variant, channel, t,
+        own_list(state, "touches").append(Touch(d.send_id, trig.id, d.variant, channel, t,
                                    trig.attribution_window, inst.instance_id, inst.step,
                                    inst.arm or "treated", trig.kind))
         if not inst.entered:
             inst.entered = True
-            state.last_entry[trig.id] = t
+            own(state, "last_entry")[trig.id] = t
 
     def _next_step(self, state: CustomerState, slot: str, inst: Instance, trig: Trigger,
                    t: int, now: int, out: list[Output]) -> None:
@@ -615,6 +616,8 @@ class Engine:
     def _end(self, state: CustomerState, slot: str, inst: Instance, action: str, reason: str,
              t: int, now: int, out: list[Output], event_id: str = "") -> None:
         del state.instances[slot]
+        if not state.instances:
+            state.instances = EMPTY  # (the shared empty map, not an empty dict of its own)
         out.append(self._life(state, inst, action, reason, event_id, t, now))
 
     def _reentry_block(self, state: CustomerState, trig: Trigger, inst: Instance, t: int) -> str:
@@ -717,13 +720,14 @@ class Engine:
         count = trig.start.count
         if count is not None:
             recent = [ts for ts in state.starts(slot) if ts > ev.ts - count.within]
-            state.counts.pop(slot, None)
+            counts = own(state, "counts")
+            counts.pop(slot, None)
             recent.append(ev.ts)
             if len(recent) < count.at_least:  # (re)inserted last: the oldest slot goes first;
                 # a lone start as the int itself (most slots: a tuple would double its size)
-                state.counts[slot] = recent[0] if len(recent) == 1 else tuple(recent)
-                if len(state.counts) > policy.max_count_slots:
-                    del state.counts[next(iter(state.counts))]
+                counts[slot] = recent[0] if len(recent) == 1 else tuple(recent)
+                if len(counts) > policy.max_count_slots:
+                    del counts[next(iter(counts))]
                 self._miss(state, trig.id, COUNT_NOT_REACHED, ev.ts, out)
                 return
         if sum(i.trigger_id == trig.id for i in state.instances.values()) >= (
@@ -781,7 +785,7 @@ class Engine:
                 out.append(self._miss_record(state, trigger_id, reason, m))
             m = None
         if m is None:
-            m = state.misses[key] = [day, 0, ts, ts]
+            m = own(state, "misses")[key] = [day, 0, ts, ts]
         m[1] += 1
         m[3] = max(m[3], ts)
         if not m[1] & (m[1] - 1):  # a power of two
@@ -800,7 +804,7 @@ class Engine:
         for k, m in state.misses.items():
             if m[0] < today and m[1] & (m[1] - 1):
                 out.append(self._miss_record(state, *k.split("\x1f"), m))
-        state.misses = {k: m for k, m in state.misses.items() if m[0] >= today}
+        state.misses = {k: m for k, m in state.misses.items() if m[0] >= today} or EMPTY
 
     def _miss_record(self, state: CustomerState, trigger_id: str, reason: str,
                      m: list[int]) -> StartMiss:

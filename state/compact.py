@@ -126,6 +126,15 @@ def own(obj: Any, name: str) -> dict:
     return d
 
 
+def own_list(obj: Any, name: str) -> list:
+    """``obj.name`` to append to: a list of its own in place of the shared ``()``."""
+    v = getattr(obj, name)
+    if type(v) is not list:
+        v = list(v)
+        _set(obj, name, v)
+    return v
+
+
 _MUTABLE_OF = {tuple: list, frozenset: set, _Empty: dict}
 
 

@@ -80,14 +80,14 @@ class CustomerState(Upgradable):
 
     customer_id: str
     instances: dict[str, Instance] = EMPTY  # by "trigger\x1fkey"
-    last_entry: dict[str, int] = field(default_factory=dict)  # trigger → ts of its last first send
+    last_entry: dict[str, int] = EMPTY  # trigger → ts of its last first send
     seen: SeenIds = field(default_factory=SeenIds)  # event_id → ts, oldest first (dedupe)
     cart: dict[str, dict[str, Any]] = EMPTY  # product_id → line
     consents: dict[str, tuple[bool, int]] = EMPTY  # "ch:cat" → (granted, ts)
-    touches: list[Touch] = field(default_factory=list)
+    touches: tuple[Touch, ...] | list[Touch] = ()  # a list once written (own_list)
     # "trigger\x1fkey" → its start times, oldest first (one start: the int itself)
-    counts: dict[str, int | tuple[int, ...]] = field(default_factory=dict)
-    sent_log: list[Any] = field(default_factory=list)  # operators.policy.Sent, for caps
+    counts: dict[str, int | tuple[int, ...]] = EMPTY
+    sent_log: tuple[Any, ...] | list[Any] = ()  # operators.policy.Sent, for caps (own_list)
     # channels whose contact hard-bounced; replaced, never changed in place: one shared
     # empty default instead of a 216-byte set per customer
     invalid: frozenset[str] | set[str] = frozenset()
@@ -102,7 +102,7 @@ class CustomerState(Upgradable):
     high_water: int = 0  # highest event time seen: replay mode's `now` never goes back
     pruned_at: int = 0  # event time of the last sweep of the bounded parts
     refused: dict[str, int] = EMPTY  # slot → ts: not started (limit)
-    misses: dict[str, list[int]] = field(default_factory=dict)  # "trigger\x1freason" →
+    misses: dict[str, list[int]] = EMPTY  # "trigger\x1freason" →
     # [day, count, first ts, last ts]: start misses being counted (records.StartMiss)
     # metrics (operators/metrics.py), bounded by what the config reads:
     first_order_at: int = 0
@@ -118,7 +118,7 @@ class CustomerState(Upgradable):
     # scheduled and date starts (operators/schedule.py), kept only when a trigger reads them:
     birthday: str = ""  # MM-DD, from a profile read or a signed_up/profile_updated event
     registered_at: int = 0  # epoch ms, likewise (signed_up: its own time)
-    sched: dict[str, tuple[int, str]] = field(default_factory=dict)  # trigger → (due, key)
+    sched: dict[str, tuple[int, str]] = EMPTY  # trigger → (due, key)
     sched_done: dict[str, str] = EMPTY  # trigger → last key fired
     sched_basis: str = ""  # what `sched` was planned from (zone, dates, segments)
 

@@ -16,6 +16,7 @@ from config.loader import load_config
 from operators import engine as engine_module
 from operators.conditions import cart_total, customer_metric
 from operators.engine import NOT_STARTED, Engine
+from state.compact import EMPTY
 from state.customer import CustomerState, Instance
 from state.profiles import DictProfileStore
 from tests.engine_helpers import (
@@ -225,3 +226,24 @@ def test_count_slots_out_of_every_window_go_at_the_hourly_sweep_and_decide_the_s
         slots = sorted(k.split("\x1f")[1] for k in st.counts)
         assert slots == (["b", "c"] if keep else ["c"])  # "a" started: not a slot now
     assert runs[0] == runs[1] and any("started" in r for r in runs[0])
+
+
+def test_maps_and_lists_emptied_again_go_back_to_the_shared_defaults(tmp_path):
+    """Instances, start misses, count slots, touches and the cap log a customer no longer
+    holds are the shared empty defaults again (``EMPTY`` / ``()``), not an empty dict or
+    list of their own (~180 B a customer in a replay), and read and restore as empty."""
+    eng = Engine(load_config(_config(tmp_path, "")))
+    st, store = CustomerState("c1"), DictProfileStore([reachable()])
+    fresh = CustomerState("c2")
+    assert all(getattr(fresh, f) is EMPTY for f in ("instances", "counts", "misses",
+                                                     "last_entry", "sched"))
+    assert fresh.touches == () and fresh.sent_log == ()
+    events = [ev("product_viewed", 0, product_id="a"), cart(1),
+              ev("app_opened", 3 * DAY / MINUTE)]  # (no trigger reads it: a later event)
+    for e in events:
+        eng.handle(st, e, e.ts, store.get)
+    assert st.counts is EMPTY  # out of every count's window at the hourly sweep
+    assert st.instances is EMPTY  # the cart's reminders were done by then
+    assert st.misses is EMPTY  # the view's miss: its day is over
+    back = CustomerState.from_bytes(st.to_bytes())
+    assert back.instances is EMPTY and back.misses is EMPTY and back.counts is EMPTY

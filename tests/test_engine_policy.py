@@ -126,7 +126,7 @@ def test_aborted_and_suppressed_messages_do_not_count(tmp_path):
     st = CustomerState("c1")
     for ev in [e("x_a", 0), e("x_a", 1), e("x_a", 2)]:
         eng.handle(st, ev, ev.ts, store.get)
-    assert st.sent_log == []
+    assert not st.sent_log
 
 
 def test_defer_waits_for_the_first_free_slot_then_rechecks(tmp_path):
