@@ -354,3 +354,18 @@ def test_profile_dates_are_checked_at_parse_time() -> None:
         assert "props.birthday" in bad.detail
         bad = parse(typ, {"registered_at": "yesterday"})
         assert isinstance(bad, _Rejected) and "props.registered_at" in bad.detail
+
+
+def test_types_and_product_ids_are_one_string_each_across_events():
+    """The state keeps events (exits), their types and props (instances): one string
+    object per known type and product id, not one per parsed event."""
+    def view(i: int) -> Event:
+        e = parse_event(orjson.dumps({"event_id": f"e{i}", "type": "product_viewed",
+                                      "customer_id": f"c{i}", "ts": 1_790_000_000_000,
+                                      "props": {"product_id": "p-7"}}))
+        assert isinstance(e, Event)
+        return e
+
+    a, b = view(1), view(2)
+    assert a.type is b.type and a.props["product_id"] is b.props["product_id"]
+    assert a.props == {"product_id": "p-7"}
