@@ -706,8 +706,11 @@ class Engine:
             else:
                 self._miss(state, trig.id, START_CONDITION_NOT_MET, ev.ts, out)
         if ev.type in self._exit_types:  # kept a while: it may cancel an instance whose
-            state.exits = [x for x in (*state.exits, ev)  # start event is read after it
-                           if x.ts >= ev.ts - EXIT_MEMORY][-policy.max_exits:]  # (out of order)
+            # start event is read after it (out of order); kept without its source (where
+            # it was read) and with the state's customer id: what a cancel reads of it
+            kept = Event(ev.event_id, ev.type, state.customer_id, ev.ts, ev.props)
+            state.exits = [x for x in (*state.exits, kept)
+                           if x.ts >= ev.ts - EXIT_MEMORY][-policy.max_exits:]
 
     def _maybe_start(self, state: CustomerState, trig: Trigger, ev: Event, now: int,
                      out: list[Output], key: str | None = None) -> None:

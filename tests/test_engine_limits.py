@@ -247,3 +247,15 @@ def test_maps_and_lists_emptied_again_go_back_to_the_shared_defaults(tmp_path):
     assert st.misses is EMPTY  # the view's miss: its day is over
     back = CustomerState.from_bytes(st.to_bytes())
     assert back.instances is EMPTY and back.misses is EMPTY and back.counts is EMPTY
+
+
+def test_a_remembered_exit_keeps_what_a_cancel_reads_and_not_where_it_was_read(tmp_path):
+    eng = Engine(load_config(_config(tmp_path, "")))
+    st, store = CustomerState("c1"), DictProfileStore([reachable()])
+    o = order(0)
+    read = Event(o.event_id, o.type, "".join(["c", "1"]), o.ts, o.props, "orders:3:1234")
+    eng.handle(st, read, read.ts, store.get)
+    [x] = st.exits
+    assert (x.event_id, x.type, x.ts, x.props, x.source) == (o.event_id, o.type, o.ts,
+                                                             o.props, "")
+    assert x.customer_id is st.customer_id  # one string per customer, not one per exit
