@@ -144,8 +144,9 @@ class CustomerState(Upgradable):
         return pickle.loads(data)
 
     def is_empty(self) -> bool:
-        """Nothing worth keeping: Bytewax may discard this key."""
-        return not (self.instances or self.last_entry or self.seen or self.cart
+        """Nothing worth keeping: Bytewax may discard this key. (After every activation:
+        ``seen`` first, which nearly every customer with state holds.)"""
+        return not (self.seen or self.instances or self.last_entry or self.cart
                     or self.consents or self.touches or self.counts or self.orders_count
                     or self.sent_log or self.invalid or self.pending or self.ev_total
                     or self.ev_recent or self.segments or self.read_hours
