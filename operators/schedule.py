@@ -100,21 +100,22 @@ class Timed:
         start = trig.start
         if start.segment is not None and start.segment not in state.segments:
             return NONE
-        shift = spread_offset(trig, state.customer_id)
         zone = self.zone(trig, customer_zone)
         done = state.sched_done.get(trig.id, "")
-        found: tuple[int, str] | None = None
         if start.schedule is not None:
             s = start.schedule
+            shift = spread_offset(trig, state.customer_id)
             found = (calendar.next_at(s.at, after - shift, zone, done) if s.at is not None
                      else calendar.next_cron(_cron(s.cron or ""),
                                              after - shift, zone, done))
         else:
             origin = self.origin(trig, state, zone)
-            if origin is not None:
-                month, day, year = origin
-                found = calendar.next_anniversary(month, day, year, start.at_time,
-                                                  start.offset_days, after - shift, zone, done)
+            if origin is None:  # (most customers lack a date: no spread to draw)
+                return NONE
+            shift = spread_offset(trig, state.customer_id)
+            month, day, year = origin
+            found = calendar.next_anniversary(month, day, year, start.at_time,
+                                              start.offset_days, after - shift, zone, done)
         return NONE if found is None else (found[0] + shift, found[1])
 
     def origin(self, trig: Trigger, state: CustomerState,
