@@ -388,3 +388,27 @@ def test_customers_with_nothing_due_never_make_the_read_ahead_scan():
     for i in range(0, 20_000, 1000):  # the 20 due ones: lone reads, then one scan pays
         rt.read_ahead(f"c{i:06d}", 2_000)
     assert rt._ahead is not None and rt._ahead[1] == [f"c{i:06d}" for i in range(0, 20_000, 1000)]
+
+
+def test_a_read_asks_only_for_what_the_engine_reads_and_gives_the_same_profile(redis_server):
+    """``get_many`` asks for the engine's fields by name (never the contact values, nor a
+    CDP's other fields) and builds the same profile as from the whole hash; a hash with
+    none of those fields is a profile with the defaults, a missing one is no profile."""
+    import redis
+
+    store = RedisProfileStore(redis_server.url, prefix="t9:")
+    r = redis.Redis.from_url(redis_server.url)
+    full = {"tz": "Europe/Berlin", "locale": "de-DE", "contacts": "email,sms,push",
+            "email": "anna@example.com", "phone": "+4915112345678", "push_token": "tok",
+            "invalid:sms": "1", "invalid:push": "0", "consent:email:marketing": "1",
+            "consent:sms:transactional": "0", "birthday": "02-29",
+            "registered_at": "1790000000000", "ts": "1790000000001", "loyalty_tier": "gold"}
+    r.hset("t9:full", mapping=full)
+    r.hset("t9:other", mapping={"email": "bob@example.com", "loyalty_tier": "none"})
+    r.hset("t9:bounced", mapping={"invalid:email": "1"})
+    got = store.get_many(["full", "other", "bounced", "nobody"])
+    assert list(got) == ["full", "other", "bounced"]
+    for cid in got:
+        assert got[cid] == Profile.from_redis(cid, r.hgetall(f"t9:{cid}"))
+    assert got["full"].contacts == frozenset({"email", "push"})  # sms invalid
+    assert got["other"] == Profile("other")
