@@ -247,9 +247,11 @@ class Engine:
                               if x.ts + self._max_sent_window >= now] or ()
         if sweep and state.exits:  # a start at or after `now` only looks at exits after it
             state.exits = [x for x in state.exits if x.ts >= now] or ()
-        if state.counts:  # a slot whose latest start is out of every count's window
-            horizon = now - self._max_count_window  # counts nothing again (and is most of
-            counts = {k: v for k, v in state.counts.items()  # a customer's slots)
+        if state.counts:
+            # a slot whose latest start is out of every count's window counts nothing
+            # again (about half of a customer's slots, swept at the hourly prune)
+            horizon = now - self._max_count_window
+            counts = {k: v for k, v in state.counts.items()
                       if v and (v if type(v) is int else v[-1]) >= horizon}
             if len(counts) < len(state.counts):
                 state.counts = counts or EMPTY
@@ -545,9 +547,9 @@ class Engine:
         if inst.sent_step != inst.step:  # instance.previous_*: this step's messages now
             inst.sent_step, inst.sent_outcome = inst.step, ""
         inst.sent_channel = channel
-        own_list(state, "touches").append(Touch(d.send_id, trig.id, d.variant, channel, t,
-                                   trig.attribution_window, inst.instance_id, inst.step,
-                                   inst.arm or "treated", trig.kind))
+        own_list(state, "touches").append(Touch(
+            d.send_id, trig.id, d.variant, channel, t, trig.attribution_window,
+            inst.instance_id, inst.step, inst.arm or "treated", trig.kind))
         if not inst.entered:
             inst.entered = True
             own(state, "last_entry")[trig.id] = t
