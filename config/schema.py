@@ -36,8 +36,7 @@ DURATION = _DurationMark()
 Duration = Annotated[int, BeforeValidator(parse_duration, json_schema_input_type=str | int),
                      DURATION]
 Ident = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-Channel = Literal["push", "email", "sms"]
-CHANNELS: tuple[str, ...] = ("push", "email", "sms")
+Channel = Literal["push", "email", "sms"]  # = cdp_triggers.records.CHANNELS (tested)
 
 
 class _Strict(BaseModel):

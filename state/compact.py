@@ -275,11 +275,11 @@ def nested(cls: type) -> Codec:
 
 
 def positional(cls: type) -> type:
-    """Class decorator for a frozen slotted dataclass moved between processes or kept in
-    state: pickle it as its constructor's arguments, ``cls(*values)``, instead of the
-    generic dataclass form (which calls ``fields()`` on every object) — about half the cost.
-    Pickles of the generic form still load (its ``__setstate__`` stays); a field appended
-    later needs a default."""
+    """Class decorator for a slotted dataclass moved between processes or kept in state
+    (records: :func:`record`): pickle it as its constructor's arguments,
+    ``cls(*values)``, instead of the generic dataclass form (which calls ``fields()`` on
+    every object) — about half the cost. Pickles of the generic form still load (its
+    ``__setstate__`` stays); a field appended later needs a default."""
     get = attrgetter(*(f.name for f in fields(cls)))
 
     def __reduce__(self: Any) -> tuple[type, tuple[Any, ...]]:

@@ -79,7 +79,7 @@ ProfileLookup = Callable[[str], "Profile | None"]
 # field of each channel's contact value in the hash
 CONTACT_FIELDS = {"email": "email", "sms": "phone", "push": "push_token"}
 # what a profile read asks for (Profile.from_redis reads no other field): consents and
-# invalid flags of the channels a config can name (config.schema.CHANNELS)
+# invalid flags of the channels a config can name (config.schema.Channel)
 READ_FIELDS = ("tz", "locale", "contacts", "birthday", "registered_at",
                *(f"consent:{ch}:{cat}" for ch in CHANNELS for cat in CATEGORIES),
                *(f"invalid:{ch}" for ch in CHANNELS))

@@ -412,3 +412,16 @@ def test_a_read_asks_only_for_what_the_engine_reads_and_gives_the_same_profile(r
         assert got[cid] == Profile.from_redis(cid, r.hgetall(f"t9:{cid}"))
     assert got["full"].contacts == frozenset({"email", "push"})  # sms invalid
     assert got["other"] == Profile("other")
+
+
+def test_a_profile_read_covers_every_channel_a_config_can_name():
+    """``READ_FIELDS`` asks for consents and invalid flags of ``records.CHANNELS``: the
+    channels a trigger config may name are exactly those."""
+    import typing
+
+    from cdp_triggers.records import CHANNELS
+    from config.schema import Channel
+    from state.profiles import READ_FIELDS
+
+    assert set(typing.get_args(Channel)) == set(CHANNELS)
+    assert {f"invalid:{ch}" for ch in CHANNELS} <= set(READ_FIELDS)
