@@ -7,17 +7,25 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+COMPILED := .build/compiled/manifest.json
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: venv services demo test lint bench chaos clean
 
-venv: $(STAMP)
+venv: $(STAMP) $(COMPILED)
 
 # Reinstalled only when pyproject.toml changes (the install is editable, code changes need nothing).
 $(STAMP): pyproject.toml
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
 	@touch $@
+
+# The hot path compiled by Cython (cdp_triggers/compiled.py): only modules changed since the
+# last build are compiled again, and a module whose build does not match its source is
+# imported from source, so a failed build costs speed, never correctness.
+$(COMPILED): $(STAMP) $(wildcard cdp_triggers/*.py operators/*.py state/*.py sinks/*.py flows/*.py)
+	@$(BIN)/python -m cdp_triggers.compiled build && touch $@ || \
+		echo "warning: the hot path is not compiled (see above); it runs from source, slower"
 
 # Binaries the integration tests start themselves (the Kafka broker comes from the venv).
 services:
@@ -49,5 +57,5 @@ chaos: venv services
 	CDP_CHAOS_SCALE=5 $(BIN)/pytest -q -s -m chaos
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) build .build .pytest_cache .ruff_cache .hypothesis *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -332,7 +332,7 @@ def run(ctx: typer.Context,
     """Live flow: Kafka → engine → ClickHouse + sends topic."""
     from bytewax._bytewax import cli_main
 
-    from cdp_triggers import shutdown
+    from cdp_triggers import compiled, shutdown
     from cdp_triggers.logs import log_effective_settings
     from flows.app import RunError, build_run, prepare_recovery
 
@@ -340,7 +340,8 @@ def run(ctx: typer.Context,
     _config(s)
     peers = addresses.split(";") if addresses else None
     log_effective_settings(logging.getLogger("cdp_triggers.run"), s, "run",
-                           process_id=process_id, workers=workers)
+                           process_id=process_id, workers=workers,
+                           compiled=f"{len(compiled.loaded())}/{len(compiled.HOT)}")
     try:
         recovery = prepare_recovery(s)
         flow = build_run(s, "kafka").flow

@@ -1,1 +1,5 @@
 """Logic steps: the pure decision engine and the Bytewax glue around it."""
+
+from cdp_triggers.compiled import install as _install_compiled
+
+_install_compiled()  # the hot modules from their Cython build when it matches the source

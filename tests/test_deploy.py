@@ -245,3 +245,16 @@ def test_cluster_ddl_replicates_and_shards_every_raw_table_by_its_id() -> None:
     assert len(views) == text.count("CREATE OR REPLACE VIEW") and views
     assert all(" ON CLUSTER 'main' AS" in s for s in stmts if "VIEW" in s.split("\n")[0])
     assert "ENGINE = ReplacingMergeTree" not in text
+
+
+def test_images_compile_the_hot_path_from_the_installed_sources() -> None:
+    """Both images build the compiled hot path (``cdp_triggers.compiled``) where the
+    installed package finds it, from ``/`` (so the installed sources are hashed, not
+    /app's), with Cython at pyproject.toml's pin, and drop the compiler afterwards."""
+    for name in ("Dockerfile", "Dockerfile.server"):
+        text = (ROOT / name).read_text()
+        assert "ENV CDP_COMPILED_DIR=" in text, name
+        assert "cd / && python -m cdp_triggers.compiled build" in text, name
+        assert "d.startswith('Cython')" in text and "Cython==" not in text, name
+        assert "apt-get purge -y gcc" in text, name
+        assert text.index("python -m cdp_triggers.compiled build") < text.index("\nUSER"), name
