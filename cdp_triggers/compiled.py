@@ -48,6 +48,7 @@ HOT: tuple[str, ...] = (
     "operators.policy",
     "operators.interest",
     "operators.sendtime",
+    "operators.metrics",
     "state.customer",
     "state.seen",
     "state.compact",
@@ -55,6 +56,8 @@ HOT: tuple[str, ...] = (
     "sinks.catalogue",
     "sinks.effects",
     "sinks.clickhouse",
+    "sinks.clickhouse_sink",
+    "sinks.kafka_out",
     "flows.sources",
     "flows.pipeline",
 )
