@@ -19,7 +19,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install "$(python -c "import tomllib; print(next(d for d in tomllib.load(open(\
 '/app/pyproject.toml', 'rb'))['project']['optional-dependencies']['test'] \
 if d.startswith('Cython')))")" \
-    && cd / && python -m cdp_triggers.compiled build \
+    && cd / && cdp-triggers compile \
     && pip uninstall -y Cython \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
 USER app

@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 # last build are compiled again, and a module whose build does not match its source is
 # imported from source, so a failed build costs speed, never correctness.
 $(COMPILED): $(STAMP) $(wildcard cdp_triggers/*.py operators/*.py state/*.py sinks/*.py flows/*.py)
-	@$(BIN)/python -m cdp_triggers.compiled build && touch $@ || \
+	@$(BIN)/cdp-triggers compile && touch $@ || \
 		echo "warning: the hot path is not compiled (see above); it runs from source, slower"
 
 # Binaries the integration tests start themselves (the Kafka broker comes from the venv).

@@ -6,8 +6,9 @@ rows). Compiled unchanged by Cython (annotations do not type anything, so the se
 are Python's), they run 1.3–1.5× as fast (``docs/benchmarks.md``). The build is a cache,
 never a second version of the code:
 
-* ``python -m cdp_triggers.compiled build`` (``make venv`` runs it) compiles each module
-  into ``.build/compiled`` and records the SHA-256 of the source it was built from;
+* ``cdp-triggers compile`` (``make venv`` runs it) compiles each module into
+  ``.build/compiled`` and records the SHA-256 of the source it was built from; a build
+  never rewrites a file another process may have loaded (each is named by its hash);
 * at import, a module of ``HOT`` is taken from its build only when the build's source hash
   equals the source's on disk now and the build is for this interpreter; otherwise the
   source is imported as usual. An edited module therefore runs as edited, compiled or not,
@@ -22,6 +23,7 @@ and snapshots move freely between compiled and uncompiled processes.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -155,8 +157,9 @@ def build(modules: tuple[str, ...] = HOT, where: Path | None = None, jobs: int =
     todo: list[tuple[str, str, str]] = []
     for name in modules:
         parent = name.rpartition(".")[0]
-        pkg = _source_spec(parent, None) if parent else None
-        spec = _source_spec(name, list(pkg.submodule_search_locations or []) if pkg else None)
+        # the package as imported (an editable install is found by its own finder)
+        where_from = list(importlib.import_module(parent).__path__) if parent else None
+        spec = _source_spec(name, where_from)
         if spec is None or not spec.origin:
             raise ModuleNotFoundError(f"cannot find the source of {name}")
         sha = _digest(spec.origin)
@@ -185,24 +188,19 @@ def build(modules: tuple[str, ...] = HOT, where: Path | None = None, jobs: int =
     cmd.ensure_finalized()
     cmd.run()
     for name, _, sha in todo:
-        binary = Path(cmd.get_ext_fullpath(name))
+        built = Path(cmd.get_ext_fullpath(name))
+        # named by its source hash: a running process may have the previous build mapped,
+        # and a file is never rewritten, only replaced by a new name (ExtensionFileLoader
+        # takes the init function from the module's name, not the file's)
+        binary = built.with_name(f"{name.rpartition('.')[2]}.{sha[:16]}"
+                                 f"{sysconfig.get_config_var('EXT_SUFFIX')}")
+        os.replace(built, binary)
         manifest[name] = {"sha256": sha, "file": str(binary.relative_to(where)), "abi": _abi()}
     tmp = where / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     tmp.replace(where / MANIFEST)
+    kept = {where / e["file"] for e in manifest.values()}
+    for old in (where / "lib").rglob("*.so"):
+        if old not in kept:
+            old.unlink()  # (a process that mapped it keeps its mapping)
     return [name for name, _, _ in todo]
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] != ["build"]:
-        print("usage: python -m cdp_triggers.compiled build", file=sys.stderr)
-        return 2
-    done = build(quiet=True)
-    print(f"compiled {len(done)} of {len(HOT)} hot modules into {build_dir()}"
-          + (f": {', '.join(done)}" if done else " (all up to date)"))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -61,8 +61,8 @@ def test_the_project_build_covers_every_hot_module_and_this_process_uses_it() ->
     suite's own process, which imported them all, took each from the build, so every test
     runs the compiled code. Edited since the build: ``make venv`` compiles it again."""
     if not _fresh_build():
-        pytest.skip("no build of the hot path (`make venv` or `python -m cdp_triggers."
-                    "compiled build` makes it)")
+        pytest.skip("no build of the hot path (`make venv` or `cdp-triggers compile` "
+                    "makes it)")
     import flows.app  # noqa: F401  (imports every hot module)
 
     stale = sorted(set(compiled.HOT) - set(compiled.loaded()))

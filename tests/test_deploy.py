@@ -254,7 +254,7 @@ def test_images_compile_the_hot_path_from_the_installed_sources() -> None:
     for name in ("Dockerfile", "Dockerfile.server"):
         text = (ROOT / name).read_text()
         assert "ENV CDP_COMPILED_DIR=" in text, name
-        assert "cd / && python -m cdp_triggers.compiled build" in text, name
+        assert "cd / && cdp-triggers compile" in text, name
         assert "d.startswith('Cython')" in text and "Cython==" not in text, name
         assert "apt-get purge -y gcc" in text, name
-        assert text.index("python -m cdp_triggers.compiled build") < text.index("\nUSER"), name
+        assert text.index("cdp-triggers compile") < text.index("\nUSER"), name
