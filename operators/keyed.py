@@ -281,13 +281,13 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         it will count as idle; for a dormant one, its next timer. A deadline already past by
         the wall clock (the live clock is held back by the input's event time) is retried
         shortly, not spun on."""
+        if self.rt.mode != "live":
+            return None  # replay: timers fire at the customer's next event or the end
         wall = self.rt.wall.now_ms()
         if self.state is None:
-            if self.dormant is None or self.dormant[0] is None or self.rt.mode != "live":
+            if self.dormant is None or self.dormant[0] is None:
                 return None
             return to_datetime(max(self.dormant[0], self._retry_at(wall)))
-        if self.rt.mode != "live":
-            return None
         at = self.rt.engine.next_wakeup(self.state)
         if self.state.pending:
             first = self.state.pending[0].ts
