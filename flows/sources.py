@@ -313,6 +313,7 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
             **({"fetch.wait.max.ms": 20} if tail else {}),
             **self.klog.config(), **(extra or {})})
         self._check_offsets(tps)
+        self._learn_leaders(tps)
         self.consumer.assign([TopicPartition(t, p, self.offsets.get(f"{t}:{p}",
                                                                      OFFSET_BEGINNING))
                               for t, p in tps])
@@ -321,6 +322,20 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
         self.read_counters = {t: metrics.events_read(t) for t, _ in tps}
         self.wm = metrics.WatermarkGauges(shard)
         metrics.READY.set("sources")
+
+    def _learn_leaders(self, tps: list[tuple[str, int]]) -> None:
+        """Wait for the topics' metadata before assigning: librdkafka, given a partition
+        whose leader it does not know yet, queries the start offset only after a 500 ms
+        retry timer, and every shard started that way (measured: the first event 0.5 s
+        after the consumer was made, 7 ms with the metadata first). The run checked the
+        brokers a moment ago; one that does not answer now costs at most a second here,
+        and reading then starts as it did before."""
+        for topic in sorted({t for t, _ in tps}):
+            try:
+                self.consumer.list_topics(topic, timeout=1.0)
+            except Exception as e:
+                self.klog.state.down(e)
+                return
 
     def _check_offsets(self, tps: list[tuple[str, int]]) -> None:
         """A resumed offset past a partition's end means the broker lost data (or the topic
