@@ -368,8 +368,16 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
         al = self.aligner
         live = self.opts.live
         # live: never block in consume: one worker runs every shard and every later step in
-        # turn, so a 50 ms wait per quiet shard delayed everything else (next_awake instead)
-        msgs = self.consumer.consume(self.batch, 0 if self.tail else 0.05)
+        # turn, so a 50 ms wait per quiet shard delayed everything else (next_awake instead).
+        # Backfill: take what is queued at once, and wait (50 ms at most) only when nothing
+        # is: a wait for a full batch held every shard's last, partial one for the whole
+        # timeout. Once every stream of the shard has ended, nothing is asked of the broker.
+        if not self.tail and al.ended():
+            msgs = []
+        else:
+            msgs = self.consumer.consume(self.batch, 0)
+            if not msgs and not self.tail:
+                msgs = self.consumer.consume(self.batch, 0.05)
         self.idle = not msgs
         wall = self.wall.now_ms() if live else None
         read: dict[str, int] = {}  # messages per topic (end-of-partition events are not)

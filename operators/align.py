@@ -174,9 +174,12 @@ class Aligner:
                 w = mw
         return w
 
+    def ended(self) -> bool:
+        """Every stream is done (finite input): nothing more will be offered."""
+        return all(m.done for m in self.marks.values())
+
     def finished(self) -> bool:
-        return all(m.done for m in self.marks.values()) and not self.buffer \
-            and not self.passthrough
+        return self.ended() and not self.buffer and not self.passthrough
 
     def behind(self) -> list[str]:
         """Streams holding the watermark back (read these first)."""

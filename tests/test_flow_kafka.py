@@ -291,3 +291,50 @@ def test_catalogue_end_to_end_on_the_real_broker_with_two_workers(kafka, redis_s
     ])
     assert cancelled == [("abandoned_cart", "ordered")]
     assert assign_variant(ac, "ordered").control is False
+
+
+def test_a_backfill_shard_takes_what_is_queued_and_stops_asking_once_its_streams_ended(kafka):
+    """Backfill reading (``_KafkaShard.next_batch``): a poll takes what librdkafka has
+    queued without waiting for a full batch (it waits, 50 ms at most, only when nothing is
+    queued), and once every stream of the shard has reported its end the broker is not
+    asked again: the shard releases what it holds and ends. Every event is read once."""
+    from flows.sources import AlignedKafkaSource
+
+    topic = f"shard-{uuid.uuid4().hex[:8]}"
+    kafka.create_topics([topic], partitions=1)
+    events = [Event(f"e{i}", "product_viewed", f"c{i % 7}", 1_790_000_000_000 + i * 1000,
+                    {"product_id": "p1"}) for i in range(2500)]
+    produce(kafka.bootstrap, topic, [(e.customer_id.encode(), e.to_json()) for e in events])
+    source = AlignedKafkaSource([kafka.bootstrap], [topic], tail=False, batch=1000,
+                                catalogue=[])
+    [part] = source.list_parts()
+    shard = source.build_part("in", part, None)
+
+    class Counting:  # the consumer, its polls recorded: (timeout, messages, end reported)
+        def __init__(self, consumer) -> None:
+            self.consumer, self.polls = consumer, []
+
+        def consume(self, n: int, timeout: float) -> list:
+            msgs = self.consumer.consume(n, timeout)
+            self.polls.append((timeout, len(msgs), any(m.error() for m in msgs)))
+            return msgs
+
+        def __getattr__(self, name: str):
+            return getattr(self.consumer, name)
+
+    shard.consumer = spy = Counting(shard.consumer)
+    read: list[Event] = []
+    try:
+        while True:
+            read += shard.next_batch()
+    except StopIteration:
+        pass
+    finally:
+        shard.close()
+    assert [e.event_id for e in read] == [e.event_id for e in events]
+    ended = next(i for i, p in enumerate(spy.polls) if p[2])
+    assert ended == len(spy.polls) - 1  # nothing asked after the end was reported
+    # a blocking poll only ever follows an immediate one that found nothing queued
+    for i, (timeout, _, _) in enumerate(spy.polls):
+        if timeout > 0:
+            assert spy.polls[i - 1][:2] == (0, 0)
