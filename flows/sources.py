@@ -311,6 +311,9 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
             # live: a fetch on a quiet partition returns within 20 ms, not librdkafka's
             # 500 ms default, so a lone transactional event is read at once
             **({"fetch.wait.max.ms": 20} if tail else {}),
+            # connect to the brokers at once: connecting as needed held the first metadata
+            # answer (see _learn_leaders) 50 ms behind a coordinator query, every shard
+            "enable.sparse.connections": False,
             **self.klog.config(), **(extra or {})})
         self._check_offsets(tps)
         self._learn_leaders(tps)
