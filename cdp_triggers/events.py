@@ -428,6 +428,19 @@ def parse_ts(value: int | str) -> int:
     return (dt - _EPOCH) // _MS  # exact integer ms (float timestamp() can be off by one)
 
 
+def _reject(data: bytes, source: str, reason: str, detail: str,
+            obj: dict | None = None) -> Rejected:
+    """The dead letter of a payload :func:`parse_event` refused (ids kept when it had them;
+    a module function, not a closure made for every event parsed)."""
+
+    def text(k: str) -> str:
+        v = (obj or {}).get(k)
+        return v[:256] if isinstance(v, str) else ""
+
+    return Rejected(reason, detail, data[:RAW_KEEP_BYTES], source,
+                    text("customer_id"), text("event_id"), text("type"))
+
+
 def parse_event(raw: bytes | str, source: str = "", now_ms: int | None = None,
                 max_future_ms: int = DEFAULT_MAX_FUTURE_MS) -> Event | Rejected:
     """Validate one raw event. Never raises for bad input; returns a Rejected instead.
@@ -435,48 +448,40 @@ def parse_event(raw: bytes | str, source: str = "", now_ms: int | None = None,
     ``now_ms`` (live runs) also refuses events stamped more than ``max_future_ms`` ahead.
     """
     data = raw.encode() if isinstance(raw, str) else bytes(raw)
-
-    def reject(reason: str, detail: str, obj: dict | None = None) -> Rejected:
-        obj = obj or {}
-
-        def text(k: str) -> str:
-            v = obj.get(k)
-            return v[:256] if isinstance(v, str) else ""
-
-        return Rejected(reason, detail, data[:RAW_KEEP_BYTES], source,
-                        text("customer_id"), text("event_id"), text("type"))
-
     if len(data) > MAX_EVENT_BYTES:
-        return reject(OVERSIZE, f"payload is {len(data)} bytes, limit {MAX_EVENT_BYTES}")
+        return _reject(data, source, OVERSIZE,
+                       f"payload is {len(data)} bytes, limit {MAX_EVENT_BYTES}")
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as e:
-        return reject(INVALID_JSON, f"not JSON: {e}")
+        return _reject(data, source, INVALID_JSON, f"not JSON: {e}")
     if not isinstance(obj, dict):
-        return reject(NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+        return _reject(data, source, NOT_AN_OBJECT,
+                       f"expected a JSON object, got {type(obj).__name__}")
     envelope = _fast_envelope(obj)
     if envelope is None:  # not the plain case: pydantic decides (and explains a refusal)
         try:
             env = _Envelope.model_validate(obj)
         except ValidationError as e:
-            return reject(*_describe(e), obj)
+            return _reject(data, source, *_describe(e), obj)
         envelope = (env.event_id, env.type, env.customer_id, env.ts, env.props)
     event_id, typ, customer_id, raw_ts, props = envelope
     try:
         ts = parse_ts(raw_ts)
     except ValueError as e:
-        return reject(INVALID_TIMESTAMP, f"ts: {e}", obj)
+        return _reject(data, source, INVALID_TIMESTAMP, f"ts: {e}", obj)
     if not MIN_TS_MS <= ts < MAX_TS_MS:
         hint = (" (epoch seconds? ts wants epoch milliseconds)"
                 if 0 < ts < MIN_TS_MS // 1000 * 10 else "")
-        return reject(TIMESTAMP_OUT_OF_RANGE, f"ts {raw_ts!r} is outside 2000..2100{hint}", obj)
+        return _reject(data, source, TIMESTAMP_OUT_OF_RANGE,
+                       f"ts {raw_ts!r} is outside 2000..2100{hint}", obj)
     if now_ms is not None and ts > now_ms + max_future_ms:
-        return reject(TIMESTAMP_OUT_OF_RANGE,
-                      f"ts {raw_ts!r} is more than {max_future_ms // 3_600_000} h in the future",
-                      obj)
+        return _reject(data, source, TIMESTAMP_OUT_OF_RANGE,
+                       f"ts {raw_ts!r} is more than {max_future_ms // 3_600_000} h in the "
+                       "future", obj)
     over = None if _flat_within_limits(props) else check_limits(props)
     if over is not None:
-        return reject(over[0], f"{typ}: {over[1]}", obj)
+        return _reject(data, source, over[0], f"{typ}: {over[1]}", obj)
     model = PROPS_MODELS.get(typ)
     if model is not None and not _FAST_PROPS.get(typ, _never)(props):
         try:
@@ -484,7 +489,7 @@ def parse_event(raw: bytes | str, source: str = "", now_ms: int | None = None,
         except ValidationError as e:
             reason, detail = _describe(e, "props.")
             reason = VALUE_OUT_OF_RANGE if reason == VALUE_OUT_OF_RANGE else INVALID_PROPS
-            return reject(reason, f"{typ}: {detail}", obj)
+            return _reject(data, source, reason, f"{typ}: {detail}", obj)
     pid = props.get("product_id")
     if type(pid) is str:
         props["product_id"] = sys.intern(pid)
