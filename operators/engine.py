@@ -176,7 +176,8 @@ class Engine:
             t.id for t in config.triggers for c in t.cancel_on for w in c.where
             if w.field.startswith("instance."))
         # (no starred list display: Cython, which compiles this module, refuses it here)
-        self._max_grace = max(policy.late_event_grace, max(self._grace.values(), default=0))
+        self._max_grace = max(policy.late_event_grace,
+                              max(self._grace.values(), default=policy.late_event_grace))
         # smart send time: reads are kept only when a step holds to the customer's hour
         self._reads = any(s.send_at for t in config.triggers for s in t.steps)
 
