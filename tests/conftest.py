@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 
@@ -9,6 +10,18 @@ import pytest
 from services import RedisServer, ServiceError, TansuBroker
 
 from sinks.clickhouse import ChdbBackend, ensure_schema
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs the CLI points the root logger at that test's captured stderr
+    (``setup_logging``); later tests' threads then wrote to a closed file ("Logging
+    error"). Each test gets back the root logger it started with."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def _serve(request: pytest.FixtureRequest, make):
