@@ -184,7 +184,6 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         self.active_at = rt.wall.now_ms()
         self.partition = ""  # where this customer's latest event was read
         self._read: tuple[str, Profile | None] | None = None  # this activation's profile
-        self._snap: bytes | None = None  # the last snapshot, while no activation followed it
 
     def _profile(self, customer_id: str) -> Profile | None:
         """The profile lookup for one activation (on_batch, on_notify, on_eof): read once,
@@ -213,7 +212,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         source released it, so nothing earlier is unread), timers then by the held clock.
         An event the engine raises on becomes a ``processing_error`` dead letter."""
         rt = self.rt
-        self._read = self._snap = None
+        self._read = None
         st = self._wake(values[0].customer_id)
         out: list[Output | Rejected] = []
         live = rt.mode == "live"
@@ -236,7 +235,6 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         return out, self._settle()
 
     def on_notify(self) -> tuple[list[Output | Rejected], bool]:
-        self._snap = None
         if self.rt.mode != "live" or (self.state is None and self.dormant is None):
             return [], self._keep_or_discard()
         self._read = None
@@ -255,7 +253,6 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
     def on_eof(self) -> tuple[list[Output | Rejected], bool]:
         """Input ended (a finite run): replay fires what is due up to the horizon; live
         fires what is due by the wall clock (no more input can hold it back)."""
-        self._snap = None
         if STOP.is_set():  # a graceful stop is not an end of input: keep every timer
             return [], (self.DISCARD if self.state is None and self.dormant is None
                         else self.RETAIN)
@@ -402,19 +399,13 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         after the state has moved on; bytes are the independent copy, at half the cost of a
         pickle round trip, and Bytewax pickles bytes for nothing). Off: the object.
 
-        Bytewax 0.21 asks a key for its snapshot at the close of the epoch it was active
-        in and again at the next one's, without an activation in between (measured: two
-        snapshots a key for one activation; 40 % of the latency bench's snapshots were
-        such repeats): the repeat gets the same bytes, not a second encoding."""
+        Bytewax 0.21 asks a key once per epoch in which it was awoken (events or a
+        notification), and at the end of input, a graceful stop included, every key it
+        holds once more (``tests/test_recovery.py``). Nothing is kept between two asks."""
         if self.state is None:
             return self.dormant if self.dormant is not None else CustomerState("")
         if self.rt.copy_snapshots:
-            data = self._snap
-            if data is None:
-                data = self._snap = self.state.to_bytes()
-            else:
-                self._snap = None  # (kept only until the repeat)
-            return data
+            return self.state.to_bytes()
         return self.state
 
     def _settle(self) -> bool:
