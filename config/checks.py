@@ -31,7 +31,7 @@ from config.schema import Condition, ItemCondition, Trigger
 from config.templates import CONTACT_DATA, TEMPLATES_FILE, Template
 
 if TYPE_CHECKING:
-    from config.loader import ConfigSet
+    from config.configset import ConfigSet
 
 # Where a variable usually comes from (hint in the "missing variable" message).
 _SOURCES = {"items": "cart.items", "cart_total": "cart.total", "status": "event.type"}

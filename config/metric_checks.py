@@ -21,7 +21,7 @@ from config.events import EventRegistry, lookup
 from config.schema import Condition
 
 if TYPE_CHECKING:
-    from config.loader import ConfigSet
+    from config.configset import ConfigSet
 
 
 def _conditions(config: ConfigSet) -> Iterator[tuple[Document, tuple[Any, ...], Condition,
