@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -40,11 +41,11 @@ EPOCH_S = 2.0
 BATCH = 500  # items per source batch
 
 
-def stall_child(keys: int, size: int, seconds: float, recovery: bool, rate: int = 0,
-                epoch_s: float = EPOCH_S) -> dict:
-    """One dataflow run: every key touched once per ``keys`` items, as fast as it goes or
-    at ``rate`` items/s; the gaps between the source's batches, whose longest are the
-    epochs' closes."""
+def _run_floor(name: str, next_batch: Callable[[], list], size: int, epoch_s: float,
+               recovery: bool) -> None:
+    """A dataflow that does nothing but a ``stateful_batch`` whose snapshots are ready-made
+    ``size``-byte blobs, fed by ``next_batch`` (``(key, value)`` items; StopIteration ends
+    the input; the default ``on_eof`` keeps every key, as a graceful stop does)."""
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
     from bytewax.inputs import DynamicSource, StatelessSourcePartition
@@ -53,25 +54,11 @@ def stall_child(keys: int, size: int, seconds: float, recovery: bool, rate: int 
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.testing import run_main
 
-    stamps: list[float] = []
     blob = os.urandom(size)
 
     class Part(StatelessSourcePartition):
-        def __init__(self) -> None:
-            self.i, self.t0 = 0, time.perf_counter()
-
         def next_batch(self) -> list:
-            now = time.perf_counter()
-            if now - self.t0 > seconds:
-                raise StopIteration
-            stamps.append(now)
-            n = BATCH if not rate else min(int((now - self.t0) * rate) - self.i, BATCH)
-            if n <= 0:
-                time.sleep(0.002)
-                return []
-            out = [(str((self.i + j) % keys), j) for j in range(n)]
-            self.i += n
-            return out
+            return next_batch()
 
     class Source(DynamicSource):
         def build(self, step_id: str, index: int, count: int) -> Part:
@@ -95,15 +82,39 @@ def stall_child(keys: int, size: int, seconds: float, recovery: bool, rate: int 
         def build(self, step_id: str, index: int, count: int) -> Null:
             return Null()
 
-    flow = Dataflow("recovery_floor")
-    keyed = op.stateful_batch("state", op.input("in", flow, Source()), Logic)
-    op.output("out", keyed, Sink())
+    flow = Dataflow(name)
+    op.output("out", op.stateful_batch("state", op.input("in", flow, Source()), Logic), Sink())
     rc = None
     if recovery:
-        rdir = tempfile.mkdtemp(prefix="cdp-recovery-floor-")
+        rdir = tempfile.mkdtemp(prefix=f"cdp-{name}-")
         init_db_dir(Path(rdir), 1)
         rc = RecoveryConfig(rdir)
     run_main(flow, epoch_interval=timedelta(seconds=epoch_s), recovery_config=rc)
+
+
+def stall_child(keys: int, size: int, seconds: float, recovery: bool, rate: int = 0,
+                epoch_s: float = EPOCH_S) -> dict:
+    """One dataflow run: every key touched once per ``keys`` items, as fast as it goes or
+    at ``rate`` items/s; the gaps between the source's batches, whose longest are the
+    epochs' closes."""
+    stamps: list[float] = []
+    fed = [0]
+    t0 = time.perf_counter()
+
+    def next_batch() -> list:
+        now = time.perf_counter()
+        if now - t0 > seconds:
+            raise StopIteration
+        stamps.append(now)
+        i = fed[0]
+        n = BATCH if not rate else min(int((now - t0) * rate) - i, BATCH)
+        if n <= 0:
+            time.sleep(0.002)
+            return []
+        fed[0] = i + n
+        return [(str((i + j) % keys), j) for j in range(n)]
+
+    _run_floor("recovery_floor", next_batch, size, epoch_s, recovery)
     gaps = sorted(b - a for a, b in pairwise(stamps))
     closes = max(1, int(seconds / epoch_s) - 1)  # full epochs closed while it ran
     return {"median_gap_ms": 1000 * statistics.median(gaps),
@@ -115,64 +126,22 @@ def stop_child(keys: int, size: int, epoch_s: float = 0.5) -> dict:
     """From the end of input to ``run_main`` returning, with ``keys`` keys held (each
     touched once, their epochs closed long before the end): Bytewax's end-of-input pass,
     ``on_eof`` and a snapshot row for every key."""
-    import bytewax.operators as op
-    from bytewax.dataflow import Dataflow
-    from bytewax.inputs import DynamicSource, StatelessSourcePartition
-    from bytewax.operators import StatefulBatchLogic
-    from bytewax.outputs import DynamicSink, StatelessSinkPartition
-    from bytewax.recovery import RecoveryConfig, init_db_dir
-    from bytewax.testing import run_main
-
-    blob = os.urandom(size)
     marks: dict[str, float] = {}
+    fed = [0]
 
-    class Part(StatelessSourcePartition):
-        def __init__(self) -> None:
-            self.i = 0
+    def next_batch() -> list:
+        i = fed[0]
+        if i < keys:
+            fed[0] = min(i + BATCH, keys)
+            marks["fed"] = time.perf_counter()
+            return [(str(k), 1) for k in range(i, fed[0])]
+        if time.perf_counter() - marks["fed"] < 3 * epoch_s:  # their epochs close
+            time.sleep(0.005)
+            return []
+        marks["end"] = time.perf_counter()
+        raise StopIteration
 
-        def next_batch(self) -> list:
-            if self.i < keys:
-                out = [(str(k), 1) for k in range(self.i, min(self.i + BATCH, keys))]
-                self.i += len(out)
-                marks["fed"] = time.perf_counter()
-                return out
-            if time.perf_counter() - marks["fed"] < 3 * epoch_s:  # their epochs close
-                time.sleep(0.005)
-                return []
-            marks["end"] = time.perf_counter()
-            raise StopIteration
-
-    class Source(DynamicSource):
-        def build(self, step_id: str, index: int, count: int) -> Part:
-            return Part()
-
-    class Logic(StatefulBatchLogic):
-        def __init__(self, resume: object) -> None:
-            pass
-
-        def on_batch(self, values: list) -> tuple[list, bool]:
-            return [], self.RETAIN
-
-        def on_eof(self) -> tuple[list, bool]:
-            return [], self.RETAIN  # a graceful stop keeps every customer
-
-        def snapshot(self) -> bytes:
-            return blob
-
-    class Null(StatelessSinkPartition):
-        def write_batch(self, items: list) -> None:
-            pass
-
-    class Sink(DynamicSink):
-        def build(self, step_id: str, index: int, count: int) -> Null:
-            return Null()
-
-    flow = Dataflow("stop_floor")
-    op.output("out", op.stateful_batch("state", op.input("in", flow, Source()), Logic), Sink())
-    rdir = tempfile.mkdtemp(prefix="cdp-stop-floor-")
-    init_db_dir(Path(rdir), 1)
-    run_main(flow, epoch_interval=timedelta(seconds=epoch_s),
-             recovery_config=RecoveryConfig(rdir))
+    _run_floor("stop_floor", next_batch, size, epoch_s, recovery=True)
     return {"stop_s": time.perf_counter() - marks["end"]}
 
 
