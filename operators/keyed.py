@@ -247,6 +247,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         self.rt.read_ahead(self.state.customer_id, now)  # (nothing due, gone idle: no read)
         out = self._timers(now)
         if self._idle():
+            self._read = None  # (a dormant customer keeps no profile)
             return out, self._hibernate(out)
         return out, self._settle()
 
@@ -410,7 +411,9 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
 
     def _settle(self) -> bool:
         """After an activation: note the customer's next timer (for reads ahead); keep it
-        or discard it."""
+        or discard it. The activation's profile is let go (a customer held between
+        activations kept its last profile read, ~60 B and the profile itself)."""
+        self._read = None
         st = self.state
         if st is not None and self.rt.prefetch is not None:
             self.rt.note_timer(st.customer_id,

@@ -14,7 +14,7 @@ from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
 from flows.app import build_run
 from operators.keyed import CustomerLogic, EngineRuntime
 from state.customer import CustomerState
-from tests.engine_helpers import cart, engine, order
+from tests.engine_helpers import cart, engine, order, reachable
 
 
 def slowly(gen: SyntheticRetail):
@@ -84,6 +84,26 @@ def test_a_dormant_customer_is_compressed_woken_by_its_timer_and_evicted_when_em
     assert snap == logic.dormant and rt.builder(snap).dormant == snap  # survives recovery
     logic.on_batch([order(30, customer="c1")])  # an event wakes it
     assert logic.state is not None and logic.dormant is None
+
+
+def test_a_customer_keeps_no_profile_of_its_own_between_activations():
+    """The profile read in an activation serves that activation (its events and timers);
+    afterwards only the state's own copy remains (its last profile, for zones and while
+    Redis is down), and a dormant customer holds none."""
+    wall = _Wall()
+    reads: list[str] = []
+
+    def lookup(cid: str):
+        reads.append(cid)
+        return reachable(cid)
+
+    rt = EngineRuntime(engine(), lambda: lookup, mode="live", clock=wall, idle_ttl_ms=10)
+    logic = CustomerLogic(rt, None)
+    logic.on_batch([cart(0, customer="c1")])
+    assert reads and logic._read is None
+    wall.t += 10
+    logic.on_notify()  # idle: goes dormant
+    assert logic.dormant is not None and logic._read is None
 
 
 def test_an_empty_state_is_discarded():
