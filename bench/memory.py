@@ -13,7 +13,10 @@ profiles), one event at a time, in a fresh process per measurement:
   does it (pruned at a safe time, zlib-compressed pickle, next due time) and loaded alone
   in a fresh process;
 * a floor from the same run: the naive Bytewax peer's per-customer state (``bench.floors``:
-  a dict with the cart, last activity and the seen event ids) over the same events.
+  a dict with the cart, last activity and the seen event ids) over the same events;
+* the flow's own share on top of the engine's: the same stream through the keyed step
+  (``CustomerLogic`` per customer, the registry of next timers), and what Bytewax holds per
+  key of a ``stateful_batch`` that does nothing.
 
 Targets: ≤ 1 KB pickled and ≤ 2 KB of RSS per active customer. Never a timed test.
 
@@ -42,6 +45,7 @@ from bench.sections import replace_section
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_PICKLED = 1024  # bytes per customer state
 TARGET_RSS = 2048  # bytes of RSS per active customer
+BYTEWAX_KEYS = (50_000, 150_000)  # keys of the stateful_batch-only runs (Bytewax per key)
 START, END = "<!-- memory-per-customer: bench.memory -->", "<!-- /memory-per-customer -->"
 
 
@@ -135,6 +139,83 @@ def engine_states(path: str, trace: bool, dormant: str | None) -> dict:
     return out
 
 
+def keyed_states(path: str) -> dict:
+    """The same stream through the flow's keyed step: one ``CustomerLogic`` per customer
+    (its state, the logic object, the runtime's registry of next timers), replay clock,
+    the end of input fired to the horizon. Bytewax's own map of keys is left out (see
+    ``bytewax_keys``)."""
+    from cdp_triggers.events import Event, parse_event
+    from config.loader import load_config
+    from operators.engine import Engine
+    from operators.keyed import EngineRuntime
+    from state.profiles import DictProfileStore, Profile
+
+    profiles, end_ms = pickle.loads(Path(path + ".profiles").read_bytes())
+    store = DictProfileStore(profiles)
+    del profiles
+
+    def lookup(customer_id: str) -> Any:
+        p = store.get(customer_id)
+        return None if p is None else Profile.from_redis(customer_id, p.to_redis())
+
+    rt = EngineRuntime(Engine(load_config()), lambda: lookup, mode="replay",
+                       horizon_ms=end_ms, prefetch=lambda _ids, _sure: None)
+    gc.collect()
+    rss0 = _rss()
+    logics: dict[str, Any] = {}
+    for raw in _raws(path):
+        e = parse_event(raw)
+        if not isinstance(e, Event):
+            continue
+        logic = logics.get(e.customer_id)
+        if logic is None:
+            logic = logics[e.customer_id] = rt.builder(None)
+        if logic.on_batch([e])[1]:  # discarded: Bytewax drops the key
+            del logics[e.customer_id]
+    for cid, logic in list(logics.items()):
+        if logic.on_eof()[1]:
+            del logics[cid]
+    gc.collect()
+    return {"active": len(logics), "rss_growth": _rss() - rss0, "timers": len(rt.timers)}
+
+
+def bytewax_keys(keys: int) -> dict:
+    """What Bytewax holds per key of a ``stateful_batch`` (its map entry, the key, the
+    logic object with nothing in it), measured at the end of input."""
+    from datetime import timedelta
+
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.operators import StatefulBatchLogic
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    at_end: list[int] = []
+
+    class Empty(StatefulBatchLogic):
+        def __init__(self, resume: object) -> None:
+            pass
+
+        def on_batch(self, values: list) -> tuple[list, bool]:
+            return [], self.RETAIN
+
+        def on_eof(self) -> tuple[list, bool]:
+            if not at_end:
+                at_end.append(_rss())
+            return [], self.RETAIN
+
+        def snapshot(self) -> None:
+            return None
+
+    items = [(f"c{i:09d}", 1) for i in range(keys)]
+    gc.collect()
+    rss0 = _rss()
+    flow = Dataflow("keys")
+    op.output("out", op.stateful_batch("s", op.input("in", flow, TestingSource(items, 1000)),
+                                       Empty), TestingSink([]))
+    run_main(flow, epoch_interval=timedelta(seconds=60))
+    return {"keys": keys, "rss_growth": at_end[0] - rss0}
+
+
 def _hibernate(eng: Any, st: Any) -> tuple[int | None, bytes] | None:
     """What ``operators.keyed.CustomerLogic._hibernate`` keeps of an idle customer (replay
     has no input watermark, so the safe time is the customer's own high water)."""
@@ -188,7 +269,7 @@ def naive_states(path: str) -> dict:
 
 
 CHILDREN = {"stream": write_stream, "engine": engine_states, "dormant": dormant_rss,
-            "naive": naive_states}
+            "naive": naive_states, "keyed": keyed_states, "bytewax": bytewax_keys}
 
 
 def _child(name: str, **kwargs: Any) -> dict:
@@ -217,7 +298,13 @@ def measure(n1: int, n2: int, days: float) -> dict:
     traced = _child("engine", path=paths[n1], trace=True, dormant=None)
     idle = _child("dormant", path=f"{work}/dormant.pickle")
     naive = [_child("naive", path=paths[n]) for n in (n1, n2)]
+    keyed = [_child("keyed", path=paths[n]) for n in (n1, n2)]
+    keys = [_child("bytewax", keys=k) for k in BYTEWAX_KEYS]
     r["small"], r["big"], r["traced"], r["idle"], r["naive"] = small, big, traced, idle, naive
+    r["keyed_rss_per_active"] = ((keyed[1]["rss_growth"] - keyed[0]["rss_growth"])
+                                 / (keyed[1]["active"] - keyed[0]["active"]))
+    r["bytewax_rss_per_key"] = ((keys[1]["rss_growth"] - keys[0]["rss_growth"])
+                                / (keys[1]["keys"] - keys[0]["keys"]))
     r["rss_per_active"] = (big["rss_growth"] - small["rss_growth"]) / (big["active"]
                                                                        - small["active"])
     r["traced_per_active"] = traced["traced"] / traced["active"]
@@ -245,6 +332,11 @@ def report(r: dict) -> str:
         (f"RSS per active customer (slope {n1:,} → {n2:,} customers)", f"{rss:,.0f} B",
          f"{r['naive_rss_per_active']:,.0f} B", f"{rss / r['naive_rss_per_active']:.1f}×",
          f"≤ {TARGET_RSS:,} B", _met(rss <= TARGET_RSS)),
+        ("… in the flow's keyed step (the logic object and the registry of next timers "
+         "too)", f"{r['keyed_rss_per_active']:,.0f} B", "", "", f"≤ {TARGET_RSS:,} B",
+         _met(r["keyed_rss_per_active"] <= TARGET_RSS)),
+        ("… Bytewax's own per key (its map, the key; a `stateful_batch` alone)",
+         f"{r['bytewax_rss_per_key']:,.0f} B", "", "", "", ""),
         ("live Python bytes per active customer (tracemalloc)",
          f"{r['traced_per_active']:,.0f} B", "", "", "", ""),
         ("RSS per 100k idle (dormant) customers",
