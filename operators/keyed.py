@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import logging
 import pickle
+import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -219,7 +220,8 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         wall = 0
         if live:  # (where it was read: only a live customer going dormant asks)
             wall = rt.wall.now_ms()
-            self.partition = partition_of(values[-1])
+            # one string per partition, shared by its customers (a copy each: ~60 B)
+            self.partition = sys.intern(partition_of(values[-1]))
         for e in (values if len(values) == 1 else sorted(values, key=_order)):
             now = max(st.high_water, e.ts)
             if live:
@@ -411,8 +413,8 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
 
     def _settle(self) -> bool:
         """After an activation: note the customer's next timer (for reads ahead); keep it
-        or discard it. The activation's profile is let go (a customer held between
-        activations kept its last profile read, ~60 B and the profile itself)."""
+        or discard it. The activation's profile is let go (held between activations, it
+        cost every customer a tuple, ~60 B)."""
         self._read = None
         st = self.state
         if st is not None and self.rt.prefetch is not None:

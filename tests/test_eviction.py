@@ -8,6 +8,7 @@ import zlib
 
 from bytewax.testing import run_main
 
+from cdp_triggers.events import Event
 from cdp_triggers.records import Decision, Send
 from cdp_triggers.settings import Settings
 from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
@@ -104,6 +105,21 @@ def test_a_customer_keeps_no_profile_of_its_own_between_activations():
     wall.t += 10
     logic.on_notify()  # idle: goes dormant
     assert logic.dormant is not None and logic._read is None
+
+
+def test_customers_read_from_one_partition_share_its_name():
+    """A live customer remembers where its latest event was read (for going dormant at a
+    safe time); the customers of a partition hold one string for it, not a copy each."""
+    rt = EngineRuntime(engine(), lambda: (lambda cid: None), mode="live", clock=_Wall(),
+                       idle_ttl_ms=10)
+    held = []
+    for i, cid in enumerate(("c1", "c2")):
+        e = cart(0, customer=cid)
+        logic = CustomerLogic(rt, None)
+        logic.on_batch([Event(e.event_id, e.type, e.customer_id, e.ts, e.props,
+                              "clickstream:1:" + str(40 + i))])
+        held.append(logic.partition)
+    assert held[0] == "clickstream:1" and held[0] is held[1]
 
 
 def test_an_empty_state_is_discarded():
