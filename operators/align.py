@@ -29,11 +29,14 @@ from typing import Any
 
 import orjson
 
+from cdp_triggers.clock import DAY
 from cdp_triggers.events import Event, Rejected, duplicate_record
 from operators.interest import (
     DEFAULT_WINDOW,
     PRODUCT_TYPES,
     ProductState,
+    forget_stale,
+    is_blank,
     on_product_event,
     seen_update,
 )
@@ -81,6 +84,7 @@ class Aligner:
     # price-drop / back-in-stock fan-out; off when the config names neither derived type
     # (``derives_events``): the hot path then skips the product state for every view
     interest: bool = True
+    swept_at: int = NEVER  # released time of the last sweep of every product's interest
 
     def __post_init__(self) -> None:
         for s in self.streams:
@@ -217,11 +221,33 @@ class Aligner:
         high = w if w < DONE else (events[-1].ts + 1 if events else self.released_to)
         if high > self.released_to:
             self.released_to = high
+            if self.released_to - self.swept_at >= DAY and self.products:
+                self._sweep()
         if derived:  # derived events share their update's ts: put them in (ts, id) place
             events.sort(key=_order)
         self.stats.released += len(events)
         out += events  # type: ignore[arg-type]
         return out
+
+    def _sweep(self) -> None:
+        """Once a day of released time, forget the interest older than the window in every
+        product, not only in those events touch (each product also sweeps itself at its
+        own events). Decision-neutral: the fan-out reads only interest within the window
+        of the update's time, and no update released from now on is older than what was
+        released, late ones aside (as with a product's own sweep). A product left with
+        nothing but its id is dropped: a later event makes it anew, the same."""
+        self.swept_at = self.released_to
+        horizon = self.released_to - self.product_window
+        blank = []
+        for pid, state in self.products.items():
+            if forget_stale(state, horizon):
+                self._dirty.add(pid)
+                if is_blank(state):  # a product only ever viewed: made anew if it comes
+                    blank.append(pid)
+        for pid in blank:
+            del self.products[pid]
+            self._dirty.discard(pid)
+            self._packed.pop(pid, None)
 
     def _product(self, ev: Event) -> ProductState:
         """The product's state, to change: it is pickled again at the next snapshot."""

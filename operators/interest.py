@@ -31,6 +31,9 @@ BACK_IN_STOCK = "back_in_stock"
 DEFAULT_WINDOW = 14 * DAY
 
 
+_NO_UPDATE = -(2**62)
+
+
 @dataclass(slots=True)
 class ProductState(Upgradable):
     """One product as one shard sees it. Catalogue facts (price, stock) come only from
@@ -42,7 +45,7 @@ class ProductState(Upgradable):
     in_stock: bool | None = None
     interested: dict[str, int] = field(default_factory=dict)  # customer → last interest ts
     seen_price: dict[str, float] = field(default_factory=dict)  # customer → price they saw
-    updated_at: int = -(2**62)  # event time of the catalogue record applied last
+    updated_at: int = _NO_UPDATE  # event time of the catalogue record applied last
     stale: int = 0  # catalogue records older than updated_at: ignored (counted)
     pruned_at: int = 0  # event time of the last sweep of `interested`
     wished: dict[str, int] = field(default_factory=dict)  # customer → last wishlist ts
@@ -121,6 +124,26 @@ def on_product_event(state: ProductState, ev: Event, window: int = DEFAULT_WINDO
 def _derived(update: Event, type_: str, customer_id: str, props: dict) -> Event:
     return Event(stable_id(update.event_id, type_, customer_id), type_, customer_id, update.ts,
                  props, f"derived:{update.source}")
+
+
+def forget_stale(state: ProductState, horizon: int) -> bool:
+    """Sweep the product if it holds a customer older than ``horizon`` (whether it did).
+    For the shard's daily sweep of every product (``Aligner``): a product no event touches
+    any more (catalogue churn) kept its last 14 days of interest forever. Its catalogue
+    facts (price, stock, record ids) stay: a later update is compared against them."""
+    if not (any(ts < horizon for ts in state.interested.values())
+            or any(ts < horizon for ts in state.wished.values())):
+        return False
+    _forget_before(state, horizon, every=0)
+    return True
+
+
+def is_blank(state: ProductState) -> bool:
+    """Nothing in it that a new ``ProductState`` would not say alike: no catalogue fact, no
+    record id, no customer. (``stale`` and ``pruned_at`` are a counter and a throttle.)"""
+    return (state.price is None and state.in_stock is None and not state.updates
+            and not state.interested and not state.wished and not state.seen_price
+            and state.updated_at == _NO_UPDATE)
 
 
 def _forget_before(state: ProductState, horizon: int, every: int = DAY) -> None:

@@ -217,3 +217,55 @@ def test_a_snapshot_pickles_again_only_the_products_changed_since_the_previous_o
     old = Aligner.__new__(Aligner)  # a snapshot from before: products as objects
     old.__setstate__({**al.__dict__, "products": dict(al.products)})
     assert old.products == al.products and old._dirty == set(al.products)
+
+
+def test_interest_no_event_touches_any_more_is_swept_daily_and_bare_products_dropped():
+    """Catalogue churn: a product viewed for a while and then by nobody kept its 14 days of
+    interest, and itself, for ever (a product swept itself only at its own events: 60
+    days of 200 new products × 50 viewers grew a shard's snapshot to 16 MB). The shard now
+    sweeps every product once a day of released time: interest stays within the window, a
+    product with nothing left is dropped, catalogue facts stay."""
+    day, t0 = 86_400_000, 1_780_000_000_000
+    al = Aligner(["s"], lateness=0)
+    al.offer("s", Event("u0", "product_updated", "catalogue", t0,
+                        {"product_id": "old", "price": 20.0, "in_stock": False}))
+    n = 0
+    for d in range(40):
+        for c in range(5):
+            n += 1
+            al.offer("s", Event(f"v{n}", "product_viewed", f"c{c}", t0 + d * day + c,
+                                {"product_id": f"d{d}", "price": 20.0}))
+        if d == 0:
+            al.offer("s", Event("v0", "product_viewed", "c9", t0 + 9,
+                                {"product_id": "old", "price": 20.0}))
+        al.release()
+    interest = sum(len(p.interested) for p in al.products.values())
+    assert interest <= 16 * 5  # the window (14 days) and a day of sweep granularity
+    assert "d0" not in al.products and "d39" in al.products
+    old = al.products["old"]  # its viewer is forgotten, its catalogue facts are not
+    assert not old.interested and old.price == 20.0 and old.in_stock is False
+    again = pickle.loads(pickle.dumps(al))
+    assert again.products == al.products
+
+
+def test_the_daily_sweep_of_every_product_changes_no_released_event(monkeypatch):
+    import operators.align as align
+
+    events = generated(customers=150, days=20, seed=5)
+    streams = split(events, 1)
+    swept = []
+
+    def counted(state, horizon):
+        changed = align_forget(state, horizon)
+        swept.append(changed)
+        return changed
+
+    align_forget = align.forget_stale
+    monkeypatch.setattr(align, "forget_stale", counted)
+    with_sweep = run_shard(streams, random.Random(1))
+    assert sum(swept) > 0  # stale interest was forgotten
+    monkeypatch.setattr(Aligner, "_sweep", lambda self: None)
+    without = run_shard(streams, random.Random(1))
+    assert sum(e.type in ("price_dropped", "back_in_stock") for e in with_sweep) > 0
+    assert [(e.ts, e.event_id, e.type, e.customer_id, e.props) for e in with_sweep] == \
+        [(e.ts, e.event_id, e.type, e.customer_id, e.props) for e in without]
