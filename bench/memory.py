@@ -76,12 +76,8 @@ def _raws(path: str) -> Any:
             yield line.rstrip(b"\n")
 
 
-def engine_states(path: str, trace: bool, dormant: str | None) -> dict:
-    """Feed the stream through the engine; what its states hold afterwards."""
-    from cdp_triggers.events import Event, parse_event
-    from config.loader import load_config
-    from operators.engine import Engine
-    from state.customer import CustomerState
+def _lookup(path: str) -> tuple[Any, int]:
+    """The profile lookup of a stream the parent wrote, and the stream's end (epoch ms)."""
     from state.profiles import DictProfileStore, Profile
 
     profiles, end_ms = pickle.loads(Path(path + ".profiles").read_bytes())
@@ -94,6 +90,26 @@ def engine_states(path: str, trace: bool, dormant: str | None) -> dict:
         p = store.get(customer_id)
         return None if p is None else Profile.from_redis(customer_id, p.to_redis())
 
+    return lookup, end_ms
+
+
+def _events(path: str) -> Any:
+    """The stream's valid events, parsed one at a time."""
+    from cdp_triggers.events import Event, parse_event
+
+    for raw in _raws(path):
+        e = parse_event(raw)
+        if isinstance(e, Event):
+            yield e
+
+
+def engine_states(path: str, trace: bool, dormant: str | None) -> dict:
+    """Feed the stream through the engine; what its states hold afterwards."""
+    from config.loader import load_config
+    from operators.engine import Engine
+    from state.customer import CustomerState
+
+    lookup, end_ms = _lookup(path)
     eng = Engine(load_config())
     gc.collect()
     if trace:
@@ -102,10 +118,7 @@ def engine_states(path: str, trace: bool, dormant: str | None) -> dict:
         tracemalloc.start()
     rss0 = _rss()
     states: dict[str, CustomerState] = {}
-    for raw in _raws(path):
-        e = parse_event(raw)
-        if not isinstance(e, Event):
-            continue
+    for e in _events(path):
         st = states.get(e.customer_id)
         if st is None:
             st = states[e.customer_id] = CustomerState(e.customer_id)
@@ -144,34 +157,22 @@ def keyed_states(path: str) -> dict:
     (its state, the logic object, the runtime's registry of next timers), replay clock,
     the end of input fired to the horizon. Bytewax's own map of keys is left out (see
     ``bytewax_keys``)."""
-    from cdp_triggers.events import Event, parse_event
     from config.loader import load_config
     from operators.engine import Engine
     from operators.keyed import EngineRuntime
-    from state.profiles import DictProfileStore, Profile
 
-    profiles, end_ms = pickle.loads(Path(path + ".profiles").read_bytes())
-    store = DictProfileStore(profiles)
-    del profiles
-
-    def lookup(customer_id: str) -> Any:
-        p = store.get(customer_id)
-        return None if p is None else Profile.from_redis(customer_id, p.to_redis())
-
+    lookup, end_ms = _lookup(path)
     rt = EngineRuntime(Engine(load_config()), lambda: lookup, mode="replay",
                        horizon_ms=end_ms, prefetch=lambda _ids, _sure: None)
     gc.collect()
     rss0 = _rss()
     logics: dict[str, Any] = {}
-    for raw in _raws(path):
-        e = parse_event(raw)
-        if not isinstance(e, Event):
-            continue
-        logic = logics.get(e.customer_id)
-        if logic is None:
-            logic = logics[e.customer_id] = rt.builder(None)
-        if logic.on_batch([e])[1]:  # discarded: Bytewax drops the key
-            del logics[e.customer_id]
+    for e in _events(path):
+        cid = e.customer_id
+        if cid not in logics:
+            logics[cid] = rt.builder(None)
+        if logics[cid].on_batch([e])[1]:  # discarded: Bytewax drops the key
+            del logics[cid]
     for cid, logic in list(logics.items()):
         if logic.on_eof()[1]:
             del logics[cid]
