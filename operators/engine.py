@@ -264,6 +264,25 @@ class Engine:
         metrics.prune(self._metrics, state, now - self._max_grace)
         return out
 
+    def empty_by(self, state: CustomerState) -> int:
+        """An event time at which :meth:`prune` would have forgotten every part of the
+        state that expires with time: ids seen (dedupe), touches, the cap log, count
+        slots, re-entry cooldowns, refusals, start-miss days. Whether anything is left
+        then (an order, a consent, a cart, a once-only entry, ...) is for the caller to
+        try (on a copy). A dormant customer with no timer is woken at it, to be discarded
+        when nothing is left, instead of being kept for good."""
+        ends = [state.high_water]
+        if state.seen:
+            ends.append(max(state.seen.ts) + self.config.policy.dedup_window)
+        ends += [t.ts + t.window for t in state.touches]
+        ends += [x.ts + self._max_sent_window for x in state.sent_log]
+        ends += [(v if type(v) is int else v[-1]) + self._max_count_window
+                 for v in state.counts.values()]
+        ends += [v + self._max_cooldown for v in state.last_entry.values()]
+        ends += [v + EXIT_MEMORY for v in state.refused.values()]
+        ends += [(m[0] + 1) * DAY for m in state.misses.values()]
+        return max(ends) + 1
+
     # ---- timers -----------------------------------------------------------------------
 
     def _fires_at(self, inst: Instance) -> int:

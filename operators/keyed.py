@@ -352,15 +352,33 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
                 safe = w
         if st.instances:
             safe = min(safe, min(i.due for i in st.instances.values()))
-        out += self.rt.engine.prune(st, safe, sweep=True)
+        engine = self.rt.engine
+        out += engine.prune(st, safe, sweep=True)
         if st.is_empty():
             self.rt.note_timer(st.customer_id, None)
             self.state = None
             return self.DISCARD
-        blob = zlib.compress(pickle.dumps(st, pickle.HIGHEST_PROTOCOL), 1)
-        self.dormant, self.state = (self.rt.engine.next_wakeup(st), blob), None
-        self.rt.note_timer(st.customer_id, self.dormant[0])
+        raw = pickle.dumps(st, pickle.HIGHEST_PROTOCOL)
+        wake = engine.next_wakeup(st)
+        if wake is None:  # no timer: woken when time alone would leave nothing of it
+            wake = self._empty_at(raw, engine.empty_by(st))
+        self.dormant, self.state = (wake, zlib.compress(raw, 1)), None
+        self.rt.note_timer(st.customer_id, wake)
         return self.RETAIN
+
+    def _empty_at(self, raw: bytes, at: int) -> int | None:
+        """``at`` if pruning there leaves nothing of the state pickled in ``raw`` (tried on a
+        copy) and the clock has not reached it yet, else None (kept until its next event).
+        A customer seen once and never again (a browse, no order) was kept dormant for
+        good. Woken at ``at``, it hibernates again and is discarded: the usual prune at a
+        safe time, decision-neutral as ever. Where that time cannot pass ``at`` (its input
+        read in another process), ``at`` is then behind the clock and it stays: no wake
+        twice for nothing."""
+        if at <= self.rt.clock.now_ms():
+            return None
+        probe = pickle.loads(raw)
+        self.rt.engine.prune(probe, at, sweep=True)
+        return at if probe.is_empty() else None
 
     def _handle(self, event: Event | None, now: int) -> list[Output]:
         st = self.state

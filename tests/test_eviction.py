@@ -8,6 +8,7 @@ import zlib
 
 from bytewax.testing import run_main
 
+from cdp_triggers.clock import DAY
 from cdp_triggers.events import Event
 from cdp_triggers.records import Decision, Send
 from cdp_triggers.settings import Settings
@@ -15,7 +16,7 @@ from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
 from flows.app import build_run
 from operators.keyed import CustomerLogic, EngineRuntime
 from state.customer import CustomerState
-from tests.engine_helpers import cart, engine, order, reachable
+from tests.engine_helpers import T0, cart, engine, ev, order, reachable
 
 
 def slowly(gen: SyntheticRetail):
@@ -120,6 +121,45 @@ def test_customers_read_from_one_partition_share_its_name():
                               "clickstream:1:" + str(40 + i))])
         held.append(logic.partition)
     assert held[0] == "clickstream:1" and held[0] is held[1]
+
+
+class _Released(_Wall):
+    """A live clock whose input has released everything before now (one process)."""
+
+    def released_before(self, partition: str) -> int:
+        return self.t
+
+
+def _read_from(e: Event, partition: str = "clickstream:0") -> Event:
+    return Event(e.event_id, e.type, e.customer_id, e.ts, e.props, f"{partition}:7")
+
+
+def test_a_customer_seen_once_is_woken_when_time_alone_empties_it_and_discarded():
+    """A browse and nothing more: no timer, so the customer was kept dormant for good. It
+    is now woken once all it holds has expired (the dedupe window, its count slot, its day
+    of start misses) and discarded. A customer who holds something for good (a consent)
+    gets no such wake."""
+    clock = _Released()
+    clock.t = T0
+    rt = EngineRuntime(engine(), lambda: (lambda cid: None), mode="live", clock=clock,
+                       idle_ttl_ms=10, prefetch=lambda _ids, _sure: None)
+    once = CustomerLogic(rt, None)
+    once.on_batch([_read_from(ev("product_viewed", 0, "c1", product_id="p1", price=10.0))])
+    kept = CustomerLogic(rt, None)
+    kept.on_batch([_read_from(ev("consent_changed", 0, "c2", channel="sms",
+                                 category="marketing", granted=False))])
+    clock.t += 10
+    once.on_notify()  # idle: dormant
+    kept.on_notify()
+    assert kept.dormant is not None and kept.dormant[0] is None  # kept until its next event
+    wake = once.dormant[0]
+    assert wake is not None and wake > T0 + 3 * DAY  # the dedupe window (3 days) first
+    assert rt.timers["c1"] == wake
+    clock.t = wake - 1
+    assert once.on_notify() == ([], False) and once.dormant is not None
+    clock.t = wake
+    _, discard = once.on_notify()
+    assert discard is True and once.state is None and "c1" not in rt.timers
 
 
 def test_an_empty_state_is_discarded():
