@@ -359,11 +359,12 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
             self.state = None
             return self.DISCARD
         raw = pickle.dumps(st, pickle.HIGHEST_PROTOCOL)
-        wake = engine.next_wakeup(st)
-        if wake is None:  # no timer: woken when time alone would leave nothing of it
-            wake = self._empty_at(raw, engine.empty_by(st))
+        timer = engine.next_wakeup(st)
+        # the registry of timers (profiles read ahead) holds the engine's timer only: a
+        # customer woken to be discarded decides nothing and reads no profile
+        self.rt.note_timer(st.customer_id, timer)
+        wake = timer if timer is not None else self._empty_at(raw, engine.empty_by(st))
         self.dormant, self.state = (wake, zlib.compress(raw, 1)), None
-        self.rt.note_timer(st.customer_id, wake)
         return self.RETAIN
 
     def _empty_at(self, raw: bytes, at: int) -> int | None:
