@@ -6,6 +6,8 @@ cheap to compare, exact to add, and pickles small in Bytewax snapshots.
 
 from __future__ import annotations
 
+import bisect
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -17,6 +19,8 @@ SECOND = 1000
 MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
+HISTORY_STEP_MS = 100  # how finely WatermarkClock remembers what was released
+_LAST = 2**63  # sorts after every watermark: bisect to the last entry at a wall time
 
 
 class Clock(Protocol):
@@ -116,27 +120,55 @@ class WatermarkClock:
     * for partitions read in another process (multi-process runs), the newest event time
       *observed* from each, for as long as it sent something in the last ``idle_ms``.
 
-    One per process, shared by its workers: sources publish, the engine reads.
+    One per process, shared by its workers: sources publish, the engine reads. It also
+    remembers what the shards of this process had released at each moment of the last
+    ``history_ms`` (:meth:`released_before` ``as_of``), for decisions that must not count
+    on events released but still on their way to the engine.
     """
 
-    def __init__(self, wall: Clock | None = None, idle_ms: int = 5 * SECOND) -> None:
+    def __init__(self, wall: Clock | None = None, idle_ms: int = 5 * SECOND,
+                 history_ms: int = 15 * MINUTE) -> None:
         self.wall = wall or WallClock()
         self.idle_ms = idle_ms
+        self.history_ms = history_ms
+        # (wall time, min published watermark then), oldest first, HISTORY_STEP_MS apart
+        self._history: list[tuple[int, int]] = []
+        self._history_lock = threading.Lock()  # the workers' sources publish concurrently
         self._published: dict[str, int] = {}  # shard read here → its watermark
         self._local: set[str] = set()  # partitions read here (observations skip them)
+        self._shards: set[str] = set()  # the shards read here that have not ended
         self._newest: dict[str, int] = {}  # remote partition → newest event time seen
         self._seen_at: dict[str, int] = {}  # remote partition → wall time of its last event
 
     def claim(self, shard: str, partitions: list[str]) -> None:
         """A source in this process reads ``partitions`` as ``shard``."""
         self._local.update(partitions)
+        self._shards.add(shard)
 
     def publish(self, shard: str, watermark: int | None) -> None:
         """A local shard's watermark; None when it has ended (it holds nothing back)."""
         if watermark is None:
             self._published.pop(shard, None)
+            self._shards.discard(shard)  # ended: it holds nothing back any more
         else:
             self._published[shard] = watermark
+        self._remember()
+
+    def _remember(self) -> None:
+        """Note the process's released time now, at most once per ``HISTORY_STEP_MS``
+        (a skipped value is newer than the one kept for its moment: reading the kept one
+        is the cautious side)."""
+        if not self._published or not self._shards <= self._published.keys():
+            return  # a shard that has not published yet may hold anything back
+        wall = self.wall.now_ms()
+        with self._history_lock:
+            hist = self._history
+            if hist and wall - hist[-1][0] < HISTORY_STEP_MS:
+                return
+            hist.append((wall, min(self._published.values())))
+            if len(hist) > 2 * self.history_ms // HISTORY_STEP_MS + 2:
+                cut = bisect.bisect_left(hist, (wall - self.history_ms,))
+                del hist[:max(cut - 1, 0)]  # (one older entry answers its own moment)
 
     def observe(self, event_ts: int, partition: str = "") -> None:
         """An event the engine got from ``partition``; only partitions read elsewhere count."""
@@ -146,12 +178,23 @@ class WatermarkClock:
         if event_ts > self._newest.get(partition, -1):
             self._newest[partition] = event_ts
 
-    def released_before(self, partition: str) -> int | None:
+    def released_before(self, partition: str, as_of: int | None = None) -> int | None:
         """Event time before which ``partition``'s shard has released everything, when that
-        shard is read in this process (else None): no later event from it can be earlier."""
+        shard is read in this process (else None): no event released later from it can be
+        earlier (a late one aside).
+
+        ``as_of`` (wall ms): what had been released at that moment instead of now. An event
+        released since may still be on its way to its customer's worker (between the
+        source and the keyed step, or to another thread); one released after ``as_of``
+        cannot be earlier than this. None when the history does not reach back that far."""
         if partition not in self._local or not self._published:
             return None
-        return min(self._published.values())
+        if as_of is None:
+            return min(self._published.values())
+        with self._history_lock:
+            hist = self._history
+            i = bisect.bisect_right(hist, (as_of, _LAST))
+            return hist[i - 1][1] if i else None
 
     def now_ms(self) -> int:
         w = self.wall.now_ms()

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
-from cdp_triggers.clock import WatermarkClock
+from cdp_triggers.clock import MINUTE, WatermarkClock
 from cdp_triggers.logs import RetryPolicy, mask_url
 from cdp_triggers.records import CATEGORIES, CHANNELS, Profile
 from cdp_triggers.settings import Settings
@@ -132,7 +132,9 @@ def build_run(s: Settings, source: Literal["kafka", "files", "generator"] = "kaf
     notes: list[str] = []
     recovery = s.recovery_dir is not None if recovery is None else recovery
     live = s.clock == "live"
-    clock = WatermarkClock(idle_ms=s.live_idle_ms)
+    # (its history covers a customer's idle time twice over: see CustomerLogic._hibernate)
+    clock = WatermarkClock(idle_ms=s.live_idle_ms,
+                           history_ms=max(15 * MINUTE, 2 * (s.idle_ttl_ms or 0)))
     store, origin, note = open_profiles(s, profiles, generated, records)
     if note:
         notes.append(note)

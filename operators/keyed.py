@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 RETRY_MS = 250  # a deadline the held-back clock has not reached yet is retried this often
 LIVE_RETRY_MS = 10  # ... or this soon when the clock is held back less than RETRY_MS (live)
+EXPIRY_SLACK_MS = 1_000  # a wake to discard what expired comes this much after it can
 
 Mode = Literal["live", "replay"]
 
@@ -338,16 +339,25 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
     def _hibernate(self, out: list[Output | Rejected]) -> bool:
         """Prune at a safe time (what pruning writes goes to ``out``); discard what is
         empty, compress the rest. Decision-neutral:
-        every later event of this customer is at or after ``high_water`` (its events reach
-        it in order) and, when its input shard is read in this process, at or after the
-        event time that shard has released everything before; every timer of it decides at
-        its due time, so nothing is pruned past the earliest one."""
+
+        * every later event of this customer is at or after ``high_water`` (its events
+          reach it in order);
+        * when its input shard is read in this process, at or after the event time that
+          shard had released everything before *one idle time ago*. Not the watermark now:
+          the source publishes it as it releases, and an event released just before may
+          still be on its way to this worker (a customer pruned at it then lost a count
+          slot that event needed). An event released after that moment is not earlier (a
+          late one aside); one on its way for longer than the idle time is not expected;
+        * every timer of it decides at its due time, so nothing is pruned past the
+          earliest one."""
         st = self.state
         assert st is not None
         safe = st.high_water
         released = getattr(self.rt.clock, "released_before", None)
+        local = False  # its input is read in this process (no wake for expiry otherwise)
         if released is not None and self.partition:
-            w = released(self.partition)
+            local = released(self.partition) is not None
+            w = released(self.partition, self.rt.wall.now_ms() - (self.rt.idle_ttl_ms or 0))
             if w is not None and w > safe:
                 safe = w
         if st.instances:
@@ -363,23 +373,29 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         # the registry of timers (profiles read ahead) holds the engine's timer only: a
         # customer woken to be discarded decides nothing and reads no profile
         self.rt.note_timer(st.customer_id, timer)
-        wake = timer if timer is not None else self._empty_at(raw, engine.empty_by(st))
+        wake = timer
+        if wake is None and local:
+            wake = self._empty_at(raw, engine.empty_by(st))
         self.dormant, self.state = (wake, zlib.compress(raw, 1)), None
         return self.RETAIN
 
     def _empty_at(self, raw: bytes, at: int) -> int | None:
-        """``at`` if pruning there leaves nothing of the state pickled in ``raw`` (tried on a
-        copy) and the clock has not reached it yet, else None (kept until its next event).
-        A customer seen once and never again (a browse, no order) was kept dormant for
-        good. Woken at ``at``, it hibernates again and is discarded: the usual prune at a
-        safe time, decision-neutral as ever. Where that time cannot pass ``at`` (its input
-        read in another process), ``at`` is then behind the clock and it stays: no wake
-        twice for nothing."""
-        if at <= self.rt.clock.now_ms():
-            return None
+        """When to wake a customer with no timer, to discard it: pruning at ``at`` leaves
+        nothing of the state pickled in ``raw`` (tried on a copy; else None, kept until its
+        next event). A customer seen once and never again (a browse, no order) was kept
+        dormant for good. Woken, it hibernates again and is discarded by the usual prune at
+        a safe time, decision-neutral as ever. That safe time trails the clock by the idle
+        time and the input's lag behind the wall (see :meth:`_hibernate`), so the wake is
+        that much after ``at``, or after now when an earlier wake came too soon. Only for
+        a customer whose input is read in this process: elsewhere the safe time cannot
+        pass ``at`` and it would be woken for nothing, again and again."""
         probe = pickle.loads(raw)
         self.rt.engine.prune(probe, at, sweep=True)
-        return at if probe.is_empty() else None
+        if not probe.is_empty():
+            return None
+        held, wall = self.rt.clock.now_ms(), self.rt.wall.now_ms()
+        trail = (self.rt.idle_ttl_ms or 0) + max(wall - held, 0) + EXPIRY_SLACK_MS
+        return max(at, held) + trail
 
     def _handle(self, event: Event | None, now: int) -> list[Output]:
         st = self.state

@@ -50,3 +50,33 @@ def test_durations():
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} accepted")
+
+
+def test_the_watermark_clock_remembers_what_was_released_when():
+    """``released_before(p, as_of)``: what the process's shards had released at a past
+    moment (an event released since may still be on its way to the engine). Remembered
+    once every shard read here has published, for ``history_ms``, never newer than the
+    moment asked."""
+    wall = ManualClock(1_000_000)
+    clock = WatermarkClock(wall, history_ms=10_000)
+    clock.claim("a", ["clicks:0"])
+    clock.claim("b", ["orders:0"])
+    clock.publish("a", 900_000)
+    assert clock.released_before("clicks:0", as_of=1_000_000) is None  # b not heard yet
+    clock.publish("b", 800_000)
+    for _ in range(300):  # 30 s, both shards 200 s behind the wall
+        wall.advance(100)
+        clock.publish("a", wall.now_ms() - 100_000)
+        clock.publish("b", wall.now_ms() - 200_000)
+    now = wall.now_ms()
+    assert clock.released_before("clicks:0") == now - 200_000  # the slowest shard, now
+    # noted as a published: b still at its value of 100 ms before (never newer than then)
+    assert clock.released_before("clicks:0", as_of=now - 5_000) == now - 205_100
+    assert clock.released_before("clicks:0", as_of=now - 5_050) == now - 205_200  # earlier
+    assert clock.released_before("elsewhere:3", as_of=now) is None  # not read here
+    assert clock.released_before("clicks:0", as_of=now - 25_000) is None  # forgotten
+    assert len(clock._history) <= 2 * 10_000 // 100 + 2
+    clock.publish("b", None)  # b ended: a alone from now on
+    wall.advance(100)
+    clock.publish("a", wall.now_ms() - 100_000)
+    assert clock.released_before("clicks:0", as_of=wall.now_ms()) == wall.now_ms() - 100_000

@@ -8,9 +8,9 @@ import zlib
 
 from bytewax.testing import run_main
 
-from cdp_triggers.clock import DAY
+from cdp_triggers.clock import DAY, ManualClock, WatermarkClock
 from cdp_triggers.events import Event
-from cdp_triggers.records import Decision, Send
+from cdp_triggers.records import Decision, InputSeen, Lifecycle, Send
 from cdp_triggers.settings import Settings
 from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
 from flows.app import build_run
@@ -126,8 +126,8 @@ def test_customers_read_from_one_partition_share_its_name():
 class _Released(_Wall):
     """A live clock whose input has released everything before now (one process)."""
 
-    def released_before(self, partition: str) -> int:
-        return self.t
+    def released_before(self, partition: str, as_of: int | None = None) -> int:
+        return self.t if as_of is None else as_of
 
 
 def _read_from(e: Event, partition: str = "clickstream:0") -> Event:
@@ -168,3 +168,39 @@ def test_an_empty_state_is_discarded():
     logic = CustomerLogic(rt, CustomerState("c9"))
     _, discard = logic.on_notify()
     assert discard is True
+
+
+def test_going_dormant_prunes_nothing_an_event_still_on_its_way_needs():
+    """The source publishes what it has released before its events reach their customers'
+    keyed step (three steps and maybe another worker thread on). A customer going dormant
+    in that moment was pruned at the watermark *now*, past an event of its own still on
+    its way: here a second view of a product, 1 h minus 50 ms after the first, lost the
+    first view (a count slot older than 1 h by then) and browse abandonment did not start.
+    The safe time is now what had been released one idle time earlier."""
+    hour, idle = 3_600_000, 60_000
+    first = _read_from(ev("product_viewed", 0, "c1", product_id="p1", price=10.0))
+    late_view = ev("product_viewed", 0, "c1", product_id="p1", price=10.0)
+    second = _read_from(Event(late_view.event_id, late_view.type, "c1",
+                              T0 + hour - 50, late_view.props))
+
+    def run(ttl: int | None) -> list:
+        wall = ManualClock(T0)
+        clock = WatermarkClock(wall)
+        clock.claim("s0", ["clickstream:0"])
+        clock.publish("s0", T0 - 1)
+        rt = EngineRuntime(engine(shipped_policy=True), lambda: reachable, mode="live",
+                           clock=clock, idle_ttl_ms=ttl)
+        logic = CustomerLogic(rt, None)
+        out, _ = logic.on_batch([first])
+        while wall.now_ms() < T0 + hour + 500:  # the source keeps releasing, 2 s behind
+            wall.advance(250)
+            clock.publish("s0", wall.now_ms() - 2_000)
+        clock.publish("s0", T0 + hour + 400)  # ... and has just released ``second``
+        out += logic.on_notify()[0]  # idle for an hour: goes dormant (when it may)
+        assert (logic.dormant is not None) == (ttl is not None)
+        out += logic.on_batch([second])[0]  # ``second`` reaches its customer
+        return [r for r in out if not isinstance(r, InputSeen)]
+
+    resident, dormant = run(None), run(idle)
+    assert any(isinstance(r, Lifecycle) and r.action == "started" for r in resident)
+    assert dormant == resident
