@@ -354,10 +354,11 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         assert st is not None
         safe = st.high_water
         released = getattr(self.rt.clock, "released_before", None)
-        local = False  # its input is read in this process (no wake for expiry otherwise)
+        local = False  # its input is read here and the clock remembers what was released
         if released is not None and self.partition:
-            local = released(self.partition) is not None
-            w = released(self.partition, self.rt.wall.now_ms() - (self.rt.idle_ttl_ms or 0))
+            wall = self.rt.wall.now_ms()
+            local = released(self.partition, wall) is not None
+            w = released(self.partition, wall - (self.rt.idle_ttl_ms or 0))
             if w is not None and w > safe:
                 safe = w
         if st.instances:
@@ -388,7 +389,8 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         time and the input's lag behind the wall (see :meth:`_hibernate`), so the wake is
         that much after ``at``, or after now when an earlier wake came too soon. Only for
         a customer whose input is read in this process: elsewhere the safe time cannot
-        pass ``at`` and it would be woken for nothing, again and again."""
+        pass ``at`` and it would be woken for nothing, again and again (the same while
+        the clock remembers nothing of what was released: no shard here has published)."""
         probe = pickle.loads(raw)
         self.rt.engine.prune(probe, at, sweep=True)
         if not probe.is_empty():

@@ -204,3 +204,46 @@ def test_going_dormant_prunes_nothing_an_event_still_on_its_way_needs():
     resident, dormant = run(None), run(idle)
     assert any(isinstance(r, Lifecycle) and r.action == "started" for r in resident)
     assert dormant == resident
+
+
+def test_with_the_live_clock_only_customers_read_here_are_woken_to_be_discarded():
+    """The real watermark clock: a one-off browser read in this process is woken once its
+    state has expired *and* the released time of one idle time before has passed that,
+    then discarded; one read in another process (its safe time cannot get there) and one
+    in a process whose shards have published nothing yet get no such wake."""
+    idle = 60_000
+    wall = ManualClock(T0)
+    clock = WatermarkClock(wall)
+    rt = EngineRuntime(engine(), lambda: (lambda cid: None), mode="live", clock=clock,
+                       idle_ttl_ms=idle)
+
+    def browse(customer: str, partition: str) -> CustomerLogic:
+        logic = CustomerLogic(rt, None)
+        logic.on_batch([_read_from(ev("product_viewed", 0, customer, product_id="p1",
+                                      price=10.0), partition)])
+        return logic
+
+    clock.claim("s0", ["clickstream:0"])
+    early = browse("c0", "clickstream:0")
+    wall.advance(idle)
+    early.on_notify()  # nothing published yet: nothing remembered of what was released
+    assert early.dormant is not None and early.dormant[0] is None
+    here, elsewhere = browse("c1", "clickstream:0"), browse("c2", "clickstream:5")
+    published = wall.now_ms()
+
+    def run_to(t: int) -> None:  # the source keeps up, 2 s behind the wall
+        while wall.now_ms() < t:
+            wall.advance(min(1_000, t - wall.now_ms()))
+            clock.publish("s0", wall.now_ms() - 2_000)
+
+    run_to(published + idle)
+    here.on_notify()
+    elsewhere.on_notify()
+    assert elsewhere.dormant is not None and elsewhere.dormant[0] is None
+    wake = here.dormant[0]
+    assert wake is not None and wake > T0 + 3 * DAY + idle  # the dedupe window, then the idle
+    run_to(wake - 5_000)
+    assert here.on_notify() == ([], False) and here.dormant is not None
+    run_to(wake + 5_000)
+    _, discard = here.on_notify()
+    assert discard is True and here.state is None and here.dormant is None
