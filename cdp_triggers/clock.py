@@ -121,9 +121,11 @@ class WatermarkClock:
       *observed* from each, for as long as it sent something in the last ``idle_ms``.
 
     One per process, shared by its workers: sources publish, the engine reads. It also
-    remembers what the shards of this process had released at each moment of the last
-    ``history_ms`` (:meth:`released_before` ``as_of``), for decisions that must not count
-    on events released but still on their way to the engine.
+    remembers, for the last ``history_ms``, what had been released at each moment
+    (:meth:`released_before` ``as_of``), for decisions that must not count on events
+    released but still on their way to the engine: by the shards of this process, and by
+    those of other processes as the bundles of events they send say (:meth:`mark`,
+    :meth:`heard`).
     """
 
     def __init__(self, wall: Clock | None = None, idle_ms: int = 5 * SECOND,
@@ -137,6 +139,11 @@ class WatermarkClock:
         self._published: dict[str, int] = {}  # shard read here → its watermark
         self._local: set[str] = set()  # partitions read here (observations skip them)
         self._shards: set[str] = set()  # the shards read here that have not ended
+        self._mine: frozenset[str] = frozenset()  # _local, as the bundles sent from here say
+        # another process's partitions (as its bundles name them) → its history, and
+        # each of those partitions → that same history
+        self._theirs: dict[frozenset[str], list[tuple[int, int]]] = {}
+        self._remote_history: dict[str, list[tuple[int, int]]] = {}
         self._newest: dict[str, int] = {}  # remote partition → newest event time seen
         self._seen_at: dict[str, int] = {}  # remote partition → wall time of its last event
 
@@ -144,6 +151,7 @@ class WatermarkClock:
         """A source in this process reads ``partitions`` as ``shard``."""
         self._local.update(partitions)
         self._shards.add(shard)
+        self._mine = frozenset(self._local)
 
     def publish(self, shard: str, watermark: int | None) -> None:
         """A local shard's watermark; None when it has ended (it holds nothing back)."""
@@ -162,13 +170,41 @@ class WatermarkClock:
             return  # a shard that has not published yet may hold anything back
         wall = self.wall.now_ms()
         with self._history_lock:
-            hist = self._history
-            if hist and wall - hist[-1][0] < HISTORY_STEP_MS:
-                return
-            hist.append((wall, min(self._published.values())))
-            if len(hist) > 2 * self.history_ms // HISTORY_STEP_MS + 2:
-                cut = bisect.bisect_left(hist, (wall - self.history_ms,))
-                del hist[:max(cut - 1, 0)]  # (one older entry answers its own moment)
+            self._note(self._history, wall, min(self._published.values()))
+
+    def _note(self, hist: list[tuple[int, int]], wall: int, released: int) -> None:
+        """Append to a history (lock held), trimmed to ``history_ms``."""
+        if hist and wall - hist[-1][0] < HISTORY_STEP_MS:
+            return
+        hist.append((wall, released))
+        if len(hist) > 2 * self.history_ms // HISTORY_STEP_MS + 2:
+            cut = bisect.bisect_left(hist, (wall - self.history_ms,))
+            del hist[:max(cut - 1, 0)]  # (one older entry answers its own moment)
+
+    def mark(self) -> tuple[frozenset[str], int] | None:
+        """What a bundle of events cut here tells the process it goes to: the partitions
+        read here, and the event time before which they have released everything (None
+        before every shard here has published)."""
+        published = self._published
+        if not published or not self._shards <= published.keys():
+            return None
+        return self._mine, min(published.values())
+
+    def heard(self, mark: tuple[frozenset[str], int]) -> None:
+        """A bundle from another process arrived with its :meth:`mark`: the events its
+        partitions released before that time are here, or on their way to this process's
+        keyed steps. (A bundle of this process's own says nothing new.)"""
+        partitions, released = mark
+        if partitions <= self._local:
+            return
+        wall = self.wall.now_ms()
+        with self._history_lock:
+            hist = self._theirs.get(partitions)
+            if hist is None:
+                hist = self._theirs[partitions] = []
+                for p in partitions:
+                    self._remote_history[p] = hist
+            self._note(hist, wall, released)
 
     def observe(self, event_ts: int, partition: str = "") -> None:
         """An event the engine got from ``partition``; only partitions read elsewhere count."""
@@ -186,13 +222,21 @@ class WatermarkClock:
         ``as_of`` (wall ms): what had been released at that moment instead of now. An event
         released since may still be on its way to its customer's worker (between the
         source and the keyed step, or to another thread); one released after ``as_of``
-        cannot be earlier than this. None when the history does not reach back that far."""
-        if partition not in self._local or not self._published:
+        cannot be earlier than this. None when the history does not reach back that far.
+
+        A partition read in another process answers only with ``as_of``: what the
+        bundles that had reached this process by then said (:meth:`heard`)."""
+        if partition not in self._local:
+            hist = self._remote_history.get(partition)
+            if hist is None or as_of is None:
+                return None
+        elif not self._published:
             return None
-        if as_of is None:
+        elif as_of is None:
             return min(self._published.values())
-        with self._history_lock:
+        else:
             hist = self._history
+        with self._history_lock:
             i = bisect.bisect_right(hist, (as_of, _LAST))
             return hist[i - 1][1] if i else None
 

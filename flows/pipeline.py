@@ -85,6 +85,10 @@ def engine_outputs(flow: Dataflow, source: Source,
     raw = op.input("input", flow, source)
     live = runtime.mode == "live"
     topology = runtime.topology
+    # live: each bundle says what its process had released when it was cut, and the
+    # processes it reaches remember it (dormant customers read elsewhere are pruned at it)
+    mark = getattr(runtime.clock, "mark", None) if live else None
+    heard = getattr(runtime.clock, "heard", None) if live else None
 
     def parse(r: Event | Rejected | RawEvent | KafkaSourceMessage) -> Event | Rejected:
         if isinstance(r, Event | Rejected):
@@ -105,7 +109,7 @@ def engine_outputs(flow: Dataflow, source: Source,
                 out.append(e)
             elif e.type != "product_updated":
                 pairs.append((e.customer_id, e))
-        return (out + topology.bundle(pairs)) if pairs else out
+        return (out + topology.bundle(pairs, mark and mark())) if pairs else out
 
     parsed = op.flat_map_batch("parse_and_bundle", raw, bundle)
     valid = op.branch("valid", parsed, lambda x: type(x) is tuple)
@@ -114,10 +118,15 @@ def engine_outputs(flow: Dataflow, source: Source,
               routing.probe(topology))
     delivered = op.stateful_batch("deliver", bundles, routing.deliver_logic)
 
-    def by_customer(items: list[tuple[str, list[tuple[str, Event]]]]) -> list[tuple[str, Event]]:
+    def by_customer(items: list[tuple[str, tuple[list[tuple[str, Event]], Any]]],
+                    ) -> list[tuple[str, Event]]:
         """The bundles that reached this worker, keyed by customer; their profiles are read
         in one round trip here, where the engine's lookups that follow will ask for them."""
-        keyed = [pair for _, pairs in items for pair in pairs]
+        keyed = [pair for _, (pairs, _) in items for pair in pairs]
+        if heard is not None:
+            for _, (_, said) in items:
+                if said is not None:
+                    heard(said)
         if runtime.prefetch is not None and keyed:
             runtime.prefetch([k for k, _ in keyed], runtime.sure_reads(keyed))
         return keyed

@@ -342,22 +342,24 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
 
         * every later event of this customer is at or after ``high_water`` (its events
           reach it in order);
-        * when its input shard is read in this process, at or after the event time that
-          shard had released everything before *one idle time ago*. Not the watermark now:
-          the source publishes it as it releases, and an event released just before may
-          still be on its way to this worker (a customer pruned at it then lost a count
-          slot that event needed). An event released after that moment is not earlier (a
-          late one aside); one on its way for longer than the idle time is not expected;
+        * at or after the event time its input shard had released everything before *one
+          idle time ago*: as the shard published it when read in this process, or as the
+          bundles from the process reading it had said by then (``WatermarkClock.heard``).
+          Not the watermark now: the source publishes it as it releases, and an event
+          released just before may still be on its way to this worker (a customer pruned
+          at it then lost a count slot that event needed). An event released after that
+          moment is not earlier (a late one aside); one on its way for longer than the
+          idle time is not expected;
         * every timer of it decides at its due time, so nothing is pruned past the
           earliest one."""
         st = self.state
         assert st is not None
         safe = st.high_water
         released = getattr(self.rt.clock, "released_before", None)
-        local = False  # its input is read here and the clock remembers what was released
+        known = False  # the clock remembers what its input had released (here or not)
         if released is not None and self.partition:
             wall = self.rt.wall.now_ms()
-            local = released(self.partition, wall) is not None
+            known = released(self.partition, wall) is not None
             w = released(self.partition, wall - (self.rt.idle_ttl_ms or 0))
             if w is not None and w > safe:
                 safe = w
@@ -375,7 +377,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         # customer woken to be discarded decides nothing and reads no profile
         self.rt.note_timer(st.customer_id, timer)
         wake = timer
-        if wake is None and local:
+        if wake is None and known:
             wake = self._empty_at(raw, engine.empty_by(st))
         self.dormant, self.state = (wake, zlib.compress(raw, 1)), None
         return self.RETAIN
@@ -387,17 +389,17 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         dormant for good. Woken, it hibernates again and is discarded by the usual prune at
         a safe time, decision-neutral as ever. That safe time trails the clock by the idle
         time and the input's lag behind the wall (see :meth:`_hibernate`), so the wake is
-        that much after ``at``, or after now when an earlier wake came too soon. Only for
-        a customer whose input is read in this process: elsewhere the safe time cannot
-        pass ``at`` and it would be woken for nothing, again and again (the same while
-        the clock remembers nothing of what was released: no shard here has published)."""
+        that much after ``at``. A wake that comes too soon (the process reading its input
+        has sent nothing here since, a backlog whose released time ran ahead of the wall)
+        is followed by one twice as far past ``at``: a few wakes a day at most, however
+        long the wait. (Only called where the clock knows what the input released.)"""
         probe = pickle.loads(raw)
         self.rt.engine.prune(probe, at, sweep=True)
         if not probe.is_empty():
             return None
         held, wall = self.rt.clock.now_ms(), self.rt.wall.now_ms()
         trail = (self.rt.idle_ttl_ms or 0) + max(wall - held, 0) + EXPIRY_SLACK_MS
-        return max(at, held) + trail
+        return max(at, held) + max(trail, held - at)
 
     def _handle(self, event: Event | None, now: int) -> list[Output]:
         st = self.state

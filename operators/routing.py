@@ -61,17 +61,19 @@ class Topology:
     def __init__(self) -> None:
         self.workers = 1
 
-    def bundle(self, batch: Iterable[tuple[str, Any]]) -> list[tuple[str, list]]:
-        """``(customer, event)`` pairs → one ``(route key, [pairs…])`` per owning worker,
-        each in batch order."""
+    def bundle(self, batch: Iterable[tuple[str, Any]],
+               mark: Any = None) -> list[tuple[str, tuple[list, Any]]]:
+        """``(customer, event)`` pairs → one ``(route key, ([pairs…], mark))`` per owning
+        worker, each in batch order; ``mark`` rides along (what the sending process had
+        released: ``WatermarkClock.mark``)."""
         workers = self.workers
         if workers <= 1:
             pairs = list(batch)
-            return [(route_key(0, 1), pairs)] if pairs else []
+            return [(route_key(0, 1), (pairs, mark))] if pairs else []
         groups: dict[int, list] = {}
         for pair in batch:
             groups.setdefault(owner(pair[0], workers), []).append(pair)
-        return [(route_key(w, workers), pairs) for w, pairs in groups.items()]
+        return [(route_key(w, workers), (pairs, mark)) for w, pairs in groups.items()]
 
 
 class _Deliver(StatefulBatchLogic[list, list, None]):

@@ -80,3 +80,30 @@ def test_the_watermark_clock_remembers_what_was_released_when():
     wall.advance(100)
     clock.publish("a", wall.now_ms() - 100_000)
     assert clock.released_before("clicks:0", as_of=wall.now_ms()) == wall.now_ms() - 100_000
+
+
+def test_bundles_tell_other_processes_what_their_input_had_released():
+    """``mark``: what a bundle cut in this process carries (its partitions, what they have
+    released); ``heard``: the process it reaches remembers it by arrival time, and answers
+    ``released_before`` for those partitions with ``as_of`` only (what had reached it by
+    then). Its own bundles' marks say nothing new."""
+    wall = ManualClock(1_000_000)
+    there, here = WatermarkClock(wall), WatermarkClock(wall)
+    there.claim("s1", ["clicks:1", "orders:1"])
+    here.claim("s0", ["clicks:0"])
+    assert there.mark() is None  # nothing published yet
+    there.publish("s1", 700_000)
+    said = there.mark()
+    assert said == (frozenset({"clicks:1", "orders:1"}), 700_000)
+    here.heard(said)
+    wall.advance(1_000)
+    there.publish("s1", 701_000)
+    here.heard(there.mark())
+    assert here.released_before("orders:1") is None  # not without as_of
+    assert here.released_before("orders:1", as_of=999_999) is None  # nothing heard yet then
+    assert here.released_before("orders:1", as_of=1_000_500) == 700_000
+    assert here.released_before("clicks:1", as_of=wall.now_ms()) == 701_000
+    assert here.released_before("clicks:7", as_of=wall.now_ms()) is None  # never heard of
+    here.publish("s0", 650_000)
+    here.heard(here.mark())  # a bundle of its own
+    assert here._theirs.keys() == {frozenset({"clicks:1", "orders:1"})}

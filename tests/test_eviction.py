@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pickle
+import threading
 import time
 import zlib
 
-from bytewax.testing import run_main
+from bytewax.testing import cluster_main, run_main
 
 from cdp_triggers.clock import DAY, ManualClock, WatermarkClock
 from cdp_triggers.events import Event
@@ -14,9 +15,10 @@ from cdp_triggers.records import Decision, InputSeen, Lifecycle, Send
 from cdp_triggers.settings import Settings
 from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
 from flows.app import build_run
-from operators.keyed import CustomerLogic, EngineRuntime
+from operators.keyed import EXPIRY_SLACK_MS, CustomerLogic, EngineRuntime
 from state.customer import CustomerState
 from tests.engine_helpers import T0, cart, engine, ev, order, reachable
+from tests.services import free_port
 
 
 def slowly(gen: SyntheticRetail):
@@ -36,6 +38,27 @@ def live_run(gen: SyntheticRetail, ttl: int | None) -> tuple[set, set]:
                     generated=gen.profiles(), outputs="memory")
     run_main(run.flow)
     records = run.captured or []
+    return ({r.send_id for r in records if isinstance(r, Send)},
+            {r.decision_id for r in records if isinstance(r, Decision)})
+
+
+def cluster_run(gen: SyntheticRetail, ttl: int | None, processes: int = 2) -> tuple[set, set]:
+    """``live_run`` as a cluster of ``processes`` (one worker each, in threads of this
+    one): the generator is one partition, read by one of them; the others' customers are
+    read elsewhere and their events come in bundles."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
+    s = Settings(clock="live", idle_ttl_ms=ttl, kafka_batch_size=100)
+    runs = [build_run(s, "generator", generator=slowly(gen), profiles="memory",
+                      generated=gen.profiles(), outputs="memory") for _ in range(processes)]
+    threads = [threading.Thread(target=cluster_main, args=(r.flow, addresses, i),
+                                kwargs={"worker_count_per_proc": 1})
+               for i, r in enumerate(runs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    records = [r for run in runs for r in run.captured or []]
     return ({r.send_id for r in records if isinstance(r, Send)},
             {r.decision_id for r in records if isinstance(r, Decision)})
 
@@ -247,3 +270,60 @@ def test_with_the_live_clock_only_customers_read_here_are_woken_to_be_discarded(
     run_to(wake + 5_000)
     _, discard = here.on_notify()
     assert discard is True and here.state is None and here.dormant is None
+
+
+def test_a_customer_read_in_another_process_is_pruned_at_what_its_bundles_said():
+    """A customer whose events come from a partition another process reads goes dormant
+    pruned at what the bundles from there had said one idle time earlier, and, seen once,
+    is discarded once that has passed the time its state expires. While nothing comes from
+    there, its wakes come twice as far past that time each."""
+    idle = 60_000
+    wall = ManualClock(T0)
+    clock = WatermarkClock(wall)
+    rt = EngineRuntime(engine(), lambda: (lambda cid: None), mode="live", clock=clock,
+                       idle_ttl_ms=idle)
+    remote = frozenset({"clickstream:5"})
+
+    def hear_to(t: int, lag: int = 2_000) -> None:  # bundles keep coming, 2 s behind
+        while wall.now_ms() < t:
+            wall.advance(min(1_000, t - wall.now_ms()))
+            clock.heard((remote, wall.now_ms() - lag))
+
+    logic = CustomerLogic(rt, None)
+    hear_to(T0 + 1)
+    logic.on_batch([_read_from(ev("product_viewed", 0, "c1", product_id="p1", price=10.0),
+                               "clickstream:5")])
+    hear_to(T0 + 2 * idle)
+    logic.on_notify()
+    wake = logic.dormant[0]
+    assert wake is not None and wake > T0 + 3 * DAY + idle
+    wall.advance(wake - wall.now_ms())  # nothing more comes from there meanwhile
+    assert logic.on_notify() == ([], False)  # too soon: what it heard is 3 days old
+    later = logic.dormant[0]
+    expired = wake - idle - EXPIRY_SLACK_MS  # (the clock is not behind the wall here)
+    assert later - expired == 2 * (wake - expired)  # twice as far past its expiry
+    hear_to(later + 5_000)
+    _, discard = logic.on_notify()
+    assert discard is True and logic.state is None and logic.dormant is None
+
+
+def test_dormant_customers_read_in_another_process_decide_like_resident_ones(monkeypatch):
+    """Two processes, the input read by one: the other's customers go dormant pruned at
+    what the first one's bundles had said (one idle time before), and the sends and
+    decisions are those of the same cluster keeping everyone resident."""
+    gen = SyntheticRetail(SyntheticConfig(customers=300, days=3, seed=43))
+    resident = cluster_run(gen, None)
+    told = []
+    hibernate = CustomerLogic._hibernate
+
+    def counted(self, out):
+        clock, ttl = self.rt.clock, self.rt.idle_ttl_ms
+        if self.partition not in clock._local:  # read in the other process
+            heard = clock.released_before(self.partition, self.rt.wall.now_ms() - ttl)
+            told.append(heard is not None and heard > self.state.high_water)
+        return hibernate(self, out)
+
+    monkeypatch.setattr(CustomerLogic, "_hibernate", counted)
+    dormant = cluster_run(gen, 1)
+    assert sum(told) > 20  # pruned past their own last event, at what the bundles said
+    assert resident[0] and dormant == resident

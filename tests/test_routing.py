@@ -62,13 +62,14 @@ def test_bundles_keep_batch_order_per_worker_and_name_their_worker() -> None:
     topo = Topology()
     topo.workers = 3
     pairs = [(f"c{i}", i) for i in range(60)]
-    bundles = topo.bundle(pairs)
-    assert sorted(p for _, ps in bundles for p in ps) == sorted(pairs)
-    for key, ps in bundles:
+    bundles = topo.bundle(pairs, "m")
+    assert sorted(p for _, (ps, _) in bundles for p in ps) == sorted(pairs)
+    for key, (ps, mark) in bundles:
         assert {owner(c, 3) for c, _ in ps} == {owner(key, 3)}
         assert [i for _, i in ps] == sorted(i for _, i in ps)
+        assert mark == "m"  # what the sending process had released rides along
     topo.workers = 1
-    assert topo.bundle(pairs) == [(route_key(0, 1), pairs)]
+    assert topo.bundle(pairs) == [(route_key(0, 1), (pairs, None))]
     assert topo.bundle([]) == []
 
 
