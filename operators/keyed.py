@@ -387,18 +387,18 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         nothing of the state pickled in ``raw`` (tried on a copy; else None, kept until its
         next event). A customer seen once and never again (a browse, no order) was kept
         dormant for good. Woken, it hibernates again and is discarded by the usual prune at
-        a safe time, decision-neutral as ever. That safe time trails the clock by the idle
-        time and the input's lag behind the wall (see :meth:`_hibernate`), so the wake is
-        that much after ``at``. A wake that comes too soon (the process reading its input
-        has sent nothing here since, a backlog whose released time ran ahead of the wall)
+        a safe time, decision-neutral as ever. That safe time is what had been released
+        one idle time (of wall time) before (see :meth:`_hibernate`), so the wake is an
+        idle time and a second after ``at``. A wake that comes too soon (a backlog read
+        faster than the wall runs, the process reading its input sent nothing here since)
         is followed by one twice as far past ``at``: a few wakes a day at most, however
         long the wait. (Only called where the clock knows what the input released.)"""
         probe = pickle.loads(raw)
         self.rt.engine.prune(probe, at, sweep=True)
         if not probe.is_empty():
             return None
-        held, wall = self.rt.clock.now_ms(), self.rt.wall.now_ms()
-        trail = (self.rt.idle_ttl_ms or 0) + max(wall - held, 0) + EXPIRY_SLACK_MS
+        held = self.rt.clock.now_ms()
+        trail = (self.rt.idle_ttl_ms or 0) + EXPIRY_SLACK_MS
         return max(at, held) + max(trail, held - at)
 
     def _handle(self, event: Event | None, now: int) -> list[Output]:

@@ -300,7 +300,7 @@ def test_a_customer_read_in_another_process_is_pruned_at_what_its_bundles_said()
     wall.advance(wake - wall.now_ms())  # nothing more comes from there meanwhile
     assert logic.on_notify() == ([], False)  # too soon: what it heard is 3 days old
     later = logic.dormant[0]
-    expired = wake - idle - EXPIRY_SLACK_MS  # (the clock is not behind the wall here)
+    expired = wake - idle - EXPIRY_SLACK_MS
     assert later - expired == 2 * (wake - expired)  # twice as far past its expiry
     hear_to(later + 5_000)
     _, discard = logic.on_notify()
