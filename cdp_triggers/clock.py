@@ -21,6 +21,23 @@ HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 HISTORY_STEP_MS = 100  # how finely WatermarkClock remembers what was released
 _LAST = 2**63  # sorts after every watermark: bisect to the last entry at a wall time
+ENDED = 2**62  # what a process whose every shard has ended has released: everything
+BEAT_MS = 500  # a process with peers tells them what it has released at least this often
+HELD = 0  # the live clock while part of the input has said nothing yet: no timer fires
+
+
+class Beat:
+    """The item a source adds to a batch when its process is due to tell the others what
+    it has released (:meth:`WatermarkClock.beat_due`): the engine's input step turns it
+    into a mark for every worker (``flows.pipeline``). Carries nothing itself."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> str:
+        return "BEAT"
+
+
+BEAT = Beat()
 
 
 class Clock(Protocol):
@@ -107,6 +124,9 @@ def next_local_hour(ms: int, tz: str, hour: int, within: int) -> int | None:
     return None
 
 
+Mark = tuple[frozenset[str], frozenset[str], int]  # (partitions, shards, released before)
+
+
 class WatermarkClock:
     """Live runs: wall-clock time, held back to the event time the input has released.
 
@@ -140,6 +160,14 @@ class WatermarkClock:
         self._local: set[str] = set()  # partitions read here (observations skip them)
         self._shards: set[str] = set()  # the shards read here that have not ended
         self._mine: frozenset[str] = frozenset()  # _local, as the bundles sent from here say
+        self._claimed: set[str] = set()  # every shard read here, ended ones too
+        self._mine_shards: frozenset[str] = frozenset()  # _claimed, as a mark says it
+        # a cluster: every shard of the run (``expect``); those read elsewhere hold the
+        # clock until heard of, then to what their processes' marks said last
+        self._expected: frozenset[str] | None = None
+        self._heard_shards: set[str] = set()
+        self._said: dict[frozenset[str], int] = {}  # a process's partitions → its last mark
+        self._beat_at = -BEAT_MS
         # another process's partitions (as its bundles name them) → its history, and
         # each of those partitions → that same history
         self._theirs: dict[frozenset[str], list[tuple[int, int]]] = {}
@@ -151,7 +179,31 @@ class WatermarkClock:
         """A source in this process reads ``partitions`` as ``shard``."""
         self._local.update(partitions)
         self._shards.add(shard)
+        self._claimed.add(shard)
         self._mine = frozenset(self._local)
+        self._mine_shards = frozenset(self._claimed)
+
+    def expect(self, shards: list[str]) -> None:
+        """A cluster of several processes reads these shards (all of them, here or not):
+        until each one read elsewhere has been heard of (:meth:`heard`), nothing is known
+        of what its input holds, and the clock is held (no timer fires); then it is held
+        to what their processes said last, as to a local shard's watermark. Without it a
+        process restarting with its peers fired the timers of customers read elsewhere
+        by the wall clock, before the peer had read the cancels in its backlog."""
+        self._expected = frozenset(shards)
+
+    def beat_due(self) -> bool:
+        """Whether a source of this process should add a :data:`BEAT` to its batch now: in
+        a cluster, every ``BEAT_MS`` (a peer with nothing to send would otherwise say
+        nothing, and hold the others' clocks)."""
+        if self._expected is None or not self._claimed:
+            return False
+        wall = self.wall.now_ms()
+        with self._history_lock:
+            if wall - self._beat_at < BEAT_MS:
+                return False
+            self._beat_at = wall
+        return True
 
     def publish(self, shard: str, watermark: int | None) -> None:
         """A local shard's watermark; None when it has ended (it holds nothing back)."""
@@ -181,22 +233,27 @@ class WatermarkClock:
             cut = bisect.bisect_left(hist, (wall - self.history_ms,))
             del hist[:max(cut - 1, 0)]  # (one older entry answers its own moment)
 
-    def mark(self) -> tuple[frozenset[str], int] | None:
+    def mark(self) -> Mark | None:
         """What a bundle of events cut here tells the process it goes to: the partitions
-        read here, and the event time before which they have released everything (None
-        before every shard here has published)."""
+        and shards read here, and the event time before which they have released
+        everything (None before every shard here has published, or when none is read
+        here)."""
         published = self._published
-        if not published or not self._shards <= published.keys():
+        if not self._claimed or not self._shards <= published.keys():
             return None
-        return self._mine, min(published.values())
+        return (self._mine, self._mine_shards,
+                min(published.values()) if published else ENDED)
 
-    def heard(self, mark: tuple[frozenset[str], int]) -> None:
+    def heard(self, mark: Mark) -> None:
         """A bundle from another process arrived with its :meth:`mark`: the events its
         partitions released before that time are here, or on their way to this process's
         keyed steps. (A bundle of this process's own says nothing new.)"""
-        partitions, released = mark
-        if partitions <= self._local:
+        partitions, shards, released = mark
+        if shards <= self._claimed:
             return
+        self._said[partitions] = released
+        if not shards <= self._heard_shards:
+            self._heard_shards.update(shards)
         wall = self.wall.now_ms()
         with self._history_lock:
             hist = self._theirs.get(partitions)
@@ -242,7 +299,13 @@ class WatermarkClock:
 
     def now_ms(self) -> int:
         w = self.wall.now_ms()
+        if not self._shards <= self._published.keys():
+            return HELD  # a shard read here has not published yet (a start, a restart)
         low = min(self._published.values(), default=w)
+        if self._expected is not None:  # a cluster: what the other processes said
+            if not self._expected <= self._claimed | self._heard_shards:
+                return HELD
+            return min(w, low, *tuple(self._said.values()))
         for p, ts in self._newest.items():
             if ts < low and w - self._seen_at[p] < self.idle_ms:
                 low = ts

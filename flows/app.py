@@ -122,10 +122,13 @@ def build_run(s: Settings, source: Literal["kafka", "files", "generator"] = "kaf
               profiles: Fallback = "redis", generated: Iterable[Profile] = (),
               records: Iterable[dict[str, Any]] = (),
               outputs: Literal["full", "clickhouse", "memory"] = "full",
-              loopback: bool | None = None, recovery: bool | None = None) -> Run:
+              loopback: bool | None = None, recovery: bool | None = None,
+              processes: int = 1) -> Run:
     """Wire one run from settings (see the module doc). ``source``: the live topics, JSONL
     ``files`` or a ``generator`` of raw events; ``outputs``: ClickHouse + Kafka (+ profile
-    updates), ClickHouse only, or records kept in memory (previews)."""
+    updates), ClickHouse only, or records kept in memory (previews). ``processes``: how
+    many processes run the flow together (a live cluster's processes tell each other what
+    their input has released)."""
     from cdp_triggers.gateway_sim import simulate
 
     config = config or load_config(s.config_dir)
@@ -160,6 +163,8 @@ def build_run(s: Settings, source: Literal["kafka", "files", "generator"] = "kaf
         if generator is None:
             raise ValueError("source='generator' needs a generator")
         src = IteratorSource(generator, progress=progress, opts=opts)
+    if live and processes > 1:  # a cluster: hold the clock to what the others released
+        clock.expect(src.list_parts())
     if outputs == "memory":
         from bytewax.operators import output
         from bytewax.testing import TestingSink

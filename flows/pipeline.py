@@ -17,6 +17,7 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 
+from cdp_triggers.clock import BEAT
 from cdp_triggers.events import Event, Rejected, parse_event
 from cdp_triggers.logs import DEFAULT_RETRY, RetryPolicy
 from cdp_triggers.records import ProfileUpdate
@@ -103,13 +104,22 @@ def engine_outputs(flow: Dataflow, source: Source,
         (:mod:`operators.routing`): one step per batch, not several per event."""
         out: list[Any] = []
         pairs: list[tuple[str, Event]] = []
+        beat = False
         for item in batch:
+            if item is BEAT:  # (live clusters: this process tells every worker)
+                beat = True
+                continue
             e = parse(item)
             if type(e) is not Event:
                 out.append(e)
             elif e.type != "product_updated":
                 pairs.append((e.customer_id, e))
-        return (out + topology.bundle(pairs, mark and mark())) if pairs else out
+        said = mark() if mark is not None and (pairs or beat) else None
+        if pairs:
+            out += topology.bundle(pairs, said)
+        if beat and said is not None:
+            out += topology.to_everyone(said)
+        return out
 
     parsed = op.flat_map_batch("parse_and_bundle", raw, bundle)
     valid = op.branch("valid", parsed, lambda x: type(x) is tuple)

@@ -32,7 +32,7 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from cdp_triggers import metrics
-from cdp_triggers.clock import WallClock, WatermarkClock
+from cdp_triggers.clock import BEAT, WallClock, WatermarkClock
 from cdp_triggers.events import Event, Rejected, parse_event
 from cdp_triggers.logs import KafkaLog, RateLimited, StateLog
 from cdp_triggers.shutdown import STOP
@@ -157,7 +157,7 @@ class _ReadersPartition(StatefulSourcePartition[Event | Rejected, Any]):
         _publish(self.opts, self.shard, al, wall)
         if not out and al.finished():
             raise StopIteration
-        return out
+        return _beat(self.opts, out)
 
     def snapshot(self) -> Any:
         state = ({n: r.position for n, r in self.readers.items()}, self.aligner)
@@ -184,6 +184,14 @@ def _aligner(resumed: Aligner | None, streams: list[str], opts: AlignOptions) ->
     resumed.lateness = opts.lateness_ms
     resumed.track_interest(opts.interest)
     return resumed
+
+
+def _beat(opts: AlignOptions, out: list[Any]) -> list[Any]:
+    """``out``, with a :data:`BEAT` at its end when this process is due to tell the others
+    of its cluster what it has released (``WatermarkClock.beat_due``)."""
+    if opts.clock is not None and opts.clock.beat_due():
+        out.append(BEAT)
+    return out
 
 
 def _publish(opts: AlignOptions, shard: str, al: Aligner, wall: int | None) -> None:
@@ -429,7 +437,7 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
             self.wm.update(w, wall if wall is not None else self.wall.now_ms())
         if not out and not self.tail and al.finished():
             raise StopIteration
-        return out
+        return _beat(self.opts, out)
 
     def next_awake(self) -> datetime | None:
         """Live, after an empty poll: come back in :data:`LIVE_POLL` (no busy loop, no

@@ -76,6 +76,12 @@ class Topology:
         return [(route_key(w, workers), (pairs, mark)) for w, pairs in groups.items()]
 
 
+    def to_everyone(self, mark: Any) -> list[tuple[str, tuple[list, Any]]]:
+        """An empty bundle for every worker, carrying ``mark`` (a process's beat)."""
+        workers = self.workers
+        return [(route_key(w, workers), ([], mark)) for w in range(max(workers, 1))]
+
+
 class _Deliver(StatefulBatchLogic[list, list, None]):
     """Hands a bundle on at the worker its key routes to; keeps nothing."""
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from cdp_triggers.clock import ManualClock, WatermarkClock, from_datetime, iso, to_datetime
+from cdp_triggers.clock import (
+    BEAT_MS,
+    ENDED,
+    HELD,
+    ManualClock,
+    WatermarkClock,
+    from_datetime,
+    iso,
+    to_datetime,
+)
 from cdp_triggers.durations import format_duration, parse_duration
 
 
@@ -94,7 +103,7 @@ def test_bundles_tell_other_processes_what_their_input_had_released():
     assert there.mark() is None  # nothing published yet
     there.publish("s1", 700_000)
     said = there.mark()
-    assert said == (frozenset({"clicks:1", "orders:1"}), 700_000)
+    assert said == (frozenset({"clicks:1", "orders:1"}), frozenset({"s1"}), 700_000)
     here.heard(said)
     wall.advance(1_000)
     there.publish("s1", 701_000)
@@ -107,3 +116,30 @@ def test_bundles_tell_other_processes_what_their_input_had_released():
     here.publish("s0", 650_000)
     here.heard(here.mark())  # a bundle of its own
     assert here._theirs.keys() == {frozenset({"clicks:1", "orders:1"})}
+
+
+def test_a_cluster_clock_waits_for_every_shard_then_follows_what_their_processes_said():
+    """In a live cluster a process holds its clock (no timer fires) until every shard of
+    the run has been heard of, its own published and the others' told by their
+    processes' marks (bundles and beats), then follows the slowest of them. A process
+    beats every BEAT_MS, only in a cluster."""
+    wall = ManualClock(10_000_000)
+    clock = WatermarkClock(wall)
+    clock.claim("s0", ["clicks:0"])
+    assert clock.now_ms() == HELD  # its own shard has not published yet (a restart)
+    clock.publish("s0", 9_000_000)
+    assert clock.now_ms() == 9_000_000  # alone: as before
+    assert not clock.beat_due()  # not a cluster
+    clock.expect(["s0", "s1", "s2"])
+    assert clock.now_ms() == HELD  # s1 and s2 are read elsewhere and unheard
+    assert clock.beat_due() and not clock.beat_due()  # once per BEAT_MS
+    wall.advance(BEAT_MS)
+    assert clock.beat_due()
+    clock.heard((frozenset({"clicks:1"}), frozenset({"s1"}), 8_000_000))
+    assert clock.now_ms() == HELD  # s2 still unheard
+    clock.heard((frozenset({"clicks:2"}), frozenset({"s2"}), ENDED))  # its input ended
+    assert clock.now_ms() == 8_000_000  # the slowest: s1's process, behind in a backlog
+    clock.heard((frozenset({"clicks:1"}), frozenset({"s1"}), 9_500_000))
+    assert clock.now_ms() == 9_000_000
+    clock.heard(clock.mark())  # its own mark (a bundle between its own workers)
+    assert clock.now_ms() == 9_000_000

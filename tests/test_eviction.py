@@ -49,7 +49,8 @@ def cluster_run(gen: SyntheticRetail, ttl: int | None, processes: int = 2) -> tu
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
     s = Settings(clock="live", idle_ttl_ms=ttl, kafka_batch_size=100)
     runs = [build_run(s, "generator", generator=slowly(gen), profiles="memory",
-                      generated=gen.profiles(), outputs="memory") for _ in range(processes)]
+                      generated=gen.profiles(), outputs="memory", processes=processes)
+            for _ in range(processes)]
     threads = [threading.Thread(target=cluster_main, args=(r.flow, addresses, i),
                                 kwargs={"worker_count_per_proc": 1})
                for i, r in enumerate(runs)]
@@ -287,7 +288,7 @@ def test_a_customer_read_in_another_process_is_pruned_at_what_its_bundles_said()
     def hear_to(t: int, lag: int = 2_000) -> None:  # bundles keep coming, 2 s behind
         while wall.now_ms() < t:
             wall.advance(min(1_000, t - wall.now_ms()))
-            clock.heard((remote, wall.now_ms() - lag))
+            clock.heard((remote, frozenset({"s5"}), wall.now_ms() - lag))
 
     logic = CustomerLogic(rt, None)
     hear_to(T0 + 1)
@@ -310,9 +311,11 @@ def test_a_customer_read_in_another_process_is_pruned_at_what_its_bundles_said()
 def test_dormant_customers_read_in_another_process_decide_like_resident_ones(monkeypatch):
     """Two processes, the input read by one: the other's customers go dormant pruned at
     what the first one's bundles had said (one idle time before), and the sends and
-    decisions are those of the same cluster keeping everyone resident."""
+    decisions are those of the same cluster keeping everyone resident, which are those
+    of one process (the second one's clock follows what the first one says)."""
     gen = SyntheticRetail(SyntheticConfig(customers=300, days=3, seed=43))
     resident = cluster_run(gen, None)
+    assert resident == live_run(gen, None)
     told = []
     hibernate = CustomerLogic._hibernate
 
@@ -327,3 +330,31 @@ def test_dormant_customers_read_in_another_process_decide_like_resident_ones(mon
     dormant = cluster_run(gen, 1)
     assert sum(told) > 20  # pruned past their own last event, at what the bundles said
     assert resident[0] and dormant == resident
+
+
+def test_a_cluster_process_fires_no_timer_of_a_customer_read_elsewhere_before_hearing_from_there():
+    """A cluster restarts after an outage: this process has caught up on its own input,
+    the one reading the customer's input has not. The customer's reminder, due an hour
+    ago by the wall, waits until that process has said it released past it (its cancel
+    could be in the backlog)."""
+    wall = ManualClock(T0)
+    clock = WatermarkClock(wall)
+    clock.claim("s0", ["clickstream:0"])
+    clock.expect(["s0", "s1"])
+    eng = engine()
+    st = CustomerState("c1")
+    eng.handle(st, cart(0, customer="c1"), T0, reachable)
+    rt = EngineRuntime(eng, lambda: reachable, mode="live", clock=clock, idle_ttl_ms=None)
+    logic = rt.builder(st.to_bytes())  # resumed from its snapshot
+    due = eng.next_wakeup(logic.state)
+    wall.advance(due - T0 + 3_600_000)
+    clock.publish("s0", wall.now_ms() - 1_000)  # this process has caught up
+
+    def sent() -> list[Send]:
+        return [r for r in logic.on_notify()[0] if isinstance(r, Send)]
+
+    assert not sent()  # s1's process has said nothing yet
+    clock.heard((frozenset({"clickstream:1"}), frozenset({"s1"}), due - 60_000))
+    assert not sent()  # it is still reading its backlog, before the reminder's time
+    clock.heard((frozenset({"clickstream:1"}), frozenset({"s1"}), wall.now_ms() - 1_000))
+    assert sent()
