@@ -137,8 +137,11 @@ class WatermarkClock:
     * the watermark each input shard read in this process *publishes* (the event time
       before which it has released everything; a live shard with nothing unread publishes
       the wall time, so an idle or sparse partition never holds the clock back);
-    * for partitions read in another process (multi-process runs), the newest event time
-      *observed* from each, for as long as it sent something in the last ``idle_ms``.
+    * for shards read in another process of a cluster (:meth:`expect`), what that
+      process said last in its bundles of events and beats (:meth:`heard`); nothing fires
+      before every shard has been heard of. Where the peers are not known, the newest
+      event time *observed* from each partition read elsewhere, for as long as it sent
+      something in the last ``idle_ms``.
 
     One per process, shared by its workers: sources publish, the engine reads. It also
     remembers, for the last ``history_ms``, what had been released at each moment
@@ -155,7 +158,7 @@ class WatermarkClock:
         self.history_ms = history_ms
         # (wall time, min published watermark then), oldest first, HISTORY_STEP_MS apart
         self._history: list[tuple[int, int]] = []
-        self._history_lock = threading.Lock()  # the workers' sources publish concurrently
+        self._lock = threading.Lock()  # the workers' sources publish concurrently
         self._published: dict[str, int] = {}  # shard read here → its watermark
         self._local: set[str] = set()  # partitions read here (observations skip them)
         self._shards: set[str] = set()  # the shards read here that have not ended
@@ -165,8 +168,7 @@ class WatermarkClock:
         # a cluster: every shard of the run (``expect``); those read elsewhere hold the
         # clock until heard of, then to what their processes' marks said last
         self._expected: frozenset[str] | None = None
-        self._heard_shards: set[str] = set()
-        self._said: dict[frozenset[str], int] = {}  # a process's partitions → its last mark
+        self._said: dict[str, int] = {}  # a shard read elsewhere → what its process said last
         self._beat_at = -BEAT_MS
         # another process's partitions (as its bundles name them) → its history, and
         # each of those partitions → that same history
@@ -199,7 +201,7 @@ class WatermarkClock:
         if self._expected is None or not self._claimed:
             return False
         wall = self.wall.now_ms()
-        with self._history_lock:
+        with self._lock:
             if wall - self._beat_at < BEAT_MS:
                 return False
             self._beat_at = wall
@@ -221,7 +223,7 @@ class WatermarkClock:
         if not self._published or not self._shards <= self._published.keys():
             return  # a shard that has not published yet may hold anything back
         wall = self.wall.now_ms()
-        with self._history_lock:
+        with self._lock:
             self._note(self._history, wall, min(self._published.values()))
 
     def _note(self, hist: list[tuple[int, int]], wall: int, released: int) -> None:
@@ -251,11 +253,11 @@ class WatermarkClock:
         partitions, shards, released = mark
         if shards <= self._claimed:
             return
-        self._said[partitions] = released
-        if not shards <= self._heard_shards:
-            self._heard_shards.update(shards)
+        said = self._said
+        for shard in shards:  # (per shard: a process's first marks may name only some)
+            said[shard] = released
         wall = self.wall.now_ms()
-        with self._history_lock:
+        with self._lock:
             hist = self._theirs.get(partitions)
             if hist is None:
                 hist = self._theirs[partitions] = []
@@ -293,7 +295,7 @@ class WatermarkClock:
             return min(self._published.values())
         else:
             hist = self._history
-        with self._history_lock:
+        with self._lock:
             i = bisect.bisect_right(hist, (as_of, _LAST))
             return hist[i - 1][1] if i else None
 
@@ -303,9 +305,10 @@ class WatermarkClock:
             return HELD  # a shard read here has not published yet (a start, a restart)
         low = min(self._published.values(), default=w)
         if self._expected is not None:  # a cluster: what the other processes said
-            if not self._expected <= self._claimed | self._heard_shards:
+            said = self._said
+            if not self._expected <= self._claimed | said.keys():
                 return HELD
-            return min(w, low, *tuple(self._said.values()))
+            return min(w, low, *tuple(said.values()))
         for p, ts in self._newest.items():
             if ts < low and w - self._seen_at[p] < self.idle_ms:
                 low = ts

@@ -143,3 +143,9 @@ def test_a_cluster_clock_waits_for_every_shard_then_follows_what_their_processes
     assert clock.now_ms() == 9_000_000
     clock.heard(clock.mark())  # its own mark (a bundle between its own workers)
     assert clock.now_ms() == 9_000_000
+    # a process of two workers: its first marks name the one shard claimed by then
+    clock.expect(["s0", "s1", "s2", "s3"])
+    clock.heard((frozenset({"clicks:3"}), frozenset({"s3"}), 7_000_000))
+    assert clock.now_ms() == 7_000_000
+    clock.heard((frozenset({"clicks:1", "clicks:3"}), frozenset({"s1", "s3"}), 9_900_000))
+    assert clock.now_ms() == 9_000_000  # its early mark does not hold the clock for good
