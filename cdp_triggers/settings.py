@@ -43,8 +43,9 @@ class Settings(BaseSettings):
     retry_cap_seconds: float = 30.0  # outages: backoff doubles from 0.2 s up to this
     retry_max_attempts: int | None = None  # None: wait an outage out however long it lasts
     clock: Literal["live", "replay"] = "live"
-    live_idle_ms: int = 5000  # live, multi-process: a partition read by another process
-    # holds this process's clock back only while it sent something in the last live_idle_ms
+    live_idle_ms: int = 5000  # live, peers unknown (not `run -a`): a partition read by
+    # another process holds this process's clock back only while it sent something in the
+    # last live_idle_ms (a cluster started by `run -a` follows what its peers say instead)
     max_out_of_orderness_ms: int = 2000  # how far one input partition may go back in time
     align_max_buffer: int = 200_000  # events held for alignment per shard (then pause reads)
     idle_ttl_ms: int | None = 60_000  # a customer idle this long (wall) is compacted/evicted
