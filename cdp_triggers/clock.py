@@ -238,10 +238,11 @@ class WatermarkClock:
     def mark(self) -> Mark | None:
         """What a bundle of events cut here tells the process it goes to: the partitions
         and shards read here, and the event time before which they have released
-        everything (None before every shard here has published, or when none is read
-        here)."""
+        everything (None outside a cluster, before every shard here has published, or
+        when none is read here)."""
         published = self._published
-        if not self._claimed or not self._shards <= published.keys():
+        if (self._expected is None or not self._claimed
+                or not self._shards <= published.keys()):
             return None
         return (self._mine, self._mine_shards,
                 min(published.values()) if published else ENDED)

@@ -100,8 +100,10 @@ def test_bundles_tell_other_processes_what_their_input_had_released():
     there, here = WatermarkClock(wall), WatermarkClock(wall)
     there.claim("s1", ["clicks:1", "orders:1"])
     here.claim("s0", ["clicks:0"])
-    assert there.mark() is None  # nothing published yet
     there.publish("s1", 700_000)
+    assert there.mark() is None  # not a cluster (no `run -a`): nobody to tell
+    for clock in (there, here):
+        clock.expect(["s0", "s1"])
     said = there.mark()
     assert said == (frozenset({"clicks:1", "orders:1"}), frozenset({"s1"}), 700_000)
     here.heard(said)
