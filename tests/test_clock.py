@@ -132,7 +132,12 @@ def test_a_cluster_clock_waits_for_every_shard_then_follows_what_their_processes
     clock.publish("s0", 9_000_000)
     assert clock.now_ms() == 9_000_000  # alone: as before
     assert not clock.beat_due()  # not a cluster
-    clock.expect(["s0", "s1", "s2"])
+    clock.claim("s4", ["clicks:4"])  # a second worker's shard, not published yet
+    clock.expect(["s0", "s1", "s2", "s4"])
+    assert clock.mark() is None and clock.now_ms() == HELD  # s4: nothing to tell yet
+    clock.publish("s4", 9_200_000)
+    assert clock.mark() == (frozenset({"clicks:0", "clicks:4"}), frozenset({"s0", "s4"}),
+                            9_000_000)
     assert clock.now_ms() == HELD  # s1 and s2 are read elsewhere and unheard
     assert clock.beat_due() and not clock.beat_due()  # once per BEAT_MS
     wall.advance(BEAT_MS)
@@ -146,7 +151,7 @@ def test_a_cluster_clock_waits_for_every_shard_then_follows_what_their_processes
     clock.heard(clock.mark())  # its own mark (a bundle between its own workers)
     assert clock.now_ms() == 9_000_000
     # a process of two workers: its first marks name the one shard claimed by then
-    clock.expect(["s0", "s1", "s2", "s3"])
+    clock.expect(["s0", "s1", "s2", "s3", "s4"])
     clock.heard((frozenset({"clicks:3"}), frozenset({"s3"}), 7_000_000))
     assert clock.now_ms() == 7_000_000
     clock.heard((frozenset({"clicks:1", "clicks:3"}), frozenset({"s1", "s3"}), 9_900_000))
