@@ -216,11 +216,15 @@ class WatermarkClock:
             self._published[shard] = watermark
         self._remember()
 
+    def _all_published(self) -> bool:
+        """Every shard read here (and not ended) has published its watermark."""
+        return self._shards <= self._published.keys()
+
     def _remember(self) -> None:
         """Note the process's released time now, at most once per ``HISTORY_STEP_MS``
         (a skipped value is newer than the one kept for its moment: reading the kept one
         is the cautious side)."""
-        if not self._published or not self._shards <= self._published.keys():
+        if not self._published or not self._all_published():
             return  # a shard that has not published yet may hold anything back
         wall = self.wall.now_ms()
         with self._lock:
@@ -241,8 +245,7 @@ class WatermarkClock:
         everything (None outside a cluster, before every shard here has published, or
         when none is read here)."""
         published = self._published
-        if (self._expected is None or not self._claimed
-                or not self._shards <= published.keys()):
+        if self._expected is None or not self._claimed or not self._all_published():
             return None
         return (self._mine, self._mine_shards,
                 min(published.values()) if published else ENDED)
@@ -267,8 +270,10 @@ class WatermarkClock:
             self._note(hist, wall, released)
 
     def observe(self, event_ts: int, partition: str = "") -> None:
-        """An event the engine got from ``partition``; only partitions read elsewhere count."""
-        if partition in self._local or partition.startswith("derived:"):
+        """An event the engine got from ``partition``; only partitions read elsewhere count,
+        and only where the peers are unknown (a cluster follows what they say instead)."""
+        if (self._expected is not None or partition in self._local
+                or partition.startswith("derived:")):
             return
         self._seen_at[partition] = self.wall.now_ms()
         if event_ts > self._newest.get(partition, -1):
@@ -302,7 +307,7 @@ class WatermarkClock:
 
     def now_ms(self) -> int:
         w = self.wall.now_ms()
-        if not self._shards <= self._published.keys():
+        if not self._all_published():
             return HELD  # a shard read here has not published yet (a start, a restart)
         low = min(self._published.values(), default=w)
         if self._expected is not None:  # a cluster: what the other processes said
