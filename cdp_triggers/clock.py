@@ -23,6 +23,7 @@ HISTORY_STEP_MS = 100  # how finely WatermarkClock remembers what was released
 _LAST = 2**63  # sorts after every watermark: bisect to the last entry at a wall time
 ENDED = 2**62  # what a process whose every shard has ended has released: everything
 BEAT_MS = 500  # a process with peers tells them what it has released at least this often
+TICK_MS = 100  # a live shard with no events to release says how far it has got this often
 HELD = 0  # the live clock while part of the input has said nothing yet: no timer fires
 
 
@@ -38,6 +39,49 @@ class Beat:
 
 
 BEAT = Beat()
+
+
+class Released:
+    """What a live shard adds at the end of a batch: it has released every event before
+    ``before`` (event time; :data:`ENDED` once it has ended). It travels behind the
+    batch's events to every worker (:class:`Ticks`), so a worker that has it has every
+    event the shard released for it before that time (``WatermarkClock.tick``)."""
+
+    __slots__ = ("before", "shard")
+
+    def __init__(self, shard: str, before: int) -> None:
+        self.shard, self.before = shard, before
+
+    def __eq__(self, other: object) -> bool:
+        return (type(other) is Released and other.shard == self.shard
+                and other.before == self.before)
+
+    def __repr__(self) -> str:
+        return f"Released({self.shard!r}, {self.before})"
+
+
+class Ticks:
+    """The :class:`Released` marks that reached a worker, handed to its keyed step behind
+    the events that came with them (``(shard, before)`` pairs, as a key of their own that
+    routes to that worker: see ``flows.pipeline``)."""
+
+    __slots__ = ("marks",)
+
+    def __init__(self, marks: tuple[tuple[str, int], ...]) -> None:
+        self.marks = marks
+
+    def __reduce__(self) -> tuple:
+        return Ticks, (self.marks,)
+
+
+class _View:
+    """One worker's in-band view: each shard's latest mark that reached its keyed step."""
+
+    __slots__ = ("before", "shards")
+
+    def __init__(self) -> None:
+        self.shards: dict[str, int] = {}
+        self.before: int | None = None  # the lowest, once every shard of the run has said
 
 
 class Clock(Protocol):
@@ -176,6 +220,11 @@ class WatermarkClock:
         self._remote_history: dict[str, list[tuple[int, int]]] = {}
         self._newest: dict[str, int] = {}  # remote partition → newest event time seen
         self._seen_at: dict[str, int] = {}  # remote partition → wall time of its last event
+        # in band (``follow_marks``): every shard of the run; each worker thread's view of
+        # what reached its keyed step; when each local shard last said where it was
+        self._run_shards: frozenset[str] | None = None
+        self._views: dict[int, _View] = {}
+        self._told: dict[str, tuple[int, int]] = {}  # shard → (wall, before) of its last mark
 
     def claim(self, shard: str, partitions: list[str]) -> None:
         """A source in this process reads ``partitions`` as ``shard``."""
@@ -193,6 +242,64 @@ class WatermarkClock:
         process restarting with its peers fired the timers of customers read elsewhere
         by the wall clock, before the peer had read the cancels in its backlog."""
         self._expected = frozenset(shards)
+
+    def follow_marks(self, shards: list[str]) -> None:
+        """Fire timers by the marks that reached each worker (:meth:`tick`), not by what the
+        sources published: ``shards`` are all the run's shards, here or in other processes.
+        A source publishes its watermark as it releases a batch, before the batch's events
+        reach their customers' keyed steps (a parse, a hand-over to another worker, maybe
+        another process). A timer fired by that word alone could fire before a cancel
+        already released reached its customer: with ``grace: 0s``, a reminder a sorted
+        replay cancels. A mark travels behind the events it covers instead, on the same
+        path, like a watermark in Flink or Timely."""
+        self._run_shards = frozenset(shards)
+
+    @property
+    def in_band(self) -> bool:
+        return self._run_shards is not None
+
+    def say(self, shard: str, released: int | None, with_events: bool) -> Released | None:
+        """The mark a local shard adds at the end of a batch (``released``: before what it
+        has released everything; None: it has ended), or None: with events, always; else
+        when it has moved on and ``TICK_MS`` has passed since the last (an idle live shard
+        moves with the wall clock: a mark a poll would flood the flow)."""
+        if self._run_shards is None:
+            return None
+        before = ENDED if released is None else released
+        wall = self.wall.now_ms()
+        last = self._told.get(shard)
+        if not with_events and last is not None and (
+                last[1] == before or (wall - last[0] < TICK_MS and before != ENDED)):
+            return None
+        self._told[shard] = (wall, before)
+        return Released(shard, before)
+
+    def tick(self, marks: tuple[tuple[str, int], ...]) -> None:
+        """Marks that reached the keyed step of the calling worker thread, behind every event
+        they cover: its timers may now fire up to the lowest mark of all the run's shards."""
+        ident = threading.get_ident()
+        view = self._views.get(ident)
+        if view is None:
+            view = self._views[ident] = _View()
+        shards = view.shards
+        for shard, before in marks:
+            if before > shards.get(shard, -ENDED):
+                shards[shard] = before
+        run = self._run_shards
+        if run is not None and (view.before is not None or run <= shards.keys()):
+            view.before = min(shards[s] for s in run)
+
+    def timer_now(self) -> int:
+        """The time a worker's timers fire by: :meth:`now_ms`, and, marks followed, at most
+        the lowest mark that reached this worker from each shard of the run (:data:`HELD`
+        until each has said something)."""
+        now = self.now_ms()
+        if self._run_shards is None:
+            return now
+        view = self._views.get(threading.get_ident())
+        if view is None or view.before is None:
+            return HELD
+        return min(now, view.before)
 
     def beat_due(self) -> bool:
         """Whether a source of this process should add a :data:`BEAT` to its batch now: in

@@ -163,6 +163,8 @@ def build_run(s: Settings, source: Literal["kafka", "files", "generator"] = "kaf
         if generator is None:
             raise ValueError("source='generator' needs a generator")
         src = IteratorSource(generator, progress=progress, opts=opts)
+    if live:  # timers fire by what reached each worker (marks behind the events)
+        clock.follow_marks(src.list_parts())
     if live and processes > 1:  # a cluster: hold the clock to what the others released
         clock.expect(src.list_parts())
     if outputs == "memory":

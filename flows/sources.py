@@ -154,10 +154,10 @@ class _ReadersPartition(StatefulSourcePartition[Event | Rejected, Any]):
             for r in raws:
                 al.offer(name, parse_event(r.data, r.where, wall))
         out = al.release(wall)
-        _publish(self.opts, self.shard, al, wall)
+        released = _publish(self.opts, self.shard, al, wall)
         if not out and al.finished():
-            raise StopIteration
-        return _beat(self.opts, out)
+            return _last_word(self.opts, self.shard)
+        return _beat(self.opts, out, self.shard, released)
 
     def snapshot(self) -> Any:
         state = ({n: r.position for n, r in self.readers.items()}, self.aligner)
@@ -186,18 +186,40 @@ def _aligner(resumed: Aligner | None, streams: list[str], opts: AlignOptions) ->
     return resumed
 
 
-def _beat(opts: AlignOptions, out: list[Any]) -> list[Any]:
-    """``out``, with a :data:`BEAT` at its end when this process is due to tell the others
-    of its cluster what it has released (``WatermarkClock.beat_due``)."""
-    if opts.clock is not None and opts.clock.beat_due():
-        out.append(BEAT)
+def _beat(opts: AlignOptions, out: list[Any], shard: str, released: int | None) -> list[Any]:
+    """``out``, with at its end the shard's :class:`Released` mark when it is due (marks
+    followed in band: ``WatermarkClock.say``), and a :data:`BEAT` when this process is due
+    to tell the others of its cluster what it has released (``WatermarkClock.beat_due``)."""
+    clock = opts.clock
+    if clock is not None:
+        if clock.in_band and opts.live:
+            said = clock.say(shard, released, bool(out))
+            if said is not None:
+                out.append(said)
+        if clock.beat_due():
+            out.append(BEAT)
     return out
 
 
-def _publish(opts: AlignOptions, shard: str, al: Aligner, wall: int | None) -> None:
-    if opts.clock is not None:
-        w = al.watermark(wall)
-        opts.clock.publish(shard, None if w >= DONE else w - 1)
+def _last_word(opts: AlignOptions, shard: str) -> list[Any]:
+    """A finished shard's last batch: its mark that it has ended, once (in band), so no
+    worker's timers wait for it; then the end of its input."""
+    clock = opts.clock
+    if clock is not None and clock.in_band and opts.live:
+        said = clock.say(shard, None, False)
+        if said is not None:
+            return [said]
+    raise StopIteration
+
+
+def _publish(opts: AlignOptions, shard: str, al: Aligner, wall: int | None) -> int | None:
+    """Publish the shard's watermark to the clock (live); what it published (None: ended)."""
+    if opts.clock is None:
+        return None
+    w = al.watermark(wall)
+    released = None if w >= DONE else w - 1
+    opts.clock.publish(shard, released)
+    return released
 
 
 class JsonlSource(FixedPartitionedSource[Event | Rejected, Any]):
@@ -432,12 +454,12 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
             self.stall.down("no data and no end-of-partition from the broker for 30 s")
         self._bound_memory(wall)
         out = al.release(wall)
-        _publish(self.opts, self.shard, al, wall)
+        released = _publish(self.opts, self.shard, al, wall)
         if msgs and NEVER < (w := al.watermark(wall)) < DONE:
             self.wm.update(w, wall if wall is not None else self.wall.now_ms())
         if not out and not self.tail and al.finished():
-            raise StopIteration
-        return _beat(self.opts, out)
+            return _last_word(self.opts, self.shard)
+        return _beat(self.opts, out, self.shard, released)
 
     def next_awake(self) -> datetime | None:
         """Live, after an empty poll: come back in :data:`LIVE_POLL` (no busy loop, no

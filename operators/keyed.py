@@ -3,8 +3,10 @@
 Two clock modes, same engine code:
 
 * ``live``: ``now`` is the injected clock (in production the wall time held back to the
-  input's low watermark, ``cdp_triggers.clock.WatermarkClock``); keys without new events
-  are woken by Bytewax ``notify_at`` at their next deadline (+ grace).
+  input's low watermark, ``cdp_triggers.clock.WatermarkClock``); timers fire by what of
+  it reached this worker in band (the shards' marks, behind their events: a
+  :class:`~cdp_triggers.clock.Ticks` item under a key of its own); keys without new
+  events are woken by Bytewax ``notify_at`` at their next deadline (+ grace).
 * ``replay``: ``now`` is the events' own time per key (never going back); at end of input
   every key fires what is due up to ``horizon_ms``. Deterministic for the same input.
 """
@@ -23,7 +25,7 @@ from typing import Literal
 
 from bytewax.operators import StatefulBatchLogic
 
-from cdp_triggers.clock import Clock, WallClock, to_datetime
+from cdp_triggers.clock import Clock, Ticks, WallClock, to_datetime
 from cdp_triggers.events import Event, Rejected, processing_error
 from cdp_triggers.metrics import observe_timer_lateness_ms
 from cdp_triggers.records import (
@@ -86,6 +88,14 @@ class EngineRuntime:
     def wall(self) -> Clock:
         """The unheld wall clock behind ``clock`` (for scheduling Bytewax notifications)."""
         return getattr(self.clock, "wall", self.clock)
+
+    def timer_now(self) -> int:
+        """The time this worker's timers fire by (live): the clock's, and where the run
+        follows in-band marks, no later than the marks that reached this worker
+        (``WatermarkClock.timer_now``)."""
+        clock = self.clock
+        timer_now = getattr(clock, "timer_now", None)
+        return timer_now() if timer_now is not None else clock.now_ms()
 
     def observe(self, event: Event) -> None:
         """Tell a watermark clock how far each input partition has got (source
@@ -214,6 +224,9 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         source released it, so nothing earlier is unread), timers then by the held clock.
         An event the engine raises on becomes a ``processing_error`` dead letter."""
         rt = self.rt
+        if type(values[0]) is Ticks:  # marks for this worker's timers, not a customer
+            rt.clock.tick(tuple(m for t in values for m in t.marks))  # type: ignore[attr-defined]
+            return [], self.DISCARD
         self._read = None
         st = self._wake(values[0].customer_id)
         out: list[Output | Rejected] = []
@@ -234,14 +247,14 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
             except Exception as exc:  # one bad event never stops the flow
                 out.append(self._failed(e, exc))
         if live:
-            out += self._timers(rt.clock.now_ms())
+            out += self._timers(rt.timer_now())
         return out, self._settle()
 
     def on_notify(self) -> tuple[list[Output | Rejected], bool]:
         if self.rt.mode != "live" or (self.state is None and self.dormant is None):
             return [], self._keep_or_discard()
         self._read = None
-        now = self.rt.clock.now_ms()
+        now = self.rt.timer_now()
         if self.state is None:  # dormant: only its next timer wakes it
             if self.dormant is None or self.dormant[0] is None or self.dormant[0] > now:
                 return [], self.RETAIN
@@ -305,7 +318,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         """When to look again at a deadline the held clock has not reached: soon when it is
         held back only by the input's last poll (a live run that has caught up), else in
         RETRY_MS (catching up on a backlog: no spinning over every due customer)."""
-        lag = wall - self.rt.clock.now_ms()
+        lag = wall - self.rt.timer_now()
         return wall + (LIVE_RETRY_MS if lag < RETRY_MS else RETRY_MS)
 
     def _timers(self, now: int) -> list[Output | Rejected]:

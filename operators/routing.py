@@ -54,6 +54,20 @@ def route_key(worker: int, workers: int) -> str:
     return f"to-{n}"
 
 
+@cache
+def tick_key(route: str, workers: int) -> str:
+    """The engine's key for the in-band marks a bundle keyed ``route`` brought: it routes to
+    the same worker, and begins with a space, which no customer id does (ids are stripped).
+
+    >>> owner(tick_key(route_key(3, 4), 4), 4), tick_key("to-0", 1)
+    (3, ' ticks-0')
+    """
+    worker, n = owner(route, workers), 0
+    while owner(f" ticks-{n}", workers) != worker:
+        n += 1
+    return f" ticks-{n}"
+
+
 class Topology:
     """The run's worker count, learnt when Bytewax builds the probe (:func:`probe`): a flow
     is built before it knows how many workers will run it."""
@@ -61,25 +75,30 @@ class Topology:
     def __init__(self) -> None:
         self.workers = 1
 
-    def bundle(self, batch: Iterable[tuple[str, Any]],
-               mark: Any = None) -> list[tuple[str, tuple[list, Any]]]:
-        """``(customer, event)`` pairs → one ``(route key, ([pairs…], mark))`` per owning
-        worker, each in batch order; ``mark`` rides along (what the sending process had
-        released: ``WatermarkClock.mark``)."""
-        workers = self.workers
-        if workers <= 1:
+    def bundle(self, batch: Iterable[tuple[str, Any]], mark: Any = None,
+               ticks: tuple = ()) -> list[tuple[str, tuple[list, Any, tuple]]]:
+        """``(customer, event)`` pairs → one ``(route key, ([pairs…], mark, ticks))`` per
+        owning worker, each in batch order; ``mark`` rides along (what the sending process
+        had released: ``WatermarkClock.mark``). With ``ticks`` (the shards' in-band
+        ``Released`` marks, as ``(shard, before)``), every worker gets one, an empty bundle
+        where it owns none of the events: a mark must reach every keyed step, behind the
+        events it covers."""
+        workers = max(self.workers, 1)
+        if workers == 1:
             pairs = list(batch)
-            return [(route_key(0, 1), (pairs, mark))] if pairs else []
+            return [(route_key(0, 1), (pairs, mark, ticks))] if pairs or ticks else []
         groups: dict[int, list] = {}
         for pair in batch:
             groups.setdefault(owner(pair[0], workers), []).append(pair)
-        return [(route_key(w, workers), (pairs, mark)) for w, pairs in groups.items()]
+        if ticks:
+            return [(route_key(w, workers), (groups.get(w, []), mark, ticks))
+                    for w in range(workers)]
+        return [(route_key(w, workers), (pairs, mark, ())) for w, pairs in groups.items()]
 
-
-    def to_everyone(self, mark: Any) -> list[tuple[str, tuple[list, Any]]]:
+    def to_everyone(self, mark: Any) -> list[tuple[str, tuple[list, Any, tuple]]]:
         """An empty bundle for every worker, carrying ``mark`` (a process's beat)."""
         workers = self.workers
-        return [(route_key(w, workers), ([], mark)) for w in range(max(workers, 1))]
+        return [(route_key(w, workers), ([], mark, ())) for w in range(max(workers, 1))]
 
 
 class _Deliver(StatefulBatchLogic[list, list, None]):

@@ -6,7 +6,9 @@ from cdp_triggers.clock import (
     BEAT_MS,
     ENDED,
     HELD,
+    TICK_MS,
     ManualClock,
+    Released,
     WatermarkClock,
     from_datetime,
     iso,
@@ -156,3 +158,43 @@ def test_a_cluster_clock_waits_for_every_shard_then_follows_what_their_processes
     assert clock.now_ms() == 7_000_000
     clock.heard((frozenset({"clicks:1", "clicks:3"}), frozenset({"s1", "s3"}), 9_900_000))
     assert clock.now_ms() == 9_000_000  # its early mark does not hold the clock for good
+
+
+def test_timers_follow_the_marks_that_reached_their_worker():
+    """Marks followed: a worker's timers fire by the lowest mark of every shard of the run
+    that reached *its* keyed step (held until each shard has said something), never later
+    than the published clock; another worker's marks do not count for it. A shard says
+    where it is with every batch of events, when idle only every TICK_MS and when it has
+    moved, and that it has ended at once."""
+    import threading
+
+    wall = ManualClock(10_000_000)
+    clock = WatermarkClock(wall)
+    clock.claim("s0", ["a:0"])
+    clock.publish("s0", 9_000_000)
+    clock.follow_marks(["s0", "s1"])
+    assert clock.timer_now() == HELD  # nothing reached this worker yet
+    clock.tick((("s0", 8_000_000),))
+    assert clock.timer_now() == HELD  # s1 (read elsewhere) has said nothing yet
+    clock.tick((("s1", 8_500_000), ("s0", 7_000_000)))  # (an older mark does not go back)
+    assert clock.timer_now() == 8_000_000
+    clock.tick((("s0", ENDED),))
+    assert clock.timer_now() == 8_500_000
+    clock.tick((("s1", 9_500_000),))
+    assert clock.timer_now() == 9_000_000  # never past what the shards here published
+
+    other: list[int] = []
+    t = threading.Thread(target=lambda: other.append(clock.timer_now()))
+    t.start()
+    t.join()
+    assert other == [HELD]  # another worker: no mark has reached it
+
+    assert clock.say("s0", 9_000_000, True) == Released("s0", 9_000_000)
+    assert clock.say("s0", 9_000_000, True) == Released("s0", 9_000_000)  # events: always
+    assert clock.say("s0", 9_000_100, False) is None  # idle: not before TICK_MS
+    wall.advance(TICK_MS)
+    assert clock.say("s0", 9_000_000, False) is None  # idle and not moved: nothing to say
+    assert clock.say("s0", 9_000_100, False) == Released("s0", 9_000_100)
+    assert clock.say("s0", None, False) == Released("s0", ENDED)  # ended: at once
+    assert clock.say("s0", None, False) is None
+    assert WatermarkClock(wall).say("s0", 1, True) is None  # marks not followed: none

@@ -18,7 +18,7 @@ from config.loader import load_config
 from flows.sources import RawEvent
 from operators.engine import Engine
 from operators.keyed import EngineRuntime
-from operators.routing import Topology, owner, route_key
+from operators.routing import Topology, owner, route_key, tick_key
 from state.profiles import DictProfileStore
 from tests.test_flow_embedded import _decision_keys, run_records
 
@@ -63,14 +63,33 @@ def test_bundles_keep_batch_order_per_worker_and_name_their_worker() -> None:
     topo.workers = 3
     pairs = [(f"c{i}", i) for i in range(60)]
     bundles = topo.bundle(pairs, "m")
-    assert sorted(p for _, (ps, _) in bundles for p in ps) == sorted(pairs)
-    for key, (ps, mark) in bundles:
+    assert sorted(p for _, (ps, _, _) in bundles for p in ps) == sorted(pairs)
+    for key, (ps, mark, ticks) in bundles:
         assert {owner(c, 3) for c, _ in ps} == {owner(key, 3)}
         assert [i for _, i in ps] == sorted(i for _, i in ps)
         assert mark == "m"  # what the sending process had released rides along
+        assert ticks == ()
     topo.workers = 1
-    assert topo.bundle(pairs) == [(route_key(0, 1), (pairs, None))]
+    assert topo.bundle(pairs) == [(route_key(0, 1), (pairs, None, ()))]
     assert topo.bundle([]) == []
+
+
+def test_in_band_marks_reach_every_worker_and_stay_on_it_in_the_engine_step() -> None:
+    """A batch's shard marks go to every worker, an empty bundle where it owns none of the
+    events; there they are keyed to stay on that worker, under a key no customer has."""
+    topo = Topology()
+    topo.workers = 4
+    pairs = [("c1", 1)]
+    ticks = (("s0", 99),)
+    bundles = topo.bundle(pairs, None, ticks)
+    assert sorted(owner(k, 4) for k, _ in bundles) == [0, 1, 2, 3]
+    assert all(t == ticks for _, (_, _, t) in bundles)
+    assert sum(len(ps) for _, (ps, _, _) in bundles) == 1
+    for key, _ in bundles:
+        assert owner(tick_key(key, 4), 4) == owner(key, 4)
+        assert tick_key(key, 4).startswith(" ")  # ids are stripped: never a customer's
+    topo.workers = 1
+    assert topo.bundle([], None, ticks) == [(route_key(0, 1), ([], None, ticks))]
 
 
 def test_the_probe_tells_the_runtime_how_many_workers_run_it() -> None:
