@@ -23,7 +23,7 @@ HISTORY_STEP_MS = 100  # how finely WatermarkClock remembers what was released
 _LAST = 2**63  # sorts after every watermark: bisect to the last entry at a wall time
 ENDED = 2**62  # what a process whose every shard has ended has released: everything
 BEAT_MS = 500  # a process with peers tells them what it has released at least this often
-TICK_MS = 100  # a live shard with no events to release says how far it has got this often
+TICK_MS = 20  # a live shard with nothing to release says how far it has got this often
 HELD = 0  # the live clock while part of the input has said nothing yet: no timer fires
 
 
@@ -196,9 +196,10 @@ class WatermarkClock:
     """
 
     def __init__(self, wall: Clock | None = None, idle_ms: int = 5 * SECOND,
-                 history_ms: int = 15 * MINUTE) -> None:
+                 history_ms: int = 15 * MINUTE, tick_ms: int = TICK_MS) -> None:
         self.wall = wall or WallClock()
         self.idle_ms = idle_ms
+        self.tick_ms = tick_ms
         self.history_ms = history_ms
         # (wall time, min published watermark then), oldest first, HISTORY_STEP_MS apart
         self._history: list[tuple[int, int]] = []
@@ -261,15 +262,16 @@ class WatermarkClock:
     def say(self, shard: str, released: int | None, with_events: bool) -> Released | None:
         """The mark a local shard adds at the end of a batch (``released``: before what it
         has released everything; None: it has ended), or None: with events, always; else
-        when it has moved on and ``TICK_MS`` has passed since the last (an idle live shard
-        moves with the wall clock: a mark a poll would flood the flow)."""
+        when it has moved on and ``tick_ms`` has passed since the last (an idle live shard
+        moves with the wall clock: a mark a poll would flood the flow; the wait is what a
+        timer may wait for a mark from an idle shard)."""
         if self._run_shards is None:
             return None
         before = ENDED if released is None else released
         wall = self.wall.now_ms()
         last = self._told.get(shard)
         if not with_events and last is not None and (
-                last[1] == before or (wall - last[0] < TICK_MS and before != ENDED)):
+                last[1] == before or (wall - last[0] < self.tick_ms and before != ENDED)):
             return None
         self._told[shard] = (wall, before)
         return Released(shard, before)
@@ -300,6 +302,16 @@ class WatermarkClock:
         if view is None or view.before is None:
             return HELD
         return min(now, view.before)
+
+    def reached_here(self) -> int | None:
+        """Marks followed: :meth:`timer_now` of the calling worker, the time before which
+        every event its customers will get from any shard has reached its keyed step (a
+        late one aside); None when marks are not followed or a shard has said nothing yet.
+        A customer going dormant is pruned at it (``CustomerLogic._hibernate``)."""
+        if self._run_shards is None:
+            return None
+        now = self.timer_now()
+        return None if now == HELD else now
 
     def beat_due(self) -> bool:
         """Whether a source of this process should add a :data:`BEAT` to its batch now: in

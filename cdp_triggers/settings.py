@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     live_idle_ms: int = 5000  # live, peers unknown (not `run -a`): a partition read by
     # another process holds this process's clock back only while it sent something in the
     # last live_idle_ms (a cluster started by `run -a` follows what its peers say instead)
+    live_tick_ms: int = 20  # live: an input shard with nothing to release tells every
+    # worker how far it has got this often (timers of customers fire by what reached them)
     max_out_of_orderness_ms: int = 2000  # how far one input partition may go back in time
     align_max_buffer: int = 200_000  # events held for alignment per shard (then pause reads)
     idle_ttl_ms: int | None = 60_000  # a customer idle this long (wall) is compacted/evicted

@@ -137,7 +137,8 @@ def build_run(s: Settings, source: Literal["kafka", "files", "generator"] = "kaf
     live = s.clock == "live"
     # (its history covers a customer's idle time twice over: see CustomerLogic._hibernate)
     clock = WatermarkClock(idle_ms=s.live_idle_ms,
-                           history_ms=max(15 * MINUTE, 2 * (s.idle_ttl_ms or 0)))
+                           history_ms=max(15 * MINUTE, 2 * (s.idle_ttl_ms or 0)),
+                           tick_ms=s.live_tick_ms)
     store, origin, note = open_profiles(s, profiles, generated, records)
     if note:
         notes.append(note)

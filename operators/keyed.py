@@ -355,9 +355,13 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
 
         * every later event of this customer is at or after ``high_water`` (its events
           reach it in order);
-        * at or after the event time its input shard had released everything before *one
-          idle time ago*: as the shard published it when read in this process, or as the
-          bundles from the process reading it had said by then (``WatermarkClock.heard``).
+        * marks followed (live runs): at or after the time its timers fire by, the lowest
+          in-band mark of every shard that reached this worker
+          (``WatermarkClock.reached_here``): every event released before it is here
+          already, so a later one is not earlier (a late one aside);
+        * else at or after the event time its input shard had released everything before
+          *one idle time ago*: as the shard published it when read in this process, or as
+          the bundles from the process reading it had said by then (``WatermarkClock.heard``).
           Not the watermark now: the source publishes it as it releases, and an event
           released just before may still be on its way to this worker (a customer pruned
           at it then lost a count slot that event needed). An event released after that
@@ -368,9 +372,16 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         st = self.state
         assert st is not None
         safe = st.high_water
-        released = getattr(self.rt.clock, "released_before", None)
+        clock = self.rt.clock
+        reached = getattr(clock, "reached_here", None)
+        here = reached() if reached is not None else None
+        released = getattr(clock, "released_before", None)
         known = False  # the clock remembers what its input had released (here or not)
-        if released is not None and self.partition:
+        if here is not None:
+            known = True
+            if here > safe:
+                safe = here
+        elif released is not None and self.partition:
             wall = self.rt.wall.now_ms()
             known = released(self.partition, wall) is not None
             w = released(self.partition, wall - (self.rt.idle_ttl_ms or 0))
@@ -391,18 +402,20 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         self.rt.note_timer(st.customer_id, timer)
         wake = timer
         if wake is None and known:
-            wake = self._empty_at(raw, engine.empty_by(st))
+            wake = self._empty_at(raw, engine.empty_by(st), here)
         self.dormant, self.state = (wake, zlib.compress(raw, 1)), None
         return self.RETAIN
 
-    def _empty_at(self, raw: bytes, at: int) -> int | None:
+    def _empty_at(self, raw: bytes, at: int, here: int | None = None) -> int | None:
         """When to wake a customer with no timer, to discard it: pruning at ``at`` leaves
         nothing of the state pickled in ``raw`` (tried on a copy; else None, kept until its
         next event). A customer seen once and never again (a browse, no order) was kept
         dormant for good. Woken, it hibernates again and is discarded by the usual prune at
-        a safe time, decision-neutral as ever. That safe time is what had been released
-        one idle time (of wall time) before (see :meth:`_hibernate`), so the wake is an
-        idle time and a second after ``at``. A wake that comes too soon (a backlog read
+        a safe time, decision-neutral as ever. Marks followed (``here``: what reached this
+        worker), that safe time is the timers' own, so the wake is a second after ``at``;
+        else it is what had been released one idle time (of wall time) before (see
+        :meth:`_hibernate`), so the wake is an idle time and a second after. A wake that
+        comes too soon (a backlog read
         faster than the wall runs, the process reading its input sent nothing here since)
         is followed by one twice as far past ``at``: a few wakes a day at most, however
         long the wait. (Only called where the clock knows what the input released.)"""
@@ -410,8 +423,11 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         self.rt.engine.prune(probe, at, sweep=True)
         if not probe.is_empty():
             return None
-        held = self.rt.clock.now_ms()
-        trail = (self.rt.idle_ttl_ms or 0) + EXPIRY_SLACK_MS
+        if here is not None:
+            held, trail = here, EXPIRY_SLACK_MS
+        else:
+            held = self.rt.clock.now_ms()
+            trail = (self.rt.idle_ttl_ms or 0) + EXPIRY_SLACK_MS
         return max(at, held) + max(trail, held - at)
 
     def _handle(self, event: Event | None, now: int) -> list[Output]:

@@ -230,6 +230,71 @@ def test_going_dormant_prunes_nothing_an_event_still_on_its_way_needs():
     assert dormant == resident
 
 
+def test_marks_followed_a_dormant_customer_is_pruned_at_what_reached_its_worker():
+    """Marks followed (every live run), a customer going dormant is pruned at the time its
+    worker's timers fire by: the lowest mark of every shard that reached it, behind the
+    events it covers. The source's published watermark runs ahead of it, past an event
+    still on its way (the second view, 1 h - 50 ms after the first, needs the first's
+    count slot), and the history of one idle time ago is not needed. A one-off browser is
+    woken a second after all it holds expires, once the marks have passed that, and
+    discarded."""
+    hour, idle = 3_600_000, 60_000
+    first = _read_from(ev("product_viewed", 0, "c1", product_id="p1", price=10.0))
+    late_view = ev("product_viewed", 0, "c1", product_id="p1", price=10.0)
+    second = _read_from(Event(late_view.event_id, late_view.type, "c1",
+                              T0 + hour - 50, late_view.props))
+
+    def clocked(shipped: bool = True) -> tuple[ManualClock, WatermarkClock, EngineRuntime]:
+        wall = ManualClock(T0)
+        clock = WatermarkClock(wall)
+        clock.claim("s0", ["clickstream:0"])
+        clock.follow_marks(["s0"])
+        rt = EngineRuntime(engine(shipped_policy=shipped),
+                           (lambda: reachable) if shipped else (lambda: lambda cid: None),
+                           mode="live", clock=clock, idle_ttl_ms=idle)
+        return wall, clock, rt
+
+    pruned_at: list[int] = []
+
+    def run(ttl: int | None) -> list:
+        wall, clock, rt = clocked()
+        rt.idle_ttl_ms = ttl
+        prune = rt.engine.prune
+        rt.engine.prune = lambda st, safe, **kw: pruned_at.append(safe) or prune(st, safe, **kw)
+        logic = CustomerLogic(rt, None)
+        clock.tick((("s0", T0 - 1),))
+        out, _ = logic.on_batch([first])
+        wall.set(T0 + hour + 500)
+        clock.publish("s0", T0 + hour + 400)  # released ``second``: on its way ...
+        clock.tick((("s0", T0 + hour - 2_000),))  # ... behind this worker's last mark
+        out += logic.on_notify()[0]  # idle for an hour: goes dormant (when it may)
+        assert (logic.dormant is not None) == (ttl is not None)
+        out += logic.on_batch([second])[0]  # ``second`` reaches its customer
+        return [r for r in out if not isinstance(r, InputSeen)]
+
+    resident, dormant = run(None), run(idle)
+    assert any(isinstance(r, Lifecycle) and r.action == "started" for r in resident)
+    assert dormant == resident
+    assert T0 + hour - 2_000 in pruned_at  # going dormant: at the mark, no further
+
+    wall, clock, rt = clocked(shipped=False)
+    clock.publish("s0", T0 + 10 * DAY)  # (the source ran far ahead: the marks decide)
+    clock.tick((("s0", T0 - 1),))
+    browser = CustomerLogic(rt, None)
+    browser.on_batch([first])
+    wall.advance(idle)
+    clock.tick((("s0", wall.now_ms() - 2_000),))
+    browser.on_notify()
+    wake = browser.dormant[0]
+    expiry = T0 + 3 * DAY  # the dedupe window outlasts the rest
+    assert wake is not None and expiry < wake <= expiry + 2 * EXPIRY_SLACK_MS
+    clock.tick((("s0", wake - 1),))
+    wall.set(wake + 2_000)
+    assert browser.on_notify() == ([], False) and browser.dormant is not None  # not yet
+    clock.tick((("s0", wake),))
+    assert browser.on_notify()[1] is True and browser.dormant is None  # discarded
+
+
 def test_with_the_live_clock_only_customers_read_here_are_woken_to_be_discarded():
     """The real watermark clock: a one-off browser read in this process is woken once its
     state has expired *and* the released time of one idle time before has passed that,
