@@ -344,7 +344,7 @@ def run(ctx: typer.Context,
                            compiled=f"{len(compiled.loaded())}/{len(compiled.HOT)}")
     try:
         recovery = prepare_recovery(s)
-        flow = build_run(s, "kafka", processes=len(peers) if peers else 1).flow
+        flow = build_run(s, "kafka").flow
     except RunError as e:
         print(f"cdp-triggers run: {e}", file=sys.stderr)
         _done(2)

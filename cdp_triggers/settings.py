@@ -43,9 +43,6 @@ class Settings(BaseSettings):
     retry_cap_seconds: float = 30.0  # outages: backoff doubles from 0.2 s up to this
     retry_max_attempts: int | None = None  # None: wait an outage out however long it lasts
     clock: Literal["live", "replay"] = "live"
-    live_idle_ms: int = 5000  # live, peers unknown (not `run -a`): a partition read by
-    # another process holds this process's clock back only while it sent something in the
-    # last live_idle_ms (a cluster started by `run -a` follows what its peers say instead)
     live_tick_ms: int = 20  # live: an input shard with nothing to release tells every
     # worker how far it has got this often (timers of customers fire by what reached them)
     max_out_of_orderness_ms: int = 2000  # how far one input partition may go back in time

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
-from cdp_triggers.clock import MINUTE, WatermarkClock
+from cdp_triggers.clock import WatermarkClock
 from cdp_triggers.logs import RetryPolicy, mask_url
 from cdp_triggers.records import CATEGORIES, CHANNELS, Profile
 from cdp_triggers.settings import Settings
@@ -122,23 +122,17 @@ def build_run(s: Settings, source: Literal["kafka", "files", "generator"] = "kaf
               profiles: Fallback = "redis", generated: Iterable[Profile] = (),
               records: Iterable[dict[str, Any]] = (),
               outputs: Literal["full", "clickhouse", "memory"] = "full",
-              loopback: bool | None = None, recovery: bool | None = None,
-              processes: int = 1) -> Run:
+              loopback: bool | None = None, recovery: bool | None = None) -> Run:
     """Wire one run from settings (see the module doc). ``source``: the live topics, JSONL
     ``files`` or a ``generator`` of raw events; ``outputs``: ClickHouse + Kafka (+ profile
-    updates), ClickHouse only, or records kept in memory (previews). ``processes``: how
-    many processes run the flow together (a live cluster's processes tell each other what
-    their input has released)."""
+    updates), ClickHouse only, or records kept in memory (previews)."""
     from cdp_triggers.gateway_sim import simulate
 
     config = config or load_config(s.config_dir)
     notes: list[str] = []
     recovery = s.recovery_dir is not None if recovery is None else recovery
     live = s.clock == "live"
-    # (its history covers a customer's idle time twice over: see CustomerLogic._hibernate)
-    clock = WatermarkClock(idle_ms=s.live_idle_ms,
-                           history_ms=max(15 * MINUTE, 2 * (s.idle_ttl_ms or 0)),
-                           tick_ms=s.live_tick_ms)
+    clock = WatermarkClock(tick_ms=s.live_tick_ms)
     store, origin, note = open_profiles(s, profiles, generated, records)
     if note:
         notes.append(note)
@@ -164,10 +158,8 @@ def build_run(s: Settings, source: Literal["kafka", "files", "generator"] = "kaf
         if generator is None:
             raise ValueError("source='generator' needs a generator")
         src = IteratorSource(generator, progress=progress, opts=opts)
-    if live:  # timers fire by what reached each worker (marks behind the events)
-        clock.follow_marks(src.list_parts())
-    if live and processes > 1:  # a cluster: hold the clock to what the others released
-        clock.expect(src.list_parts())
+    if live:  # timers fire by what reached each worker (marks behind the events), from
+        clock.follow_marks(src.list_parts())  # every shard of the run, here or elsewhere
     if outputs == "memory":
         from bytewax.operators import output
         from bytewax.testing import TestingSink

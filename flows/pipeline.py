@@ -21,7 +21,7 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 
-from cdp_triggers.clock import BEAT, Released, Ticks
+from cdp_triggers.clock import Released, Ticks
 from cdp_triggers.events import Event, Rejected, parse_event
 from cdp_triggers.logs import DEFAULT_RETRY, RetryPolicy
 from cdp_triggers.records import ProfileUpdate
@@ -90,10 +90,6 @@ def engine_outputs(flow: Dataflow, source: Source,
     raw = op.input("input", flow, source)
     live = runtime.mode == "live"
     topology = runtime.topology
-    # live: each bundle says what its process had released when it was cut, and the
-    # processes it reaches remember it (dormant customers read elsewhere are pruned at it)
-    mark = getattr(runtime.clock, "mark", None) if live else None
-    heard = getattr(runtime.clock, "heard", None) if live else None
 
     def parse(r: Event | Rejected | RawEvent | KafkaSourceMessage) -> Event | Rejected:
         if isinstance(r, Event | Rejected):
@@ -102,33 +98,26 @@ def engine_outputs(flow: Dataflow, source: Source,
             r = from_kafka(r)
         return parse_event(r.data, r.where, runtime.wall.now_ms() if live else None)
 
-    def bundle(batch: list[Any]) -> list[Rejected | tuple[str, list[tuple[str, Event]]]]:
+    def bundle(batch: list[Any]) -> list[Rejected | tuple[str, tuple[list, tuple]]]:
         """A batch as its rejected items and its customer events (catalogue updates were
         fanned out already), one bundle per worker that owns some of them
         (:mod:`operators.routing`): one step per batch, not several per event. The
         shards' in-band marks (live) go to every worker, behind the batch's events."""
         out: list[Any] = []
         pairs: list[tuple[str, Event]] = []
-        beat = False
         ticks: list[tuple[str, int]] = []
         for item in batch:
             t = type(item)
             if t is Released:  # (live: how far the shard has released, behind its events)
                 ticks.append((item.shard, item.before))
                 continue
-            if item is BEAT:  # (live clusters: this process tells every worker)
-                beat = True
-                continue
             e = item if t is Event else parse(item)
             if type(e) is not Event:
                 out.append(e)
             elif e.type != "product_updated":
                 pairs.append((e.customer_id, e))
-        said = mark() if mark is not None and (pairs or beat) else None
         if pairs or ticks:
-            out += topology.bundle(pairs, said, tuple(ticks))
-        if beat and said is not None:
-            out += topology.to_everyone(said)
+            out += topology.bundle(pairs, tuple(ticks))
         return out
 
     parsed = op.flat_map_batch("parse_and_bundle", raw, bundle)
@@ -138,20 +127,16 @@ def engine_outputs(flow: Dataflow, source: Source,
               routing.probe(topology))
     delivered = op.stateful_batch("deliver", bundles, routing.deliver_logic)
 
-    def by_customer(items: list[tuple[str, tuple[list[tuple[str, Event]], Any, tuple]]],
+    def by_customer(items: list[tuple[str, tuple[list[tuple[str, Event]], tuple]]],
                     ) -> list[tuple[str, Event | Ticks]]:
         """The bundles that reached this worker, keyed by customer; their profiles are read
         in one round trip here, where the engine's lookups that follow will ask for them.
         Their in-band marks follow the events as one :class:`Ticks`, keyed so that it stays
         on this worker (:func:`routing.tick_key`)."""
-        keyed: list[Any] = [pair for _, (pairs, _, _) in items for pair in pairs]
+        keyed: list[Any] = [pair for _, (pairs, _) in items for pair in pairs]
         if runtime.prefetch is not None and keyed:
             runtime.prefetch([k for k, _ in keyed], runtime.sure_reads(keyed))
-        if heard is not None:
-            for _, (_, said, _) in items:
-                if said is not None:
-                    heard(said)
-        ticks = tuple(t for _, (_, _, marks) in items for t in marks)
+        ticks = tuple(t for _, (_, marks) in items for t in marks)
         if ticks:
             keyed.append((routing.tick_key(items[0][0], topology.workers), Ticks(ticks)))
         return keyed

@@ -32,7 +32,7 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from cdp_triggers import metrics
-from cdp_triggers.clock import BEAT, WallClock, WatermarkClock
+from cdp_triggers.clock import WallClock, WatermarkClock
 from cdp_triggers.events import Event, Rejected, parse_event
 from cdp_triggers.logs import KafkaLog, RateLimited, StateLog
 from cdp_triggers.shutdown import STOP
@@ -142,7 +142,7 @@ class _ReadersPartition(StatefulSourcePartition[Event | Rejected, Any]):
         self.opts, self.batch = opts, batch
         self.wall = WallClock()
         if opts.clock is not None:
-            opts.clock.claim(shard, list(self.readers))
+            opts.clock.claim(shard)
 
     def next_batch(self) -> list[Event | Rejected]:
         al = self.aligner
@@ -157,7 +157,7 @@ class _ReadersPartition(StatefulSourcePartition[Event | Rejected, Any]):
         released = _publish(self.opts, self.shard, al, wall)
         if not out and al.finished():
             return _last_word(self.opts, self.shard)
-        return _beat(self.opts, out, self.shard, released)
+        return _with_mark(self.opts, out, self.shard, released)
 
     def snapshot(self) -> Any:
         state = ({n: r.position for n, r in self.readers.items()}, self.aligner)
@@ -186,18 +186,15 @@ def _aligner(resumed: Aligner | None, streams: list[str], opts: AlignOptions) ->
     return resumed
 
 
-def _beat(opts: AlignOptions, out: list[Any], shard: str, released: int | None) -> list[Any]:
-    """``out``, with at its end the shard's :class:`Released` mark when it is due (marks
-    followed in band: ``WatermarkClock.say``), and a :data:`BEAT` when this process is due
-    to tell the others of its cluster what it has released (``WatermarkClock.beat_due``)."""
+def _with_mark(opts: AlignOptions, out: list[Any], shard: str,
+               released: int | None) -> list[Any]:
+    """``out``, with the shard's :class:`Released` mark at its end when it is due (live:
+    ``WatermarkClock.say``): it travels behind these events to every worker."""
     clock = opts.clock
-    if clock is not None:
-        if clock.in_band and opts.live:
-            said = clock.say(shard, released, bool(out))
-            if said is not None:
-                out.append(said)
-        if clock.beat_due():
-            out.append(BEAT)
+    if clock is not None and clock.in_band and opts.live:
+        said = clock.say(shard, released, bool(out))
+        if said is not None:
+            out.append(said)
     return out
 
 
@@ -351,7 +348,7 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
                                                                      OFFSET_BEGINNING))
                               for t, p in tps])
         if opts.clock is not None:
-            opts.clock.claim(shard, names)
+            opts.clock.claim(shard)
         self.read_counters = {t: metrics.events_read(t) for t, _ in tps}
         self.wm = metrics.WatermarkGauges(shard)
         metrics.READY.set("sources")
@@ -459,7 +456,7 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
             self.wm.update(w, wall if wall is not None else self.wall.now_ms())
         if not out and not self.tail and al.finished():
             return _last_word(self.opts, self.shard)
-        return _beat(self.opts, out, self.shard, released)
+        return _with_mark(self.opts, out, self.shard, released)
 
     def next_awake(self) -> datetime | None:
         """Live, after an empty poll: come back in :data:`LIVE_POLL` (no busy loop, no

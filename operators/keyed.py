@@ -16,7 +16,6 @@ from __future__ import annotations
 import bisect
 import logging
 import pickle
-import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,13 +95,6 @@ class EngineRuntime:
         clock = self.clock
         timer_now = getattr(clock, "timer_now", None)
         return timer_now() if timer_now is not None else clock.now_ms()
-
-    def observe(self, event: Event) -> None:
-        """Tell a watermark clock how far each input partition has got (source
-        ``topic:partition:offset`` → partition ``topic:partition``)."""
-        observe = getattr(self.clock, "observe", None)
-        if observe is not None:
-            observe(event.ts, partition_of(event))
 
     def profiles(self) -> ProfileLookup:
         if self._profiles is None:
@@ -194,7 +186,6 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         else:
             self.state = state
         self.active_at = rt.wall.now_ms()
-        self.partition = ""  # where this customer's latest event was read
         self._read: tuple[str, Profile | None] | None = None  # this activation's profile
 
     def _profile(self, customer_id: str) -> Profile | None:
@@ -232,15 +223,12 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         out: list[Output | Rejected] = []
         live = rt.mode == "live"
         wall = 0
-        if live:  # (where it was read: only a live customer going dormant asks)
+        if live:
             wall = rt.wall.now_ms()
-            # one string per partition, shared by its customers (a copy each: ~60 B)
-            self.partition = sys.intern(partition_of(values[-1]))
         for e in (values if len(values) == 1 else sorted(values, key=_order)):
             now = max(st.high_water, e.ts)
             if live:
                 now = min(now, wall)
-                rt.observe(e)
             try:
                 out += self._advance(now)
                 out += self._handle(e, now)
@@ -355,38 +343,21 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
 
         * every later event of this customer is at or after ``high_water`` (its events
           reach it in order);
-        * marks followed (live runs): at or after the time its timers fire by, the lowest
-          in-band mark of every shard that reached this worker
-          (``WatermarkClock.reached_here``): every event released before it is here
-          already, so a later one is not earlier (a late one aside);
-        * else at or after the event time its input shard had released everything before
-          *one idle time ago*: as the shard published it when read in this process, or as
-          the bundles from the process reading it had said by then (``WatermarkClock.heard``).
-          Not the watermark now: the source publishes it as it releases, and an event
-          released just before may still be on its way to this worker (a customer pruned
-          at it then lost a count slot that event needed). An event released after that
-          moment is not earlier (a late one aside); one on its way for longer than the
-          idle time is not expected;
+        * at or after the time its worker's timers fire by (``WatermarkClock.reached_here``:
+          the lowest in-band mark of every shard of the run that reached this worker,
+          behind the events it covers): every event released before it is here already,
+          so a later one is not earlier (a late one aside). Not the source's published
+          watermark: an event released just before may still be on its way to this worker
+          (a customer pruned at it lost a count slot that event needed);
         * every timer of it decides at its due time, so nothing is pruned past the
           earliest one."""
         st = self.state
         assert st is not None
         safe = st.high_water
-        clock = self.rt.clock
-        reached = getattr(clock, "reached_here", None)
+        reached = getattr(self.rt.clock, "reached_here", None)
         here = reached() if reached is not None else None
-        released = getattr(clock, "released_before", None)
-        known = False  # the clock remembers what its input had released (here or not)
-        if here is not None:
-            known = True
-            if here > safe:
-                safe = here
-        elif released is not None and self.partition:
-            wall = self.rt.wall.now_ms()
-            known = released(self.partition, wall) is not None
-            w = released(self.partition, wall - (self.rt.idle_ttl_ms or 0))
-            if w is not None and w > safe:
-                safe = w
+        if here is not None and here > safe:
+            safe = here
         if st.instances:
             safe = min(safe, min(i.due for i in st.instances.values()))
         engine = self.rt.engine
@@ -401,34 +372,21 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         # customer woken to be discarded decides nothing and reads no profile
         self.rt.note_timer(st.customer_id, timer)
         wake = timer
-        if wake is None and known:
-            wake = self._empty_at(raw, engine.empty_by(st), here)
+        if wake is None and here is not None:
+            wake = self._empty_at(raw, engine.empty_by(st))
         self.dormant, self.state = (wake, zlib.compress(raw, 1)), None
         return self.RETAIN
 
-    def _empty_at(self, raw: bytes, at: int, here: int | None = None) -> int | None:
+    def _empty_at(self, raw: bytes, at: int) -> int | None:
         """When to wake a customer with no timer, to discard it: pruning at ``at`` leaves
         nothing of the state pickled in ``raw`` (tried on a copy; else None, kept until its
         next event). A customer seen once and never again (a browse, no order) was kept
-        dormant for good. Woken, it hibernates again and is discarded by the usual prune at
-        a safe time, decision-neutral as ever. Marks followed (``here``: what reached this
-        worker), that safe time is the timers' own, so the wake is a second after ``at``;
-        else it is what had been released one idle time (of wall time) before (see
-        :meth:`_hibernate`), so the wake is an idle time and a second after. A wake that
-        comes too soon (a backlog read
-        faster than the wall runs, the process reading its input sent nothing here since)
-        is followed by one twice as far past ``at``: a few wakes a day at most, however
-        long the wait. (Only called where the clock knows what the input released.)"""
+        dormant for good. Woken (by its worker's timer time, like a timer), it hibernates
+        again and is discarded by the usual prune at that time, decision-neutral as ever.
+        (Only where the clock follows marks and every shard has said something.)"""
         probe = pickle.loads(raw)
         self.rt.engine.prune(probe, at, sweep=True)
-        if not probe.is_empty():
-            return None
-        if here is not None:
-            held, trail = here, EXPIRY_SLACK_MS
-        else:
-            held = self.rt.clock.now_ms()
-            trail = (self.rt.idle_ttl_ms or 0) + EXPIRY_SLACK_MS
-        return max(at, held) + max(trail, held - at)
+        return None if not probe.is_empty() else at + EXPIRY_SLACK_MS
 
     def _handle(self, event: Event | None, now: int) -> list[Output]:
         st = self.state
@@ -523,12 +481,6 @@ def input_seen(event: Event, caused: list[Output], activity: dict[str, int],
                         for s, i in state.instances.items()):
         effects.add("reset")
     return InputSeen.of(event, effects) if effects else None
-
-
-def partition_of(event: Event) -> str:
-    """The input partition an event was read from (``topic:partition:offset`` →
-    ``topic:partition``; ``file:line`` → ``file``)."""
-    return event.source.rpartition(":")[0]
 
 
 def _order(e: Event) -> tuple[int, str]:

@@ -75,30 +75,24 @@ class Topology:
     def __init__(self) -> None:
         self.workers = 1
 
-    def bundle(self, batch: Iterable[tuple[str, Any]], mark: Any = None,
-               ticks: tuple = ()) -> list[tuple[str, tuple[list, Any, tuple]]]:
-        """``(customer, event)`` pairs → one ``(route key, ([pairs…], mark, ticks))`` per
-        owning worker, each in batch order; ``mark`` rides along (what the sending process
-        had released: ``WatermarkClock.mark``). With ``ticks`` (the shards' in-band
-        ``Released`` marks, as ``(shard, before)``), every worker gets one, an empty bundle
-        where it owns none of the events: a mark must reach every keyed step, behind the
-        events it covers."""
+    def bundle(self, batch: Iterable[tuple[str, Any]],
+               ticks: tuple = ()) -> list[tuple[str, tuple[list, tuple]]]:
+        """``(customer, event)`` pairs → one ``(route key, ([pairs…], ticks))`` per owning
+        worker, each in batch order. With ``ticks`` (the shards' in-band ``Released``
+        marks, as ``(shard, before)``), every worker gets one, an empty bundle where it
+        owns none of the events: a mark must reach every keyed step, behind the events
+        it covers."""
         workers = max(self.workers, 1)
         if workers == 1:
             pairs = list(batch)
-            return [(route_key(0, 1), (pairs, mark, ticks))] if pairs or ticks else []
+            return [(route_key(0, 1), (pairs, ticks))] if pairs or ticks else []
         groups: dict[int, list] = {}
         for pair in batch:
             groups.setdefault(owner(pair[0], workers), []).append(pair)
         if ticks:
-            return [(route_key(w, workers), (groups.get(w, []), mark, ticks))
+            return [(route_key(w, workers), (groups.get(w, []), ticks))
                     for w in range(workers)]
-        return [(route_key(w, workers), (pairs, mark, ())) for w, pairs in groups.items()]
-
-    def to_everyone(self, mark: Any) -> list[tuple[str, tuple[list, Any, tuple]]]:
-        """An empty bundle for every worker, carrying ``mark`` (a process's beat)."""
-        workers = self.workers
-        return [(route_key(w, workers), ([], mark, ())) for w in range(max(workers, 1))]
+        return [(route_key(w, workers), (pairs, ())) for w, pairs in groups.items()]
 
 
 class _Deliver(StatefulBatchLogic[list, list, None]):

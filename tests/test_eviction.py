@@ -49,7 +49,7 @@ def cluster_run(gen: SyntheticRetail, ttl: int | None, processes: int = 2) -> tu
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
     s = Settings(clock="live", idle_ttl_ms=ttl, kafka_batch_size=100)
     runs = [build_run(s, "generator", generator=slowly(gen), profiles="memory",
-                      generated=gen.profiles(), outputs="memory", processes=processes)
+                      generated=gen.profiles(), outputs="memory")
             for _ in range(processes)]
     threads = [threading.Thread(target=cluster_main, args=(r.flow, addresses, i),
                                 kwargs={"worker_count_per_proc": 1})
@@ -132,26 +132,11 @@ def test_a_customer_keeps_no_profile_of_its_own_between_activations():
     assert logic.dormant is not None and logic._read is None
 
 
-def test_customers_read_from_one_partition_share_its_name():
-    """A live customer remembers where its latest event was read (for going dormant at a
-    safe time); the customers of a partition hold one string for it, not a copy each."""
-    rt = EngineRuntime(engine(), lambda: (lambda cid: None), mode="live", clock=_Wall(),
-                       idle_ttl_ms=10)
-    held = []
-    for i, cid in enumerate(("c1", "c2")):
-        e = cart(0, customer=cid)
-        logic = CustomerLogic(rt, None)
-        logic.on_batch([Event(e.event_id, e.type, e.customer_id, e.ts, e.props,
-                              "clickstream:1:" + str(40 + i))])
-        held.append(logic.partition)
-    assert held[0] == "clickstream:1" and held[0] is held[1]
+class _Reached(_Wall):
+    """A live clock whose marks (every shard's) have reached this worker up to now."""
 
-
-class _Released(_Wall):
-    """A live clock whose input has released everything before now (one process)."""
-
-    def released_before(self, partition: str, as_of: int | None = None) -> int:
-        return self.t if as_of is None else as_of
+    def reached_here(self) -> int:
+        return self.t
 
 
 def _read_from(e: Event, partition: str = "clickstream:0") -> Event:
@@ -163,7 +148,7 @@ def test_a_customer_seen_once_is_woken_when_time_alone_empties_it_and_discarded(
     is now woken once all it holds has expired (the dedupe window, its count slot, its day
     of start misses) and discarded. A customer who holds something for good (a consent)
     gets no such wake."""
-    clock = _Released()
+    clock = _Reached()
     clock.t = T0
     rt = EngineRuntime(engine(), lambda: (lambda cid: None), mode="live", clock=clock,
                        idle_ttl_ms=10, prefetch=lambda _ids, _sure: None)
@@ -194,42 +179,6 @@ def test_an_empty_state_is_discarded():
     assert discard is True
 
 
-def test_going_dormant_prunes_nothing_an_event_still_on_its_way_needs():
-    """The source publishes what it has released before its events reach their customers'
-    keyed step (three steps and maybe another worker thread on). A customer going dormant
-    in that moment was pruned at the watermark *now*, past an event of its own still on
-    its way: here a second view of a product, 1 h minus 50 ms after the first, lost the
-    first view (a count slot older than 1 h by then) and browse abandonment did not start.
-    The safe time is now what had been released one idle time earlier."""
-    hour, idle = 3_600_000, 60_000
-    first = _read_from(ev("product_viewed", 0, "c1", product_id="p1", price=10.0))
-    late_view = ev("product_viewed", 0, "c1", product_id="p1", price=10.0)
-    second = _read_from(Event(late_view.event_id, late_view.type, "c1",
-                              T0 + hour - 50, late_view.props))
-
-    def run(ttl: int | None) -> list:
-        wall = ManualClock(T0)
-        clock = WatermarkClock(wall)
-        clock.claim("s0", ["clickstream:0"])
-        clock.publish("s0", T0 - 1)
-        rt = EngineRuntime(engine(shipped_policy=True), lambda: reachable, mode="live",
-                           clock=clock, idle_ttl_ms=ttl)
-        logic = CustomerLogic(rt, None)
-        out, _ = logic.on_batch([first])
-        while wall.now_ms() < T0 + hour + 500:  # the source keeps releasing, 2 s behind
-            wall.advance(250)
-            clock.publish("s0", wall.now_ms() - 2_000)
-        clock.publish("s0", T0 + hour + 400)  # ... and has just released ``second``
-        out += logic.on_notify()[0]  # idle for an hour: goes dormant (when it may)
-        assert (logic.dormant is not None) == (ttl is not None)
-        out += logic.on_batch([second])[0]  # ``second`` reaches its customer
-        return [r for r in out if not isinstance(r, InputSeen)]
-
-    resident, dormant = run(None), run(idle)
-    assert any(isinstance(r, Lifecycle) and r.action == "started" for r in resident)
-    assert dormant == resident
-
-
 def test_marks_followed_a_dormant_customer_is_pruned_at_what_reached_its_worker():
     """Marks followed (every live run), a customer going dormant is pruned at the time its
     worker's timers fire by: the lowest mark of every shard that reached it, behind the
@@ -237,7 +186,7 @@ def test_marks_followed_a_dormant_customer_is_pruned_at_what_reached_its_worker(
     still on its way (the second view, 1 h - 50 ms after the first, needs the first's
     count slot), and the history of one idle time ago is not needed. A one-off browser is
     woken a second after all it holds expires, once the marks have passed that, and
-    discarded."""
+    discarded; one that went dormant before any mark reached its worker gets no wake."""
     hour, idle = 3_600_000, 60_000
     first = _read_from(ev("product_viewed", 0, "c1", product_id="p1", price=10.0))
     late_view = ev("product_viewed", 0, "c1", product_id="p1", price=10.0)
@@ -247,7 +196,7 @@ def test_marks_followed_a_dormant_customer_is_pruned_at_what_reached_its_worker(
     def clocked(shipped: bool = True) -> tuple[ManualClock, WatermarkClock, EngineRuntime]:
         wall = ManualClock(T0)
         clock = WatermarkClock(wall)
-        clock.claim("s0", ["clickstream:0"])
+        clock.claim("s0")
         clock.follow_marks(["s0"])
         rt = EngineRuntime(engine(shipped_policy=shipped),
                            (lambda: reachable) if shipped else (lambda: lambda cid: None),
@@ -279,6 +228,11 @@ def test_marks_followed_a_dormant_customer_is_pruned_at_what_reached_its_worker(
 
     wall, clock, rt = clocked(shipped=False)
     clock.publish("s0", T0 + 10 * DAY)  # (the source ran far ahead: the marks decide)
+    early = CustomerLogic(rt, None)
+    early.on_batch([first])
+    wall.advance(idle)
+    early.on_notify()  # no mark has reached this worker yet: nothing known, no wake
+    assert early.dormant is not None and early.dormant[0] is None
     clock.tick((("s0", T0 - 1),))
     browser = CustomerLogic(rt, None)
     browser.on_batch([first])
@@ -295,89 +249,11 @@ def test_marks_followed_a_dormant_customer_is_pruned_at_what_reached_its_worker(
     assert browser.on_notify()[1] is True and browser.dormant is None  # discarded
 
 
-def test_with_the_live_clock_only_customers_read_here_are_woken_to_be_discarded():
-    """The real watermark clock: a one-off browser read in this process is woken once its
-    state has expired *and* the released time of one idle time before has passed that,
-    then discarded; one read in another process (its safe time cannot get there) and one
-    in a process whose shards have published nothing yet get no such wake."""
-    idle = 60_000
-    wall = ManualClock(T0)
-    clock = WatermarkClock(wall)
-    rt = EngineRuntime(engine(), lambda: (lambda cid: None), mode="live", clock=clock,
-                       idle_ttl_ms=idle)
-
-    def browse(customer: str, partition: str) -> CustomerLogic:
-        logic = CustomerLogic(rt, None)
-        logic.on_batch([_read_from(ev("product_viewed", 0, customer, product_id="p1",
-                                      price=10.0), partition)])
-        return logic
-
-    clock.claim("s0", ["clickstream:0"])
-    early = browse("c0", "clickstream:0")
-    wall.advance(idle)
-    early.on_notify()  # nothing published yet: nothing remembered of what was released
-    assert early.dormant is not None and early.dormant[0] is None
-    here, elsewhere = browse("c1", "clickstream:0"), browse("c2", "clickstream:5")
-    published = wall.now_ms()
-
-    def run_to(t: int) -> None:  # the source keeps up, 2 s behind the wall
-        while wall.now_ms() < t:
-            wall.advance(min(1_000, t - wall.now_ms()))
-            clock.publish("s0", wall.now_ms() - 2_000)
-
-    run_to(published + idle)
-    here.on_notify()
-    elsewhere.on_notify()
-    assert elsewhere.dormant is not None and elsewhere.dormant[0] is None
-    wake = here.dormant[0]
-    assert wake is not None and wake > T0 + 3 * DAY + idle  # the dedupe window, then the idle
-    run_to(wake - 5_000)
-    assert here.on_notify() == ([], False) and here.dormant is not None
-    run_to(wake + 5_000)
-    _, discard = here.on_notify()
-    assert discard is True and here.state is None and here.dormant is None
-
-
-def test_a_customer_read_in_another_process_is_pruned_at_what_its_bundles_said():
-    """A customer whose events come from a partition another process reads goes dormant
-    pruned at what the bundles from there had said one idle time earlier, and, seen once,
-    is discarded once that has passed the time its state expires. While nothing comes from
-    there, its wakes come twice as far past that time each."""
-    idle = 60_000
-    wall = ManualClock(T0)
-    clock = WatermarkClock(wall)
-    rt = EngineRuntime(engine(), lambda: (lambda cid: None), mode="live", clock=clock,
-                       idle_ttl_ms=idle)
-    remote = frozenset({"clickstream:5"})
-
-    def hear_to(t: int, lag: int = 2_000) -> None:  # bundles keep coming, 2 s behind
-        while wall.now_ms() < t:
-            wall.advance(min(1_000, t - wall.now_ms()))
-            clock.heard((remote, frozenset({"s5"}), wall.now_ms() - lag))
-
-    logic = CustomerLogic(rt, None)
-    hear_to(T0 + 1)
-    logic.on_batch([_read_from(ev("product_viewed", 0, "c1", product_id="p1", price=10.0),
-                               "clickstream:5")])
-    hear_to(T0 + 2 * idle)
-    logic.on_notify()
-    wake = logic.dormant[0]
-    assert wake is not None and wake > T0 + 3 * DAY + idle
-    wall.advance(wake - wall.now_ms())  # nothing more comes from there meanwhile
-    assert logic.on_notify() == ([], False)  # too soon: what it heard is 3 days old
-    later = logic.dormant[0]
-    expired = wake - idle - EXPIRY_SLACK_MS
-    assert later - expired == 2 * (wake - expired)  # twice as far past its expiry
-    hear_to(later + 5_000)
-    _, discard = logic.on_notify()
-    assert discard is True and logic.state is None and logic.dormant is None
-
-
 def test_dormant_customers_read_in_another_process_decide_like_resident_ones(monkeypatch):
     """Two processes, the input read by one: the other's customers go dormant pruned at
-    what the first one's bundles had said (one idle time before), and the sends and
-    decisions are those of the same cluster keeping everyone resident, which are those
-    of one process (the second one's clock follows what the first one says)."""
+    the marks that reached them from there, and the sends and decisions are those of the
+    same cluster keeping everyone resident, which are those of one process (the second
+    one's timers follow the marks the first one sends)."""
     gen = SyntheticRetail(SyntheticConfig(customers=300, days=3, seed=43))
     resident = cluster_run(gen, None)
     assert resident == live_run(gen, None)
@@ -385,27 +261,25 @@ def test_dormant_customers_read_in_another_process_decide_like_resident_ones(mon
     hibernate = CustomerLogic._hibernate
 
     def counted(self, out):
-        clock, ttl = self.rt.clock, self.rt.idle_ttl_ms
-        if self.partition not in clock._local:  # read in the other process
-            heard = clock.released_before(self.partition, self.rt.wall.now_ms() - ttl)
-            told.append(heard is not None and heard > self.state.high_water)
+        reached = self.rt.clock.reached_here()
+        told.append(reached is not None and reached > self.state.high_water)
         return hibernate(self, out)
 
     monkeypatch.setattr(CustomerLogic, "_hibernate", counted)
     dormant = cluster_run(gen, 1)
-    assert sum(told) > 20  # pruned past their own last event, at what the bundles said
+    assert sum(told) > 20  # pruned past their own last event, at the marks that came
     assert resident[0] and dormant == resident
 
 
 def test_a_cluster_process_fires_no_timer_of_a_customer_read_elsewhere_before_hearing_from_there():
     """A cluster restarts after an outage: this process has caught up on its own input,
     the one reading the customer's input has not. The customer's reminder, due an hour
-    ago by the wall, waits until that process has said it released past it (its cancel
-    could be in the backlog)."""
+    ago by the wall, waits until marks from that shard past it have reached this worker
+    (its cancel could be in the backlog)."""
     wall = ManualClock(T0)
     clock = WatermarkClock(wall)
-    clock.claim("s0", ["clickstream:0"])
-    clock.expect(["s0", "s1"])
+    clock.claim("s0")
+    clock.follow_marks(["s0", "s1"])
     eng = engine()
     st = CustomerState("c1")
     eng.handle(st, cart(0, customer="c1"), T0, reachable)
@@ -414,12 +288,13 @@ def test_a_cluster_process_fires_no_timer_of_a_customer_read_elsewhere_before_he
     due = eng.next_wakeup(logic.state)
     wall.advance(due - T0 + 3_600_000)
     clock.publish("s0", wall.now_ms() - 1_000)  # this process has caught up
+    clock.tick((("s0", wall.now_ms() - 1_000),))
 
     def sent() -> list[Send]:
         return [r for r in logic.on_notify()[0] if isinstance(r, Send)]
 
     assert not sent()  # s1's process has said nothing yet
-    clock.heard((frozenset({"clickstream:1"}), frozenset({"s1"}), due - 60_000))
+    clock.tick((("s1", due - 60_000),))
     assert not sent()  # it is still reading its backlog, before the reminder's time
-    clock.heard((frozenset({"clickstream:1"}), frozenset({"s1"}), wall.now_ms() - 1_000))
+    clock.tick((("s1", wall.now_ms() - 1_000),))
     assert sent()

@@ -89,7 +89,7 @@ def test_live_mode_fires_timers_by_notify_at_while_input_is_idle(tmp_path):
     events = [Event(e.event_id, e.type, e.customer_id, now + e.ts - T0, e.props) for e in events]
     store = DictProfileStore([reachable("c1"), reachable("c2")])
     runtime = EngineRuntime(Engine(cfg), lambda: store.get, mode="live",
-                            clock=WatermarkClock(idle_ms=300))
+                            clock=WatermarkClock())
     t0 = time.monotonic()
     got = run_records(IdleSource([RawEvent(e.to_json(), "t") for e in events], idle_s=3.0), runtime)
     sends = [r for r in got if isinstance(r, Send)]

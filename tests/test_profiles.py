@@ -299,7 +299,7 @@ def test_customers_due_at_once_in_a_live_run_read_their_profiles_ahead(redis_ser
         real = store.get_many
         store.get_many = lambda ids: (alone.append(1) if len(ids) == 1 else None) or real(ids)
         runtime = EngineRuntime(Engine(cfg), lambda: store.get, mode="live",
-                                clock=WatermarkClock(idle_ms=300),
+                                clock=WatermarkClock(),
                                 prefetch=store.warm if prefetch else None)
         flow = Dataflow("wave")
         records, _ = engine_streams(flow, IdleSource(raws, idle_s=5.5), runtime)

@@ -62,15 +62,14 @@ def test_bundles_keep_batch_order_per_worker_and_name_their_worker() -> None:
     topo = Topology()
     topo.workers = 3
     pairs = [(f"c{i}", i) for i in range(60)]
-    bundles = topo.bundle(pairs, "m")
-    assert sorted(p for _, (ps, _, _) in bundles for p in ps) == sorted(pairs)
-    for key, (ps, mark, ticks) in bundles:
+    bundles = topo.bundle(pairs)
+    assert sorted(p for _, (ps, _) in bundles for p in ps) == sorted(pairs)
+    for key, (ps, ticks) in bundles:
         assert {owner(c, 3) for c, _ in ps} == {owner(key, 3)}
         assert [i for _, i in ps] == sorted(i for _, i in ps)
-        assert mark == "m"  # what the sending process had released rides along
         assert ticks == ()
     topo.workers = 1
-    assert topo.bundle(pairs) == [(route_key(0, 1), (pairs, None, ()))]
+    assert topo.bundle(pairs) == [(route_key(0, 1), (pairs, ()))]
     assert topo.bundle([]) == []
 
 
@@ -81,15 +80,15 @@ def test_in_band_marks_reach_every_worker_and_stay_on_it_in_the_engine_step() ->
     topo.workers = 4
     pairs = [("c1", 1)]
     ticks = (("s0", 99),)
-    bundles = topo.bundle(pairs, None, ticks)
+    bundles = topo.bundle(pairs, ticks)
     assert sorted(owner(k, 4) for k, _ in bundles) == [0, 1, 2, 3]
-    assert all(t == ticks for _, (_, _, t) in bundles)
-    assert sum(len(ps) for _, (ps, _, _) in bundles) == 1
+    assert all(t == ticks for _, (_, t) in bundles)
+    assert sum(len(ps) for _, (ps, _) in bundles) == 1
     for key, _ in bundles:
         assert owner(tick_key(key, 4), 4) == owner(key, 4)
         assert tick_key(key, 4).startswith(" ")  # ids are stripped: never a customer's
     topo.workers = 1
-    assert topo.bundle([], None, ticks) == [(route_key(0, 1), ([], None, ticks))]
+    assert topo.bundle([], ticks) == [(route_key(0, 1), ([], ticks))]
 
 
 def test_the_probe_tells_the_runtime_how_many_workers_run_it() -> None:
