@@ -45,15 +45,15 @@ class Released:
 class Ticks:
     """The :class:`Released` marks that reached a worker, handed to its keyed step behind
     the events that came with them (``(shard, before)`` pairs, as a key of their own that
-    routes to that worker: see ``flows.pipeline``)."""
+    routes to that worker: see ``flows.pipeline``); ``worker``: its index (for metrics)."""
 
-    __slots__ = ("marks",)
+    __slots__ = ("marks", "worker")
 
-    def __init__(self, marks: tuple[tuple[str, int], ...]) -> None:
-        self.marks = marks
+    def __init__(self, marks: tuple[tuple[str, int], ...], worker: int = 0) -> None:
+        self.marks, self.worker = marks, worker
 
     def __reduce__(self) -> tuple:
-        return Ticks, (self.marks,)
+        return Ticks, (self.marks, self.worker)
 
 
 class _View:

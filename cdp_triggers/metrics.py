@@ -67,6 +67,10 @@ WATERMARK_LAG = Gauge("cdp_watermark_lag_seconds", "Wall clock minus the shard's
                       "watermark", ["shard"], registry=REGISTRY)
 TIMER_LATENESS = Histogram("cdp_timer_lateness_seconds", "How long after due + grace a timer "
                            "fired (live clock)", buckets=_LATENESS_BUCKETS, registry=REGISTRY)
+TIMER_CLOCK_LAG = Gauge("cdp_timer_clock_lag_seconds", "Wall clock minus the time a worker's "
+                        "timers fire by: the lowest in-band mark of every shard that reached "
+                        "it (live; NaN until every shard has said something)", ["worker"],
+                        registry=REGISTRY)
 CONSUMER_LAG = Gauge("cdp_consumer_lag_messages", "Messages between the consumer's position "
                      "and the partition's high watermark", ["topic", "partition"],
                      registry=REGISTRY)
@@ -166,6 +170,13 @@ class WatermarkGauges:
 def observe_timer_lateness_ms(late_ms: int) -> None:
     """A timer fired ``late_ms`` after its due time + grace (negative counts as 0)."""
     TIMER_LATENESS.observe(max(0, late_ms) / 1000)
+
+
+def timer_clock_lag(worker: int) -> Any:
+    """The ``cdp_timer_clock_lag_seconds`` child of one worker (bound once, set per batch of
+    marks): a lag that grows while events are read means a shard, or the process that
+    reads it, says nothing, and that worker's timers wait for it."""
+    return TIMER_CLOCK_LAG.labels(str(worker))
 
 
 def observe_kafka_stats(stats: str | bytes) -> None:

@@ -138,7 +138,9 @@ def engine_outputs(flow: Dataflow, source: Source,
             runtime.prefetch([k for k, _ in keyed], runtime.sure_reads(keyed))
         ticks = tuple(t for _, (_, marks) in items for t in marks)
         if ticks:
-            keyed.append((routing.tick_key(items[0][0], topology.workers), Ticks(ticks)))
+            route, workers = items[0][0], topology.workers
+            keyed.append((routing.tick_key(route, workers),
+                          Ticks(ticks, routing.owner(route, workers))))
         return keyed
 
     keyed = op.flat_map_batch("by_customer", delivered, by_customer)

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import pickle
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from bytewax.operators import StatefulBatchLogic
 
-from cdp_triggers.clock import Clock, Ticks, WallClock, to_datetime
+from cdp_triggers.clock import HELD, Clock, Ticks, WallClock, to_datetime
 from cdp_triggers.events import Event, Rejected, processing_error
-from cdp_triggers.metrics import observe_timer_lateness_ms
+from cdp_triggers.metrics import observe_timer_lateness_ms, timer_clock_lag
 from cdp_triggers.records import (
     Conversion,
     Decision,
@@ -80,6 +81,7 @@ class EngineRuntime:
     # (dormant ones included), so that reads can be made ahead for the timers that fire
     timers: dict[str, int] = field(default_factory=dict)
     _ahead: tuple[int, list[str], int] | None = None  # (until, due ids sorted, next unread)
+    clock_lag: dict[int, Any] = field(default_factory=dict)  # worker → its lag gauge
     _unplanned: int = 0  # customers about to decide that no read ahead covered, since a scan
     _profiles: ProfileLookup | None = None
 
@@ -216,8 +218,7 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         An event the engine raises on becomes a ``processing_error`` dead letter."""
         rt = self.rt
         if type(values[0]) is Ticks:  # marks for this worker's timers, not a customer
-            rt.clock.tick(tuple(m for t in values for m in t.marks))  # type: ignore[attr-defined]
-            return [], self.DISCARD
+            return self._ticks(values)
         self._read = None
         st = self._wake(values[0].customer_id)
         out: list[Output | Rejected] = []
@@ -237,6 +238,18 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         if live:
             out += self._timers(rt.timer_now())
         return out, self._settle()
+
+    def _ticks(self, values: list[Ticks]) -> tuple[list[Output | Rejected], bool]:
+        """In-band marks for this worker's timers (``WatermarkClock.tick``); how far they
+        hold its timers behind the wall goes to ``cdp_timer_clock_lag_seconds``."""
+        rt = self.rt
+        rt.clock.tick(tuple(m for t in values for m in t.marks))  # type: ignore[attr-defined]
+        now = rt.timer_now()
+        gauge = rt.clock_lag.get(values[0].worker)
+        if gauge is None:
+            gauge = rt.clock_lag[values[0].worker] = timer_clock_lag(values[0].worker)
+        gauge.set(math.nan if now == HELD else (rt.wall.now_ms() - now) / 1000)
+        return [], self.DISCARD
 
     def on_notify(self) -> tuple[list[Output | Rejected], bool]:
         if self.rt.mode != "live" or (self.state is None and self.dormant is None):

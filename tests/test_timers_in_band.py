@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from bytewax.testing import cluster_main
 
+from cdp_triggers import metrics
 from cdp_triggers.records import Decision, Lifecycle, Send
 from cdp_triggers.settings import Settings
 from cdp_triggers.synthetic import SyntheticConfig, SyntheticRetail
@@ -89,6 +90,10 @@ def test_a_timer_waits_for_a_cancel_released_before_it_but_still_on_its_way(tmp_
     assert cancelled == set(customers)
     assert [r for r in carts_of if isinstance(r, Send)] == []
     assert {r.status for r in carts_of if isinstance(r, Decision)} <= {"cancelled"}
+    for worker in ("0", "1"):  # each worker says how far its timers are behind the wall
+        lag = metrics.REGISTRY.get_sample_value("cdp_timer_clock_lag_seconds",
+                                                {"worker": worker})
+        assert lag is not None and 0 <= lag < 60, (worker, lag)
 
 
 def test_bundles_held_up_at_random_change_no_decision(tmp_path, monkeypatch):
