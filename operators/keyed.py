@@ -356,12 +356,16 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
 
         * every later event of this customer is at or after ``high_water`` (its events
           reach it in order);
-        * at or after the time its worker's timers fire by (``WatermarkClock.reached_here``:
-          the lowest in-band mark of every shard of the run that reached this worker,
-          behind the events it covers): every event released before it is here already,
-          so a later one is not earlier (a late one aside). Not the source's published
-          watermark: an event released just before may still be on its way to this worker
-          (a customer pruned at it lost a count slot that event needed);
+        * at or after one idle time before the time its worker's timers fire by
+          (``WatermarkClock.reached_here``: the lowest in-band mark of every shard of the
+          run that reached this worker, behind the events it covers): every event
+          released before that is here already, so a later one is not earlier unless it
+          is late, and then by more than the idle time (a live stream with nothing unread
+          lets the watermark pass to the wall clock, so an event still on its way from
+          the producer arrives a little late: it finds the customer as it would resident).
+          Not the source's published watermark: an event released just before may still
+          be on its way to this worker (a customer pruned at it lost a count slot that
+          event needed);
         * every timer of it decides at its due time, so nothing is pruned past the
           earliest one."""
         st = self.state
@@ -369,8 +373,8 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         safe = st.high_water
         reached = getattr(self.rt.clock, "reached_here", None)
         here = reached() if reached is not None else None
-        if here is not None and here > safe:
-            safe = here
+        if here is not None and here - (self.rt.idle_ttl_ms or 0) > safe:
+            safe = here - (self.rt.idle_ttl_ms or 0)
         if st.instances:
             safe = min(safe, min(i.due for i in st.instances.values()))
         engine = self.rt.engine
@@ -395,11 +399,14 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         nothing of the state pickled in ``raw`` (tried on a copy; else None, kept until its
         next event). A customer seen once and never again (a browse, no order) was kept
         dormant for good. Woken (by its worker's timer time, like a timer), it hibernates
-        again and is discarded by the usual prune at that time, decision-neutral as ever.
-        (Only where the clock follows marks and every shard has said something.)"""
+        again and is discarded by the usual prune at a safe time, decision-neutral as ever;
+        that time is one idle time behind, so the wake is an idle time and a second after
+        ``at``. (Only where the clock follows marks and every shard has said something.)"""
         probe = pickle.loads(raw)
         self.rt.engine.prune(probe, at, sweep=True)
-        return None if not probe.is_empty() else at + EXPIRY_SLACK_MS
+        if not probe.is_empty():
+            return None
+        return at + (self.rt.idle_ttl_ms or 0) + EXPIRY_SLACK_MS
 
     def _handle(self, event: Event | None, now: int) -> list[Output]:
         st = self.state

@@ -180,13 +180,13 @@ def test_an_empty_state_is_discarded():
 
 
 def test_marks_followed_a_dormant_customer_is_pruned_at_what_reached_its_worker():
-    """Marks followed (every live run), a customer going dormant is pruned at the time its
-    worker's timers fire by: the lowest mark of every shard that reached it, behind the
-    events it covers. The source's published watermark runs ahead of it, past an event
-    still on its way (the second view, 1 h - 50 ms after the first, needs the first's
-    count slot), and the history of one idle time ago is not needed. A one-off browser is
-    woken a second after all it holds expires, once the marks have passed that, and
-    discarded; one that went dormant before any mark reached its worker gets no wake."""
+    """Marks followed (every live run), a customer going dormant is pruned one idle time
+    before the time its worker's timers fire by (the lowest mark of every shard that
+    reached it, behind the events it covers), not by the source's published watermark,
+    which runs ahead past an event still on its way (the second view, 1 h - 50 ms after
+    the first, needs the first's count slot). A one-off browser is woken an idle time and
+    a second after all it holds expires, once the marks have passed that, and discarded;
+    one that went dormant before any mark reached its worker gets no wake."""
     hour, idle = 3_600_000, 60_000
     first = _read_from(ev("product_viewed", 0, "c1", product_id="p1", price=10.0))
     late_view = ev("product_viewed", 0, "c1", product_id="p1", price=10.0)
@@ -224,7 +224,7 @@ def test_marks_followed_a_dormant_customer_is_pruned_at_what_reached_its_worker(
     resident, dormant = run(None), run(idle)
     assert any(isinstance(r, Lifecycle) and r.action == "started" for r in resident)
     assert dormant == resident
-    assert T0 + hour - 2_000 in pruned_at  # going dormant: at the mark, no further
+    assert T0 + hour - 2_000 - idle in pruned_at  # one idle time before the mark
 
     wall, clock, rt = clocked(shipped=False)
     clock.publish("s0", T0 + 10 * DAY)  # (the source ran far ahead: the marks decide)
@@ -241,7 +241,7 @@ def test_marks_followed_a_dormant_customer_is_pruned_at_what_reached_its_worker(
     browser.on_notify()
     wake = browser.dormant[0]
     expiry = T0 + 3 * DAY  # the dedupe window outlasts the rest
-    assert wake is not None and expiry < wake <= expiry + 2 * EXPIRY_SLACK_MS
+    assert wake is not None and expiry + idle < wake <= expiry + idle + 2 * EXPIRY_SLACK_MS
     clock.tick((("s0", wake - 1),))
     wall.set(wake + 2_000)
     assert browser.on_notify() == ([], False) and browser.dormant is not None  # not yet
@@ -262,7 +262,8 @@ def test_dormant_customers_read_in_another_process_decide_like_resident_ones(mon
 
     def counted(self, out):
         reached = self.rt.clock.reached_here()
-        told.append(reached is not None and reached > self.state.high_water)
+        told.append(reached is not None
+                    and reached - self.rt.idle_ttl_ms > self.state.high_water)
         return hibernate(self, out)
 
     monkeypatch.setattr(CustomerLogic, "_hibernate", counted)
