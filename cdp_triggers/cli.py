@@ -331,6 +331,7 @@ def run(ctx: typer.Context,
             "-a", "--addresses", help="host:port;host:port of all processes.")] = None) -> None:
     """Live flow: Kafka → engine → ClickHouse + sends topic."""
     from bytewax._bytewax import cli_main
+    from bytewax.errors import BytewaxRuntimeError
 
     from cdp_triggers import compiled, shutdown
     from cdp_triggers.logs import log_effective_settings
@@ -343,15 +344,26 @@ def run(ctx: typer.Context,
                            process_id=process_id, workers=workers,
                            compiled=f"{len(compiled.loaded())}/{len(compiled.HOT)}")
     try:
+        if s.stop_mode == "settle" and s.recovery_dir is None:
+            raise RunError("CDP_STOP_MODE=settle needs CDP_RECOVERY_DIR: a settling stop "
+                           "leaves the last epoch's work to the restart, which resumes from "
+                           "the recovery snapshot")
         recovery = prepare_recovery(s)
         flow = build_run(s, "kafka").flow
     except RunError as e:
         print(f"cdp-triggers run: {e}", file=sys.stderr)
         _done(2)
     _serve_metrics(s, process_id, peers)
-    shutdown.install()  # SIGTERM/SIGINT: end the input, flush, snapshot, exit 0
-    cli_main(flow, workers_per_process=workers, process_id=process_id, addresses=peers,
-             epoch_interval=timedelta(seconds=s.epoch_seconds), recovery_config=recovery)
+    # SIGTERM/SIGINT: exit 0 within a bound (cdp_triggers.shutdown): end the input, flush,
+    # snapshot, exit; or (CDP_STOP_MODE=settle) stop reading, interrupt after two epochs
+    shutdown.install(settle_fallback_s=shutdown.fallback_s(s.epoch_seconds)
+                     if s.stop_mode == "settle" else None)
+    try:
+        cli_main(flow, workers_per_process=workers, process_id=process_id, addresses=peers,
+                 epoch_interval=timedelta(seconds=s.epoch_seconds), recovery_config=recovery)
+    except (KeyboardInterrupt, BytewaxRuntimeError):  # ("signal received")
+        if not shutdown.interrupted():
+            raise
     _done(0)
 
 

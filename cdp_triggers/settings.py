@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     recovery_dir: Path | None = None  # Bytewax recovery: state + offsets snapshotted per epoch
     recovery_partitions: int = 4  # created on first start when the directory is empty
     epoch_seconds: float = 10.0  # snapshot interval; also the longest a row waits in a buffer
+    # SIGTERM (cdp_triggers.shutdown): end_input = flush and snapshot every customer held
+    # (~45 µs each); settle (recovery on) = stop reading, interrupt after two epochs close
+    stop_mode: Literal["end_input", "settle"] = "end_input"
     profiles_topic: str = "profiles"
     # the gateway (sends → providers) and the webhook receiver (providers → outcomes)
     outcomes_topic: str = "outcomes"

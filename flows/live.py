@@ -11,6 +11,8 @@ must get the same directory (``-r DIR -s 10 -b 0``): a mismatch is refused, neve
 
 from __future__ import annotations
 
+import logging
+
 from bytewax.dataflow import Dataflow
 
 from cdp_triggers.settings import Settings
@@ -34,5 +36,9 @@ def __getattr__(name: str) -> Dataflow:
         prepare_recovery(s)
         flow = build_live_flow(s)
         shutdown.install()  # bytewax.run builds the flow in its main thread
+        if s.stop_mode == "settle":  # (its entry point reports an interrupt as an error)
+            logging.getLogger(__name__).warning(
+                "CDP_STOP_MODE=settle applies to `cdp-triggers run`; under bytewax.run a "
+                "stop ends the input")
         return flow
     raise AttributeError(name)

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from cdp_triggers import metrics
+from cdp_triggers import metrics, shutdown
 from cdp_triggers.clock import WallClock, WatermarkClock
 from cdp_triggers.events import Event, Rejected, parse_event
 from cdp_triggers.logs import KafkaLog, RateLimited, StateLog
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 CATALOGUE_TOPICS = ("product_updates",)
 #: live: an empty poll comes back this much later (Bytewax ``next_awake``), never blocking
 LIVE_POLL = timedelta(milliseconds=5)
+SETTLE_POLL = timedelta(milliseconds=100)  # a stopping input, waiting for the epochs to close
 
 
 class RawEvent(NamedTuple):
@@ -319,6 +320,7 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         self.shard, self.tail, self.batch, self.opts = shard, tail, batch, opts
+        shutdown.watch(self)  # (a stop by settling waits for this shard's epochs to close)
         self.offsets, aligner = _resume(resume_state)
         names = [f"{t}:{p}" for t, p in tps]
         self.aligner = _aligner(aligner, names, opts)
@@ -393,8 +395,11 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
     def next_batch(self) -> list[Event | Rejected]:
         from confluent_kafka import KafkaError
 
-        if STOP.is_set():  # graceful stop: this input ends here; the snapshot resumes it
-            raise StopIteration
+        if STOP.is_set():  # graceful stop: the snapshot resumes this input here
+            if shutdown.settling():  # (recovery on) open, reading and releasing nothing
+                self.idle = True
+                return []
+            raise StopIteration  # (recovery off) its end
         al = self.aligner
         live = self.opts.live
         # live: never block in consume: one worker runs every shard and every later step in
@@ -461,6 +466,8 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
     def next_awake(self) -> datetime | None:
         """Live, after an empty poll: come back in :data:`LIVE_POLL` (no busy loop, no
         blocking); otherwise at once."""
+        if shutdown.settling():  # stopping: nothing to read, the epochs close meanwhile
+            return datetime.now(UTC) + SETTLE_POLL
         if self.tail and self.idle:
             return datetime.now(UTC) + LIVE_POLL
         return None
@@ -500,6 +507,7 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
             self.paused.clear()
 
     def snapshot(self) -> Any:
+        shutdown.epoch_closed(self)
         state = (dict(self.offsets), self.aligner)
         return pickle.dumps(state, pickle.HIGHEST_PROTOCOL) if self.opts.copy_snapshots \
             else state

@@ -51,7 +51,7 @@ from typing import Any
 import orjson
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from cdp_triggers import metrics
+from cdp_triggers import metrics, shutdown
 from cdp_triggers.events import Rejected
 from cdp_triggers.logs import DEFAULT_RETRY, RetryPolicy, redact
 from cdp_triggers.records import Decision, Duplicate, Send
@@ -140,6 +140,7 @@ class EffectsPartition(StatefulSinkPartition[Record, bytes | None]):
 
     def write_batch(self, values: list[Record] | list[list[Record]]) -> None:
         """Records, or bundles of them (:meth:`EffectsSink.bundle`), in order."""
+        shutdown.written(self)
         if values and type(values[0]) is list:
             values = [r for bundle in values for r in bundle]  # type: ignore[union-attr]
         live_after = (self.wall_ms() - self.live_ms if self.live_ms is not None
@@ -270,6 +271,7 @@ class EffectsPartition(StatefulSinkPartition[Record, bytes | None]):
         epoch's events are durable in ClickHouse or in the snapshot, never in neither. A
         command or dead letter waiting makes it flush whole: those are never produced from
         a snapshot (a graceful stop flushes at close too, after its last snapshot)."""
+        shutdown.flushed(self)
         if not self.trickle or self.sends or self.dead:
             self.flush()
             return None

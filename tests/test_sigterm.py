@@ -85,14 +85,17 @@ def _wait_for_sends(p: subprocess.Popen, kafka, topic: str, timeout: float = 120
     return False
 
 
-def test_sigterm_mid_run_exits_cleanly_and_a_restart_continues(traffic, kafka, redis_server,
-                                                               tmp_path):
+@pytest.mark.parametrize("stop_mode", ["end_input", "settle"])
+def test_sigterm_mid_run_exits_cleanly_and_a_restart_continues(stop_mode, traffic, kafka,
+                                                               redis_server, tmp_path):
     """A tailing live run gets SIGTERM once send commands flow; then the same recovery
-    directory is run to the end of the topics."""
+    directory is run to the end of the topics. Both stop modes: the end of input, and
+    settling (reading stops, two epochs close, the run interrupts itself)."""
     run = uuid.uuid4().hex[:8]
     chdb_dir = f"chdb://{tmp_path / 'chdb'}"  # the run's own engine: it is another process
     s = settings(kafka, redis_server.url, chdb_dir, run, traffic,
-                 recovery_dir=tmp_path / "recovery", epoch_seconds=EPOCH_S)
+                 recovery_dir=tmp_path / "recovery", epoch_seconds=EPOCH_S,
+                 stop_mode=stop_mode)
     # live clock (a tailing replay clock never passes the caught-up partitions)
     s = s.model_copy(update={"clock": "live", "horizon_ms": None})
     kafka.create_topics([*topic_names(run).values(), s.sends_topic, s.dead_letter_topic],
