@@ -131,16 +131,16 @@ def engine_outputs(flow: Dataflow, source: Source,
                     ) -> list[tuple[str, Event | Ticks]]:
         """The bundles that reached this worker, keyed by customer; their profiles are read
         in one round trip here, where the engine's lookups that follow will ask for them.
-        Their in-band marks follow the events as one :class:`Ticks`, keyed so that it stays
-        on this worker (:func:`routing.tick_key`)."""
+        Their in-band marks follow the events as one :class:`Ticks`, keyed by the route key
+        that brought them here: Bytewax routes it to this worker in the engine's step too
+        (:func:`routing.route_key`), and no customer has it."""
         keyed: list[Any] = [pair for _, (pairs, _) in items for pair in pairs]
         if runtime.prefetch is not None and keyed:
             runtime.prefetch([k for k, _ in keyed], runtime.sure_reads(keyed))
         ticks = tuple(t for _, (_, marks) in items for t in marks)
         if ticks:
-            route, workers = items[0][0], topology.workers
-            keyed.append((routing.tick_key(route, workers),
-                          Ticks(ticks, routing.owner(route, workers))))
+            route = items[0][0]
+            keyed.append((route, Ticks(ticks, routing.owner(route, topology.workers))))
         return keyed
 
     keyed = op.flat_map_batch("by_customer", delivered, by_customer)

@@ -10,10 +10,14 @@ customer, and each group travels as ONE item keyed by a name that routes to that
 trip *on the worker that looks them up*, and the events are keyed by customer for the
 engine, whose own exchange is then a local hand-over.
 
-A wrong prediction (another Bytewax hash, an unknown worker count) costs speed only: the
-engine's keyed step routes by customer whatever the bundle did, so every event still meets
-its customer's state; the per-customer order is kept (a bundle holds its events in batch
-order and one sender's items reach a worker in order).
+A wrong prediction (another Bytewax hash, an unknown worker count) would still have every
+event meet its customer's state in order (the engine's keyed step routes by customer
+whatever the bundle did; a bundle holds its events in batch order and one sender's items
+reach a worker in order). But the live timers' in-band marks follow the bundles, under
+their route key, so an event sent on to another worker by the engine's step could arrive
+there after a mark that covers it. The prediction is therefore relied on: the hash is
+pinned against Bytewax itself, and the worker count comes from Bytewax when it builds the
+flow (:func:`probe`), before any item moves.
 """
 
 from __future__ import annotations
@@ -43,29 +47,18 @@ def owner(key: str, workers: int) -> int:
 
 @cache
 def route_key(worker: int, workers: int) -> str:
-    """A key Bytewax routes to ``worker`` (of ``workers``): the first ``to-N`` that does.
+    """A key Bytewax routes to ``worker`` (of ``workers``): the first `` to-N`` that does.
+    It begins with a space, which no customer id does (ids are stripped), so the engine's
+    step can take a worker's in-band marks under the very key its bundles came by: the
+    same step shape routes it to the same worker, whatever the worker count.
 
-    >>> [owner(route_key(w, 4), 4) for w in range(4)]
-    [0, 1, 2, 3]
+    >>> [owner(route_key(w, 4), 4) for w in range(4)], route_key(0, 1)
+    ([0, 1, 2, 3], ' to-0')
     """
     n = 0
-    while owner(f"to-{n}", workers) != worker:
+    while owner(f" to-{n}", workers) != worker:
         n += 1
-    return f"to-{n}"
-
-
-@cache
-def tick_key(route: str, workers: int) -> str:
-    """The engine's key for the in-band marks a bundle keyed ``route`` brought: it routes to
-    the same worker, and begins with a space, which no customer id does (ids are stripped).
-
-    >>> owner(tick_key(route_key(3, 4), 4), 4), tick_key("to-0", 1)
-    (3, ' ticks-0')
-    """
-    worker, n = owner(route, workers), 0
-    while owner(f" ticks-{n}", workers) != worker:
-        n += 1
-    return f" ticks-{n}"
+    return f" to-{n}"
 
 
 class Topology:
