@@ -5,8 +5,8 @@ Two clock modes, same engine code:
 * ``live``: ``now`` is the injected clock (in production the wall time held back to the
   input's low watermark, ``cdp_triggers.clock.WatermarkClock``); timers fire by what of
   it reached this worker in band (the shards' marks, behind their events: a
-  :class:`~cdp_triggers.clock.Ticks` item under a key of its own); keys without new
-  events are woken by Bytewax ``notify_at`` at their next deadline (+ grace).
+  :class:`~cdp_triggers.clock.Ticks` item under the route key of their bundle); keys
+  without new events are woken by Bytewax ``notify_at`` at their next deadline (+ grace).
 * ``replay``: ``now`` is the events' own time per key (never going back); at end of input
   every key fires what is due up to ``horizon_ms``. Deterministic for the same input.
 """
@@ -373,8 +373,8 @@ class CustomerLogic(StatefulBatchLogic[Event, Output | Rejected, CustomerState |
         safe = st.high_water
         reached = getattr(self.rt.clock, "reached_here", None)
         here = reached() if reached is not None else None
-        if here is not None and here - (self.rt.idle_ttl_ms or 0) > safe:
-            safe = here - (self.rt.idle_ttl_ms or 0)
+        if here is not None:
+            safe = max(safe, here - (self.rt.idle_ttl_ms or 0))
         if st.instances:
             safe = min(safe, min(i.due for i in st.instances.values()))
         engine = self.rt.engine
