@@ -202,11 +202,9 @@ def _with_mark(opts: AlignOptions, out: list[Any], shard: str,
 def _last_word(opts: AlignOptions, shard: str) -> list[Any]:
     """A finished shard's last batch: its mark that it has ended, once (in band), so no
     worker's timers wait for it; then the end of its input."""
-    clock = opts.clock
-    if clock is not None and clock.in_band and opts.live:
-        said = clock.say(shard, None, False)
-        if said is not None:
-            return [said]
+    said = _with_mark(opts, [], shard, None)
+    if said:
+        return said
     raise StopIteration
 
 
@@ -396,10 +394,10 @@ class _KafkaShard(StatefulSourcePartition[Event | Rejected, Any]):
         from confluent_kafka import KafkaError
 
         if STOP.is_set():  # graceful stop: the snapshot resumes this input here
-            if shutdown.settling():  # (recovery on) open, reading and releasing nothing
-                self.idle = True
+            if shutdown.settling():  # (CDP_STOP_MODE=settle) open, reading and releasing
+                self.idle = True  # nothing
                 return []
-            raise StopIteration  # (recovery off) its end
+            raise StopIteration  # (end_input) its end
         al = self.aligner
         live = self.opts.live
         # live: never block in consume: one worker runs every shard and every later step in
